@@ -1,0 +1,46 @@
+--[[
+expire_due: time out due waiters: take each one and enqueue its timeout delivery.
+
+The caller lists candidates (members of the deadline set with a due score); this script
+re-checks every candidate against Redis TIME and the deadline set, so a waiter that was
+notified meanwhile, or whose deadline is not reached by Redis' clock, is left alone.
+
+KEYS[1] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
+KEYS[2] deliveries     (STREAM) delivery jobs of the partition
+KEYS[3..] event waiters (HASH) of each candidate, in ARGV order
+
+ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
+ARGV[2..] per candidate, 4 values: member, field, tenant, event id
+
+Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed out.
+
+Invariants: ZREM decides: a waiter is timed out only if it was still in the deadline set,
+and notify removes it from that set in its own atomic script, so event xor timeout (I1).
+Two schedulers running this for the same candidates fire each waiter once.
+]]
+local rcall = redis.call
+local deadlines_key, stream_key = KEYS[1], KEYS[2]
+local msg_base = ARGV[1]
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local n = (#ARGV - 1) / 4
+for i = 1, n do
+  local base = 1 + (i - 1) * 4
+  local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local ev_key = KEYS[2 + i]
+  local score = rcall('ZSCORE', deadlines_key, member)
+  if score and tonumber(score) <= now_ms then
+    rcall('ZREM', deadlines_key, member)
+    local waiter = rcall('HGET', ev_key, field)
+    if waiter then
+      rcall('HDEL', ev_key, field)
+      local job = '{"m":"' .. msg_base .. i .. '","k":"timeout","t":"' .. tenant .. '","e":"' .. event
+        .. '","n":' .. score .. ',"q":' .. now_ms .. ',"a":0,"c":null,"w":' .. waiter .. '}'
+      rcall('XADD', stream_key, '*', 'j', job, 'b', '')
+      out[#out + 1] = member
+      out[#out + 1] = now_ms - tonumber(score)
+    end
+  end
+end
+return out

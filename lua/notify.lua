@@ -1,0 +1,64 @@
+--[[
+notify: broadcast an event to the waiters present now (take them, enqueue one delivery each).
+
+KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
+KEYS[2] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
+KEYS[3] deliveries     (STREAM) delivery jobs of the partition
+
+ARGV[1] tenant
+ARGV[2] event id
+ARGV[3] body             raw bytes of the notify request
+ARGV[4] content type     as a JSON string literal (e.g. "\"text/plain\"" or null)
+ARGV[5] message id base  unique per call; the i-th delivery gets "<base><i>"
+ARGV[6] limit            most waiters taken by this call
+
+Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
+how many were left for a further call (large fan-outs are taken in bounded batches).
+
+Invariants: each waiter taken is removed from the hash and the deadline set in the same
+script that enqueues its delivery, so it can never also time out (I1). Running the script
+again after a lost reply finds the taken waiters gone and enqueues nothing twice.
+]]
+local rcall = redis.call
+local ev_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
+local tenant, event, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local msg_base, limit = ARGV[5], tonumber(ARGV[6])
+
+local count = rcall('HLEN', ev_key)
+if count == 0 then return {0} end
+
+local pairs_list
+if count <= limit then
+  pairs_list = rcall('HGETALL', ev_key)
+else
+  pairs_list = {}
+  local cursor = '0'
+  repeat
+    local res = rcall('HSCAN', ev_key, cursor, 'COUNT', limit)
+    cursor = res[1]
+    for i = 1, #res[2] do
+      if #pairs_list >= 2 * limit then break end
+      pairs_list[#pairs_list + 1] = res[2][i]
+    end
+  until cursor == '0' or #pairs_list >= 2 * limit
+end
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {0}
+local taken = 0
+for i = 1, #pairs_list, 2 do
+  local field, waiter = pairs_list[i], pairs_list[i + 1]
+  taken = taken + 1
+  local msg = msg_base .. taken
+  local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
+    .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"c":' .. ct .. ',"w":' .. waiter .. '}'
+  rcall('XADD', stream_key, '*', 'j', job, 'b', body)
+  rcall('HDEL', ev_key, field)
+  rcall('ZREM', deadlines_key, tenant .. '|' .. field .. '|' .. event)
+  out[#out + 1] = field
+  out[#out + 1] = waiter
+  out[#out + 1] = msg
+end
+out[1] = count - taken
+return out

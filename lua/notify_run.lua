@@ -1,0 +1,91 @@
+--[[
+notify_run: lookback notify (notify-or-save) to one run's waiters on an event.
+
+KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
+KEYS[2] saved          (LIST)   lookback notifications of (tenant, run, event), FIFO
+KEYS[3] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
+KEYS[4] deliveries     (STREAM) delivery jobs of the partition
+KEYS[5] op             (STRING) idempotency record of this notify
+KEYS[6] run events     (SET)    event ids the run has state for in this partition
+KEYS[7] cancelled      (STRING) tombstone of a cancelled run
+
+ARGV[1] tenant
+ARGV[2] event id
+ARGV[3] run id
+ARGV[4] body             raw bytes
+ARGV[5] content type     JSON string literal or null
+ARGV[6] message id base  the i-th delivery gets "<base><i>"; a saved item gets "<base>1"
+ARGV[7] saved ttl        milliseconds a saved notification stays consumable
+ARGV[8] op ttl           seconds the idempotency record is kept
+ARGV[9] max saved        most saved notifications per (run, event) (0 = unlimited)
+
+Returns one of
+  {"delivered", field1, waiterJSON1, messageId1, ...}   the run's waiters were taken
+  {"saved", messageId}                                  nobody of the run waits: saved FIFO
+  {"cancelled"}                                         the run was cancelled; nothing written
+  {"full", count}                                       the saved quota is reached; nothing written
+
+Invariants: delivered xor saved, in one script, so a concurrent wait of the run either sees
+the saved item or is notified (no lost event in either order). A retried call (same op
+key) returns the first reply and writes nothing.
+]]
+local rcall = redis.call
+local ev_key, saved_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op_key, run_key, cancelled_key = KEYS[5], KEYS[6], KEYS[7]
+local tenant, event, run, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local msg_base, saved_ttl = ARGV[6], tonumber(ARGV[7])
+local op_ttl, max_saved = tonumber(ARGV[8]), tonumber(ARGV[9])
+
+local prev = rcall('GET', op_key)
+if prev then return cjson.decode(prev) end
+if rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
+
+local function remember(reply)
+  rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl)
+  return reply
+end
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- The run's waiters: fields "<run>|*". Run ids are restricted to [A-Za-z0-9._:-], so
+-- they hold no glob characters.
+local found = {}
+local cursor = '0'
+for _ = 1, 10000 do
+  local res = rcall('HSCAN', ev_key, cursor, 'MATCH', run .. '|*', 'COUNT', 1000)
+  cursor = res[1]
+  for i = 1, #res[2], 2 do
+    found[#found + 1] = res[2][i]
+    found[#found + 1] = res[2][i + 1]
+  end
+  if cursor == '0' then break end
+end
+
+if #found > 0 then
+  local out = {'delivered'}
+  for i = 1, #found, 2 do
+    local field, waiter = found[i], found[i + 1]
+    local msg = msg_base .. ((i + 1) / 2)
+    local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
+      .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"c":' .. ct .. ',"w":' .. waiter .. '}'
+    rcall('XADD', stream_key, '*', 'j', job, 'b', body)
+    rcall('HDEL', ev_key, field)
+    rcall('ZREM', deadlines_key, tenant .. '|' .. field .. '|' .. event)
+    out[#out + 1] = field
+    out[#out + 1] = waiter
+    out[#out + 1] = msg
+  end
+  return remember(out)
+end
+
+if max_saved > 0 then
+  local count = rcall('LLEN', saved_key)
+  if count >= max_saved then return {'full', count} end
+end
+local msg = msg_base .. '1'
+rcall('RPUSH', saved_key, (now_ms + saved_ttl) .. '\n' .. msg .. '\n' .. ct .. '\n' .. now_ms .. '\n' .. body)
+if rcall('PTTL', saved_key) < saved_ttl then rcall('PEXPIRE', saved_key, saved_ttl) end
+rcall('SADD', run_key, event)
+if rcall('PTTL', run_key) < saved_ttl then rcall('PEXPIRE', run_key, saved_ttl) end
+return remember({'saved', msg})

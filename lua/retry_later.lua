@@ -1,0 +1,27 @@
+--[[
+retry_later: a delivery attempt failed: schedule the next attempt and release the entry.
+
+The next attempt is a new scheduled job (retry ZSET + job HASH), not a pending entry, so a
+long backoff never sits in the consumer group's pending list.
+
+KEYS[1] deliveries  (STREAM) delivery jobs of the partition
+KEYS[2] retries     (ZSET)   member message id, score due time (ms)
+KEYS[3] retry jobs  (HASH)   "<messageId>" -> job JSON, "<messageId>#b" -> body
+
+ARGV[1] consumer group
+ARGV[2] entry id
+ARGV[3] message id
+ARGV[4] job JSON       with the attempt count already increased
+ARGV[5] body
+ARGV[6] delay          milliseconds from now (Redis TIME)
+
+Returns 1 when scheduled, 0 when the entry was no longer pending (nothing written).
+]]
+local rcall = redis.call
+if rcall('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+rcall('XDEL', KEYS[1], ARGV[2])
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+rcall('HSET', KEYS[3], ARGV[3], ARGV[4], ARGV[3] .. '#b', ARGV[5])
+rcall('ZADD', KEYS[2], now_ms + tonumber(ARGV[6]), ARGV[3])
+return 1

@@ -1,0 +1,90 @@
+--[[
+wait: register a waiter, or consume a saved lookback notification instead (wait-or-consume).
+
+KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
+KEYS[2] saved          (LIST)   lookback notifications of (tenant, run, event), FIFO
+KEYS[3] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
+KEYS[4] deliveries     (STREAM) delivery jobs of the partition
+KEYS[5] op             (STRING) idempotency record of this registration
+KEYS[6] run events     (SET)    event ids the run has state for in this partition
+KEYS[7] cancelled      (STRING) tombstone of a cancelled run (exists = cancelled)
+
+ARGV[1] field            "<runId>|<waiterId>" (runId empty for plain waiters)
+ARGV[2] waiter JSON      object without "deadline"/"createdAt" (appended here, from TIME)
+ARGV[3] timeout          milliseconds until the deadline
+ARGV[4] tenant
+ARGV[5] event id
+ARGV[6] run id           "" for none
+ARGV[7] op ttl           seconds the idempotency record is kept
+ARGV[8] run ttl          milliseconds the run-events set is kept at least
+ARGV[9] max waiters      per event id (0 = unlimited)
+
+Returns one of
+  {"waiting",  waiterJSON}                  registered (or already registered: same reply)
+  {"consumed", messageId, waiterJSON}       a saved notification was taken and a delivery enqueued
+  {"cancelled"}                             the run was cancelled; nothing written
+  {"full", count}                           the event already has max waiters; nothing written
+
+Invariants: a saved notification is taken by at most one wait (LPOP, I3); a registration
+and its deadline are written together; a retried call (same op key) changes nothing and
+returns the first reply.
+]]
+local rcall = redis.call
+local ev_key, saved_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op_key, run_key, cancelled_key = KEYS[5], KEYS[6], KEYS[7]
+local field, waiter, timeout_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local tenant, event, run = ARGV[4], ARGV[5], ARGV[6]
+local op_ttl, run_ttl, max_waiters = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+
+local prev = rcall('GET', op_key)
+if prev then return cjson.decode(prev) end
+if run ~= '' and rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline_ms = now_ms + timeout_ms
+local full = string.sub(waiter, 1, -2) .. ',"deadline":' .. math.floor(deadline_ms / 1000)
+  .. ',"createdAt":' .. now_ms .. '}'
+
+local function remember(reply)
+  rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl)
+  return reply
+end
+
+if run ~= '' then
+  -- Saved items: "<expiresMs>\n<messageId>\n<contentTypeJSON>\n<savedAtMs>\n<body>".
+  -- Expired items are dropped; the loop is bounded by the list length cap of notify_run.
+  for _ = 1, 1000 do
+    local item = rcall('LPOP', saved_key)
+    if not item then break end
+    local p1 = string.find(item, '\n', 1, true)
+    local p2 = string.find(item, '\n', p1 + 1, true)
+    local p3 = string.find(item, '\n', p2 + 1, true)
+    local p4 = string.find(item, '\n', p3 + 1, true)
+    local expires = tonumber(string.sub(item, 1, p1 - 1))
+    if expires > now_ms then
+      local msg = string.sub(item, p1 + 1, p2 - 1)
+      local ct = string.sub(item, p2 + 1, p3 - 1)
+      local saved_at = string.sub(item, p3 + 1, p4 - 1)
+      local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
+        .. '","n":' .. saved_at .. ',"q":' .. now_ms .. ',"a":0,"c":' .. ct .. ',"w":' .. full .. '}'
+      rcall('XADD', stream_key, '*', 'j', job, 'b', string.sub(item, p4 + 1))
+      return remember({'consumed', msg, full})
+    end
+  end
+end
+
+if max_waiters > 0 and rcall('HEXISTS', ev_key, field) == 0 then
+  local count = rcall('HLEN', ev_key)
+  if count >= max_waiters then return {'full', count} end
+end
+
+rcall('HSET', ev_key, field, full)
+rcall('ZADD', deadlines_key, deadline_ms, tenant .. '|' .. field .. '|' .. event)
+if run ~= '' then
+  rcall('SADD', run_key, event)
+  local ttl = rcall('PTTL', run_key)
+  local want = math.max(run_ttl, timeout_ms + 60000)
+  if ttl < want then rcall('PEXPIRE', run_key, want) end
+end
+return remember({'waiting', full})

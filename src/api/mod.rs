@@ -1,0 +1,95 @@
+//! The HTTP API: the Upstash-compatible tenant surface and the operator surface.
+//! [`configure`] is the only place routes are listed.
+
+pub mod admin;
+pub mod auth;
+pub mod health;
+pub mod keys;
+pub mod notify;
+pub mod runs;
+pub mod wait;
+pub mod waiters;
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::store::{Keys, RedisPool};
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub settings: Settings,
+    pub redis: RedisPool,
+    pub keys: Keys,
+    pub auth: auth::TokenCache,
+}
+
+pub type State = web::Data<Arc<AppState>>;
+
+/// Worker processes serve only the operator probes.
+pub fn configure_health_only(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .default_service(web::to(not_found));
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/v2/wait/{eventId}", web::post().to(wait::wait))
+        .route("/v2/notify/{eventId}", web::post().to(notify::broadcast))
+        .route("/v2/notify/{runId}/{eventId}", web::post().to(notify::lookback))
+        .route("/v2/waiters/{eventId}", web::get().to(waiters::list))
+        .route("/v2/workflows/runs/{runId}", web::delete().to(runs::cancel))
+        .route("/v2/keys", web::get().to(keys::get))
+        .route("/v2/keys/rotate", web::post().to(keys::rotate))
+        .route("/admin/tenants", web::post().to(admin::create_tenant))
+        .route("/admin/tenants", web::get().to(admin::list_tenants))
+        .route("/admin/tenants/{name}/token", web::post().to(admin::rotate_token))
+        .route("/admin/tenants/{name}/token", web::delete().to(admin::revoke_token))
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Reads the request body up to `limit` bytes; a larger one is refused with 413 before
+/// it is read in full.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A percent-decoded path segment, as the route matched it.
+pub fn path_param<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
+    req.match_info().get(name).unwrap_or("")
+}
+
+pub fn json_ok<T: serde::Serialize>(status: actix_web::http::StatusCode, value: &T) -> HttpResponse {
+    HttpResponse::build(status).json(value)
+}

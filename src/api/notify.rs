@@ -1,0 +1,140 @@
+//! `POST /v2/notify/{eventId}` (broadcast) and `POST /v2/notify/{runId}/{eventId}` (lookback).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::auth::Tenant;
+use super::wait::{hash_id, random_id};
+use super::{path_param, read_body, State};
+use crate::domain::{EventId, RunId};
+use crate::error::ApiError;
+use crate::store::scripts::{self, NotifyArgs, NotifyRunArgs, NotifyRunReply, Taken};
+use crate::waiter::{NotifyResponse, Waiter};
+
+/// Most notify script calls one broadcast makes (each takes `waiters.notify_batch`
+/// waiters); what is left after that stays waiting and is reported in the log.
+const MAX_BATCHES: usize = 10_000;
+
+fn content_type_json(req: &HttpRequest) -> String {
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok());
+    serde_json::to_string(&ct).unwrap_or_else(|_| "null".into())
+}
+
+/// A message id base unique to one call: deliveries get `<base><n>`.
+fn message_id_base() -> String {
+    format!("msg_{}_", random_id(20))
+}
+
+fn responses(taken: &[Taken]) -> Result<HttpResponse, ApiError> {
+    let waiters: Vec<Waiter> = taken
+        .iter()
+        .map(|t| serde_json::from_str(&t.waiter_json))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::Internal(format!("stored waiter: {e}")))?;
+    let body: Vec<NotifyResponse<'_>> = waiters
+        .iter()
+        .zip(taken)
+        .map(|(w, t)| NotifyResponse {
+            waiter: w.view(),
+            message_id: &t.message_id,
+            deduplicated: false,
+            error: "",
+            workflow_run_id: w.run_id.as_deref().unwrap_or(""),
+            workflow_created_at: w.created_at,
+        })
+        .collect();
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header((
+            "Herald-Notify-Outcome",
+            if taken.is_empty() { "none" } else { "delivered" },
+        ))
+        .json(body))
+}
+
+pub async fn broadcast(state: State, Tenant(tenant): Tenant, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let event = EventId::parse(path_param(&req, "eventId"))?;
+    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let partition = state.keys.partition_of(&tenant, &event);
+    let ct = content_type_json(&req);
+    let mut conn = state.redis.get();
+    let mut taken = Vec::new();
+    for _ in 0..MAX_BATCHES {
+        let base = message_id_base();
+        let reply = scripts::notify(
+            &mut conn,
+            &NotifyArgs {
+                partition: &partition,
+                tenant: &tenant,
+                event: &event,
+                body: &body,
+                content_type_json: &ct,
+                message_id_base: &base,
+                limit: state.settings.waiters.notify_batch,
+            },
+        )
+        .await?;
+        let progressed = !reply.taken.is_empty();
+        taken.extend(reply.taken);
+        if reply.remaining <= 0 || !progressed {
+            break;
+        }
+    }
+    tracing::debug!(tenant = %tenant, event = %event, notified = taken.len(), "broadcast");
+    responses(&taken)
+}
+
+pub async fn lookback(state: State, Tenant(tenant): Tenant, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let run = RunId::parse(path_param(&req, "runId"))?;
+    let event = EventId::parse(path_param(&req, "eventId"))?;
+    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let settings = &state.settings;
+    let partition = state.keys.partition_of(&tenant, &event);
+    // A client retry with the same Idempotency-Key (or Upstash-Deduplication-Id) gets the
+    // first reply and saves nothing twice; without one, each call is its own notify.
+    let op_id = req
+        .headers()
+        .get("idempotency-key")
+        .or_else(|| req.headers().get("upstash-deduplication-id"))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(|k| format!("n:{}", hash_id(&[tenant.as_str(), run.as_str(), event.as_str(), k])))
+        .unwrap_or_else(|| format!("n:{}", random_id(24)));
+    let base = message_id_base();
+    let mut conn = state.redis.get();
+    let reply = scripts::notify_run(
+        &mut conn,
+        &NotifyRunArgs {
+            partition: &partition,
+            tenant: &tenant,
+            event: &event,
+            run: &run,
+            op_id: &op_id,
+            body: &body,
+            content_type_json: &content_type_json(&req),
+            message_id_base: &base,
+            saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
+            op_ttl_secs: settings.waiters.idempotency_ttl_secs,
+            max_saved: 0,
+        },
+    )
+    .await?;
+    match reply {
+        NotifyRunReply::Delivered(taken) => responses(&taken),
+        NotifyRunReply::Saved { message_id } => {
+            tracing::debug!(tenant = %tenant, event = %event, run = %run, "lookback saved");
+            Ok(HttpResponse::build(StatusCode::CREATED)
+                .insert_header(("Herald-Notify-Outcome", "saved"))
+                .insert_header(("Herald-Message-Id", message_id))
+                .json(Vec::<()>::new()))
+        }
+        NotifyRunReply::Cancelled => Err(ApiError::Conflict(format!(
+            "run {run} was cancelled; its notifications are not kept"
+        ))),
+        NotifyRunReply::Full { count } => Err(ApiError::Unprocessable(format!(
+            "quota: run {run} already has {count} saved notifications for event {event}"
+        ))),
+    }
+}

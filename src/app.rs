@@ -1,0 +1,172 @@
+//! Start-up and shutdown: builds the shared state, binds the HTTP listener, starts the
+//! delivery workers and the scheduler for the chosen role, and stops them in order.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, auth::TokenCache, AppState};
+use crate::config::Settings;
+use crate::delivery::http::Sender;
+use crate::delivery::ip_policy::IpPolicy;
+use crate::delivery::Deliverer;
+use crate::scheduler::Scheduler;
+use crate::store::{self, Keys, RedisPool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API only.
+    Api,
+    /// Delivery workers and the scheduler (plus /healthz, /readyz).
+    Worker,
+    /// Both in one process.
+    All,
+}
+
+impl Role {
+    fn serves_api(self) -> bool {
+        matches!(self, Role::Api | Role::All)
+    }
+    fn runs_workers(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
+/// A started Herald: its address, and the means to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    server: actix_web::dev::ServerHandle,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+}
+
+/// Connects to Redis, checks the partition count, loads scripts and creates consumer
+/// groups. Retries while Redis is unreachable, up to `wait`.
+pub async fn prepare_redis(settings: &Settings, wait: Duration) -> anyhow::Result<(RedisPool, Keys)> {
+    let redis = RedisPool::open(&settings.redis).context("invalid redis.url")?;
+    let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let started = std::time::Instant::now();
+    loop {
+        let mut conn = redis.get();
+        let attempt = async {
+            store::check_partitions(&mut conn, &keys).await?;
+            store::prepare(&mut conn, &keys).await
+        }
+        .await;
+        match attempt {
+            Ok(()) => {
+                store::warn_unless_noeviction(&mut conn).await;
+                return Ok((redis, keys));
+            }
+            Err(store::StoreError::Unavailable(e)) if started.elapsed() < wait => {
+                tracing::warn!(error = %e, "waiting for redis");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("preparing redis"),
+        }
+    }
+}
+
+pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
+    let (redis, keys) = prepare_redis(&settings, Duration::from_secs(60)).await?;
+    let state = Arc::new(AppState {
+        auth: TokenCache::new(Duration::from_millis(settings.server.auth_cache_ms)),
+        settings: settings.clone(),
+        redis: redis.clone(),
+        keys: keys.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if role.runs_workers() {
+        let policy = IpPolicy::new(settings.allow_cidrs().map_err(anyhow::Error::msg)?);
+        let sender = Sender::new(
+            policy,
+            Duration::from_secs(settings.delivery.connect_timeout_secs),
+            Duration::from_secs(settings.delivery.request_timeout_secs),
+        )
+        .context("building the HTTP client")?;
+        let deliverer = Deliverer::new(redis.clone(), keys.clone(), settings.clone(), sender);
+        tasks.push(tokio::spawn(deliverer.run(shutdown.clone())));
+        let scheduler = Scheduler::new(redis.clone(), keys.clone(), settings.clone());
+        tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
+    }
+
+    let listener = TcpListener::bind(settings.server.listen)
+        .with_context(|| format!("binding {}", settings.server.listen))?;
+    let addr = listener.local_addr()?;
+    let data = web::Data::new(state.clone());
+    let serves_api = role.serves_api();
+    let mut server = HttpServer::new(move || {
+        let app = App::new().app_data(data.clone());
+        if serves_api {
+            app.configure(api::configure)
+        } else {
+            app.configure(api::configure_health_only)
+        }
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_grace_secs);
+    if settings.server.http_workers > 0 {
+        server = server.workers(settings.server.http_workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    }));
+    tracing::info!(%addr, role = ?role, "herald started");
+    Ok(Running {
+        addr,
+        state,
+        server: handle,
+        shutdown,
+        tasks,
+        grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+    })
+}
+
+impl Running {
+    /// Graceful stop: stop accepting, drain HTTP, stop reading deliveries and let the
+    /// in-flight ones finish, all within the grace time. What is not finished stays
+    /// pending in Redis and is taken over by another worker.
+    pub async fn stop(self) {
+        tracing::info!("shutting down");
+        self.shutdown.cancel();
+        let server = self.server.stop(true);
+        let all = async {
+            server.await;
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            tracing::warn!("shutdown grace time over; unfinished deliveries stay pending");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,172 @@
+//! Configuration: `config/default.toml` (compiled in, documents every key) → optional
+//! file → `HERALD_<SECTION>__<KEY>` environment variables (and `REDIS_URL`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::delivery::ip_policy::Cidr;
+use crate::domain::parse_duration;
+
+/// The documented defaults, the base layer of every configuration.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub redis: RedisSettings,
+    pub waiters: WaiterSettings,
+    pub delivery: DeliverySettings,
+    pub scheduler: SchedulerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_token: String,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub http_workers: usize,
+    pub auth_cache_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub partitions: u16,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WaiterSettings {
+    pub default_timeout: String,
+    pub max_timeout: String,
+    pub saved_ttl_secs: u64,
+    pub idempotency_ttl_secs: u64,
+    pub notify_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
+    pub concurrency: usize,
+    pub read_batch: usize,
+    pub block_ms: u64,
+    pub connect_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_retries: u32,
+    pub max_backoff_secs: u64,
+    pub backoff_factor: f64,
+    pub reclaim_idle_secs: u64,
+    pub allow_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulerSettings {
+    pub tick_ms: u64,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        if let Some(url) = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) {
+            figment = figment.merge(("redis.url", url));
+        }
+        figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads the defaults alone (tests and `herald dev` start from these).
+    pub fn defaults() -> Self {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("config/default.toml is valid")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.redis.partitions == 0 || self.redis.partitions > 1024 {
+            return invalid("redis.partitions", "must be between 1 and 1024".into());
+        }
+        if !crate::domain::is_valid_prefix(&self.redis.key_prefix) {
+            return invalid(
+                "redis.key_prefix",
+                "must be 1-64 characters of [A-Za-z0-9_.-]".into(),
+            );
+        }
+        for (key, value) in [
+            ("waiters.default_timeout", &self.waiters.default_timeout),
+            ("waiters.max_timeout", &self.waiters.max_timeout),
+        ] {
+            if let Err(e) = parse_duration(value) {
+                return invalid(key, e.to_string());
+            }
+        }
+        if self.default_timeout_ms() > self.max_timeout_ms() {
+            return invalid(
+                "waiters.default_timeout",
+                "is longer than waiters.max_timeout".into(),
+            );
+        }
+        if self.waiters.notify_batch == 0 || self.scheduler.batch == 0 {
+            return invalid("waiters.notify_batch", "batches must be at least 1".into());
+        }
+        if self.delivery.concurrency == 0 {
+            return invalid("delivery.concurrency", "must be at least 1".into());
+        }
+        if let Err(e) = self.allow_cidrs() {
+            return invalid("delivery.allow_cidrs", e);
+        }
+        Ok(())
+    }
+
+    pub fn default_timeout_ms(&self) -> u64 {
+        parse_duration(&self.waiters.default_timeout).unwrap_or(7 * 86_400_000)
+    }
+
+    pub fn max_timeout_ms(&self) -> u64 {
+        parse_duration(&self.waiters.max_timeout).unwrap_or(365 * 86_400_000)
+    }
+
+    pub fn allow_cidrs(&self) -> Result<Vec<Cidr>, String> {
+        self.delivery
+            .allow_cidrs
+            .iter()
+            .map(|s| s.parse::<Cidr>().map_err(|e| format!("{s:?}: {e}")))
+            .collect()
+    }
+}

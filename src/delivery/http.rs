@@ -1,0 +1,297 @@
+//! Outbound HTTP: the request a delivery owes, and the guarded client that sends it.
+//!
+//! The client follows no redirects, ignores proxy environment variables, has connect and
+//! total timeouts, reads at most [`RESPONSE_EXCERPT`] bytes of a response, and connects
+//! only to addresses the [`IpPolicy`] allows: names are filtered by the resolver the
+//! client connects with (so DNS rebinding cannot slip past), IP-literal hosts before the
+//! request is made.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderName, HeaderValue};
+
+use super::ip_policy::IpPolicy;
+use crate::waiter::{Job, JobKind};
+
+/// Bytes of a response body kept (for the dead-letter record); the rest is not read.
+pub const RESPONSE_EXCERPT: usize = 1024;
+
+/// Headers a tenant cannot set on an outbound request: they belong to the connection or
+/// to Herald.
+const DROPPED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "upstash-signature",
+    "upstash-message-id",
+    "upstash-retried",
+];
+
+/// The forwarding prefix of the Upstash protocol: `Upstash-Forward-X: v` is sent as `X: v`.
+const FORWARD_PREFIX: &str = "upstash-forward-";
+
+/// One HTTP request a delivery owes.
+#[derive(Debug)]
+pub struct Outbound {
+    pub url: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Vec<u8>,
+}
+
+fn push_header(headers: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: &str) {
+    let lower = name.to_ascii_lowercase();
+    let name = lower.strip_prefix(FORWARD_PREFIX).unwrap_or(&lower);
+    if DROPPED_HEADERS.contains(&name) {
+        return;
+    }
+    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        // One value per name: a forwarded header replaces a direct one of the same name.
+        headers.retain(|(existing, _)| existing != n);
+        headers.push((n, v));
+    }
+}
+
+/// The step-format body a workflow waiter (Upstash SDK) expects: `RawStep[]`, whose first
+/// element stands for the run's initial payload (Herald does not hold it: empty) and whose
+/// last is the wait step with `out` = base64(event body), or `waitTimeout: true`.
+fn workflow_body(job: &Job, event_body: &[u8]) -> Vec<u8> {
+    let mut step = match &job.w.step {
+        Some(serde_json::Value::Object(s)) => s.clone(),
+        _ => serde_json::Map::new(),
+    };
+    step.insert("waitEventId".into(), job.e.clone().into());
+    step.insert("timeout".into(), job.w.timeout.clone().into());
+    match job.k {
+        JobKind::Event => {
+            step.insert("out".into(), STANDARD.encode(event_body).into());
+            step.insert("waitTimeout".into(), false.into());
+        }
+        JobKind::Timeout => {
+            step.insert("waitTimeout".into(), true.into());
+        }
+    }
+    let step_json = serde_json::Value::Object(step).to_string();
+    serde_json::json!([
+        { "messageId": job.m, "body": "", "callType": "step" },
+        { "messageId": job.m, "body": STANDARD.encode(step_json), "callType": "step" },
+    ])
+    .to_string()
+    .into_bytes()
+}
+
+/// Builds the request of a job: the event to `url`, or the timeout to `timeoutUrl`.
+pub fn build(job: &Job, event_body: &[u8]) -> Outbound {
+    let w = &job.w;
+    let (url, source_headers) = match job.k {
+        JobKind::Event => (&w.url, &w.headers),
+        JobKind::Timeout => (&w.timeout_url, &w.timeout_headers),
+    };
+    let mut headers = Vec::new();
+    for (name, values) in source_headers.iter() {
+        if let Some(v) = values.first() {
+            push_header(&mut headers, name, v);
+        }
+    }
+    let (body, content_type) = if w.step.is_some() {
+        (workflow_body(job, event_body), Some("application/json".to_owned()))
+    } else {
+        match job.k {
+            JobKind::Event => (event_body.to_vec(), job.c.clone()),
+            JobKind::Timeout => (
+                w.timeout_body
+                    .as_deref()
+                    .and_then(|b| STANDARD.decode(b).ok())
+                    .unwrap_or_default(),
+                None,
+            ),
+        }
+    };
+    if let Some(ct) = content_type {
+        push_header(&mut headers, "content-type", &ct);
+    }
+    push_header(&mut headers, "user-agent", "Herald");
+    let fixed = [
+        ("upstash-message-id", job.m.clone()),
+        ("upstash-retried", job.a.to_string()),
+        ("herald-event-id", job.e.clone()),
+        (
+            "herald-outcome",
+            match job.k {
+                JobKind::Event => "event".to_owned(),
+                JobKind::Timeout => "timeout".to_owned(),
+            },
+        ),
+    ];
+    for (name, value) in fixed {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.retain(|(n, _)| n.as_str() != name);
+            headers.push((HeaderName::from_static(name), v));
+        }
+    }
+    Outbound {
+        url: url.clone(),
+        headers,
+        body,
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// 2xx.
+    Delivered { status: u16 },
+    /// Non-2xx, with what the receiver said about retrying.
+    Failed {
+        status: u16,
+        excerpt: String,
+        retry_after: Option<Duration>,
+        non_retryable: bool,
+    },
+    /// No response: connect error, timeout, reset.
+    Unreachable { error: String },
+    /// The URL's address is not allowed (SSRF guard); retrying cannot help.
+    Refused { reason: String },
+}
+
+/// Filters resolved addresses through the policy (DNS rebinding cannot bypass the check:
+/// the connection uses exactly these addresses).
+struct GuardedResolver {
+    policy: Arc<IpPolicy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|a| policy.check(a.ip()).is_ok())
+                .collect();
+            if allowed.is_empty() {
+                let reason = resolved
+                    .first()
+                    .and_then(|a| policy.check(a.ip()).err())
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "no address".into());
+                return Err(format!("blocked: {host} resolves to a refused address ({reason})").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    policy: Arc<IpPolicy>,
+}
+
+impl Sender {
+    pub fn new(policy: IpPolicy, connect_timeout: Duration, total_timeout: Duration) -> reqwest::Result<Self> {
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(connect_timeout)
+            .timeout(total_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .build()?;
+        Ok(Self { client, policy })
+    }
+
+    pub async fn send(&self, outbound: Outbound) -> Attempt {
+        let url = match reqwest::Url::parse(&outbound.url) {
+            Ok(u) => u,
+            Err(e) => return Attempt::Refused { reason: format!("invalid url: {e}") },
+        };
+        if let Some(reason) = self.refusal(&url) {
+            return Attempt::Refused { reason };
+        }
+        let mut request = self.client.post(url);
+        for (name, value) in outbound.headers {
+            request = request.header(name, value);
+        }
+        let response = match request.body(outbound.body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let text = error_chain(&e);
+                if text.contains("blocked:") {
+                    return Attempt::Refused { reason: text };
+                }
+                return Attempt::Unreachable { error: text };
+            }
+        };
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Attempt::Delivered { status };
+        }
+        let headers = response.headers().clone();
+        let non_retryable = status == 489
+            && headers
+                .get("upstash-nonretryable-error")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let retry_after = super::retry::retry_after(&headers);
+        let excerpt = read_excerpt(response).await;
+        Attempt::Failed {
+            status,
+            excerpt,
+            retry_after,
+            non_retryable,
+        }
+    }
+
+    /// IP-literal hosts are checked here: no resolver runs for them.
+    fn refusal(&self, url: &reqwest::Url) -> Option<String> {
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+            url::Host::Domain(d) => super::ip_policy::parse_host_ip(d)?,
+        };
+        self.policy
+            .check(ip)
+            .err()
+            .map(|r| format!("blocked: {ip} is refused ({r})"))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Reads at most [`RESPONSE_EXCERPT`] bytes; a receiver streaming forever or dripping
+/// bytes is cut off by the size cap or the client's total timeout.
+async fn read_excerpt(mut response: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < RESPONSE_EXCERPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(RESPONSE_EXCERPT);
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -1,0 +1,324 @@
+//! Delivery workers: one reader task per partition stream (consumer group `herald`, each
+//! on its own connection), a bounded number of concurrent HTTP attempts, and the outcome
+//! of each attempt written back by one script: `ack` (2xx), `retry_later` (a new scheduled
+//! attempt), or `dead_letter` (out of attempts, or refused for good).
+//!
+//! At-least-once: an entry leaves the pending list only through one of those scripts.
+//! A worker that dies mid-attempt leaves its entries pending; any worker takes them over
+//! with `XAUTOCLAIM` once they are idle for `delivery.reclaim_idle_secs`.
+
+pub mod http;
+pub mod ip_policy;
+pub mod retry;
+pub mod signing;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::domain::TenantName;
+use crate::store::scripts::{self, DeadLetterArgs, RetryLaterArgs};
+use crate::store::{tenants, Conn, Keys, Partition, RedisPool, StoreError, GROUP};
+use crate::waiter::Job;
+use self::http::{Attempt, Sender};
+
+/// How long a tenant's signing key is cached by a worker.
+const SIGNING_KEY_TTL: Duration = Duration::from_secs(5);
+
+pub struct Deliverer {
+    redis: RedisPool,
+    keys: Keys,
+    settings: Settings,
+    sender: Sender,
+    /// Bounds concurrent attempts of this process.
+    slots: Arc<Semaphore>,
+    consumer: String,
+    signing_keys: Mutex<HashMap<String, (String, Instant)>>,
+    tasks: TaskTracker,
+}
+
+impl Deliverer {
+    pub fn new(redis: RedisPool, keys: Keys, settings: Settings, sender: Sender) -> Arc<Self> {
+        let consumer = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
+            std::process::id(),
+            crate::api::wait::random_id(6)
+        );
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(settings.delivery.concurrency)),
+            redis,
+            keys,
+            settings,
+            sender,
+            consumer,
+            signing_keys: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Runs one reader per partition until `shutdown`; then waits for in-flight attempts
+    /// (the caller bounds that wait by the shutdown grace time).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let readers = TaskTracker::new();
+        for partition in self.keys.all_partitions() {
+            let this = self.clone();
+            let stop = shutdown.clone();
+            readers.spawn(async move { this.read_partition(partition, stop).await });
+        }
+        readers.close();
+        readers.wait().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn read_partition(self: Arc<Self>, partition: Partition, shutdown: CancellationToken) {
+        let block = Duration::from_millis(self.settings.delivery.block_ms);
+        let reclaim_every = Duration::from_secs((self.settings.delivery.reclaim_idle_secs / 4).max(1));
+        let mut last_reclaim = Instant::now();
+        let mut conn: Option<Conn> = None;
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match self.redis.dedicated(block).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(partition = partition.index, error = %e, "delivery reader cannot connect");
+                        pause(&shutdown, failures).await;
+                        continue;
+                    }
+                },
+            };
+            // Take only as many entries as there are free attempt slots.
+            let Some(permits) = self.take_slots(&shutdown).await else { break };
+            let result = if last_reclaim.elapsed() >= reclaim_every {
+                last_reclaim = Instant::now();
+                self.reclaim(c, &partition, permits.len()).await
+            } else {
+                self.read(c, &partition, permits.len(), block).await
+            };
+            match result {
+                Ok(entries) => {
+                    failures = 0;
+                    let mut permits = permits.into_iter();
+                    for entry in entries {
+                        let Some(permit) = permits.next() else { break };
+                        let this = self.clone();
+                        let partition = partition.clone();
+                        self.tasks.spawn(async move {
+                            this.deliver(&partition, entry).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(partition = partition.index, error = %e, "delivery read failed");
+                    if matches!(e, StoreError::Unavailable(_)) {
+                        conn = None;
+                    }
+                    if e.to_string().contains("NOGROUP") {
+                        let _ = crate::store::prepare(&mut self.redis.get(), &self.keys).await;
+                    }
+                    pause(&shutdown, failures).await;
+                }
+            }
+        }
+    }
+
+    async fn take_slots(&self, shutdown: &CancellationToken) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.cancelled() => return None,
+        };
+        let mut permits = vec![first];
+        while permits.len() < self.settings.delivery.read_batch {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    async fn read(&self, conn: &mut Conn, partition: &Partition, count: usize, block: Duration) -> Result<Vec<StreamId>, StoreError> {
+        let options = StreamReadOptions::default()
+            .group(GROUP, &self.consumer)
+            .count(count)
+            .block(block.as_millis() as usize);
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[partition.deliveries()], &[">"], &options)
+            .await?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+
+    /// Takes over entries another consumer left idle too long (it crashed or hung).
+    async fn reclaim(&self, conn: &mut Conn, partition: &Partition, count: usize) -> Result<Vec<StreamId>, StoreError> {
+        let idle_ms = self.settings.delivery.reclaim_idle_secs * 1000;
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(partition.deliveries())
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(conn)
+            .await?;
+        if !reply.claimed.is_empty() {
+            tracing::info!(partition = partition.index, count = reply.claimed.len(), "reclaimed idle deliveries");
+        }
+        if !reply.deleted_ids.is_empty() {
+            tracing::error!(partition = partition.index, ids = ?reply.deleted_ids, "pending deliveries whose stream entry is gone");
+        }
+        Ok(reply.claimed)
+    }
+
+    async fn signing_key(&self, tenant: &str) -> Option<String> {
+        if let Some((key, at)) = self.signing_keys.lock().ok()?.get(tenant) {
+            if at.elapsed() < SIGNING_KEY_TTL {
+                return Some(key.clone());
+            }
+        }
+        let name = TenantName::parse(tenant).ok()?;
+        let keys = tenants::signing_keys(&mut self.redis.get(), &self.keys, &name).await.ok()?;
+        self.signing_keys
+            .lock()
+            .ok()?
+            .insert(tenant.to_owned(), (keys.current.clone(), Instant::now()));
+        Some(keys.current)
+    }
+
+    /// One attempt of one entry, and its outcome written back.
+    async fn deliver(&self, partition: &Partition, entry: StreamId) {
+        let job_json: Option<String> = entry.get("j");
+        let body: Vec<u8> = entry.get("b").unwrap_or_default();
+        let Some(mut job) = job_json.as_deref().and_then(|j| serde_json::from_str::<Job>(j).ok()) else {
+            tracing::error!(partition = partition.index, id = %entry.id, "undecodable delivery entry; dead-lettering");
+            let tenant = TenantName::parse("unknown").expect("valid name");
+            let args = DeadLetterArgs {
+                partition,
+                tenant: &tenant,
+                entry_id: &entry.id,
+                job_json: job_json.as_deref().unwrap_or(""),
+                body: &body,
+                last_status: 0,
+                last_error: "undecodable entry",
+            };
+            let _ = scripts::dead_letter(&mut self.redis.get(), &args).await;
+            return;
+        };
+        let mut outbound = http::build(&job, &body);
+        if let Some(key) = self.signing_key(&job.t).await {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let jti = format!("jwt_{}", crate::api::wait::random_id(20));
+            let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&token) {
+                outbound.headers.push((reqwest::header::HeaderName::from_static("upstash-signature"), v));
+            }
+        }
+        let started = Instant::now();
+        let attempt = self.sender.send(outbound).await;
+        let elapsed_ms = started.elapsed().as_millis();
+        let max_retries = job.w.retries.unwrap_or(self.settings.delivery.max_retries);
+        let mut conn = self.redis.get();
+        let result = match attempt {
+            Attempt::Delivered { status } => {
+                tracing::debug!(tenant = %job.t, event = %job.e, message = %job.m, status, elapsed_ms, "delivered");
+                scripts::ack(&mut conn, partition, &entry.id).await.map(|_| ())
+            }
+            failure => {
+                let (status, error, retry_after, final_failure) = match failure {
+                    Attempt::Failed { status, excerpt, retry_after, non_retryable } => {
+                        (status, format!("HTTP {status}: {excerpt}"), retry_after, non_retryable)
+                    }
+                    Attempt::Unreachable { error } => (0, error, None, false),
+                    Attempt::Refused { reason } => (0, reason, None, true),
+                    Attempt::Delivered { .. } => unreachable!("handled above"),
+                };
+                job.a += 1;
+                let out_of_attempts = job.a > max_retries;
+                tracing::info!(
+                    tenant = %job.t, event = %job.e, message = %job.m, attempt = job.a, status,
+                    error = %truncate(&error, 200), "delivery attempt failed"
+                );
+                let job_json = serde_json::to_string(&job).unwrap_or_default();
+                if final_failure || out_of_attempts {
+                    let tenant = TenantName::parse(&job.t).unwrap_or_else(|_| TenantName::parse("unknown").expect("valid"));
+                    scripts::dead_letter(
+                        &mut conn,
+                        &DeadLetterArgs {
+                            partition,
+                            tenant: &tenant,
+                            entry_id: &entry.id,
+                            job_json: &job_json,
+                            body: &body,
+                            last_status: status,
+                            last_error: truncate(&error, 1024),
+                        },
+                    )
+                    .await
+                    .map(|id| {
+                        tracing::warn!(tenant = %job.t, event = %job.e, message = %job.m, dead_letter = ?id, "delivery dead-lettered");
+                    })
+                } else {
+                    let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
+                    let delay = retry_after
+                        .map(|d| d.min(max))
+                        .unwrap_or_else(|| retry::backoff(job.a, self.settings.delivery.backoff_factor, max));
+                    scripts::retry_later(
+                        &mut conn,
+                        &RetryLaterArgs {
+                            partition,
+                            entry_id: &entry.id,
+                            message_id: &job.m,
+                            job_json: &job_json,
+                            body: &body,
+                            delay_ms: delay.as_millis() as u64,
+                        },
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            }
+        };
+        if let Err(e) = result {
+            // The entry stays pending and is reclaimed later: a duplicate, never a loss.
+            tracing::warn!(message = %job.m, error = %e, "could not record the delivery outcome");
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Backs off after consecutive failures (50 ms doubling up to 2 s), or returns at shutdown.
+pub async fn pause(shutdown: &CancellationToken, failures: u32) {
+    let ms = (50u64 << failures.min(6)).min(2000);
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

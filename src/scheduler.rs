@@ -1,0 +1,96 @@
+//! The scheduler: every `scheduler.tick_ms`, in every partition, times out due waiters
+//! (`expire_due`) and moves due retries back into the delivery stream (`promote_due`).
+//!
+//! Any number of workers may run it at once: each script re-checks what it changes, so a
+//! waiter times out once and a retry is promoted once. "Due" is decided by Redis TIME, so
+//! a pod whose clock is off cannot fire a timeout early or late.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::wait::random_id;
+use crate::config::Settings;
+use crate::store::keys::parse_deadline_member;
+use crate::store::scripts::{self, DueCandidate};
+use crate::store::{Conn, Keys, Partition, RedisPool, StoreError};
+
+pub struct Scheduler {
+    redis: RedisPool,
+    keys: Keys,
+    settings: Settings,
+}
+
+impl Scheduler {
+    pub fn new(redis: RedisPool, keys: Keys, settings: Settings) -> Self {
+        Self { redis, keys, settings }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tick = Duration::from_millis(self.settings.scheduler.tick_ms);
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.tick().await {
+                Ok(busy) => {
+                    failures = 0;
+                    // A full batch means more is due: go again at once.
+                    if busy {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(tick) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "scheduler tick failed");
+                    crate::delivery::pause(&shutdown, failures).await;
+                }
+            }
+        }
+    }
+
+    /// One pass over all partitions; true when some batch was full.
+    pub async fn tick(&self) -> Result<bool, StoreError> {
+        let mut conn = self.redis.get();
+        let mut busy = false;
+        for partition in self.keys.all_partitions() {
+            busy |= self.expire(&mut conn, &partition).await?;
+            let promoted = scripts::promote_due(&mut conn, &partition, self.settings.scheduler.batch).await?;
+            busy |= promoted as usize >= self.settings.scheduler.batch;
+        }
+        Ok(busy)
+    }
+
+    async fn expire(&self, conn: &mut Conn, partition: &Partition) -> Result<bool, StoreError> {
+        let batch = self.settings.scheduler.batch;
+        let (time, earliest): ((u64, u64), Vec<(String, f64)>) = redis::pipe()
+            .cmd("TIME")
+            .cmd("ZRANGE")
+            .arg(partition.deadlines())
+            .arg(0)
+            .arg(batch as i64 - 1)
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await?;
+        let now_ms = (time.0 * 1000 + time.1 / 1000) as f64;
+        let candidates: Vec<DueCandidate> = earliest
+            .into_iter()
+            .take_while(|(_, score)| *score <= now_ms)
+            .filter_map(|(member, _)| {
+                let (tenant, field, event) = parse_deadline_member(&member)?;
+                Some(DueCandidate { member, field, tenant, event })
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        let base = format!("msg_{}_t", random_id(20));
+        let fired = scripts::expire_due(conn, partition, &base, &candidates).await?;
+        for (member, lateness_ms) in &fired {
+            tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
+        }
+        Ok(candidates.len() >= batch)
+    }
+}

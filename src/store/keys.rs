@@ -1,0 +1,283 @@
+//! Every Redis key name Herald uses is built here, and nowhere else.
+//!
+//! Keys of one (tenant, event id) live in one *partition* `p = fnv1a64(tenant "\0" event) mod P`
+//! and carry the partition's hash tag `{p<n>}`, so every script touches one cluster slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<prefix>:{p<n>}:ev:<tenant>:<event>` | HASH | waiters of the event: `<run>\|<waiterId>` → waiter JSON |
+//! | `<prefix>:{p<n>}:saved:<tenant>:<run>:<event>` | LIST | saved lookback notifications, FIFO |
+//! | `<prefix>:{p<n>}:run:<tenant>:<run>` | SET | event ids the run has state for in the partition |
+//! | `<prefix>:{p<n>}:cancelled:<tenant>:<run>` | STRING | tombstone of a cancelled run |
+//! | `<prefix>:{p<n>}:op:<tenant>:<opId>` | STRING | idempotency record of a wait / lookback notify |
+//! | `<prefix>:{p<n>}:deadlines` | ZSET | `<tenant>\|<field>\|<event>` by deadline (ms) |
+//! | `<prefix>:{p<n>}:deliveries` | STREAM | delivery jobs; consumer group `herald` |
+//! | `<prefix>:{p<n>}:retries` | ZSET | message id by due time (ms) |
+//! | `<prefix>:{p<n>}:retry-jobs` | HASH | message id → job JSON, `<id>#b` → body |
+//! | `<prefix>:{p<n>}:dlq:<tenant>` | STREAM | the tenant's dead letters |
+//!
+//! Global keys (single-key commands only): `<prefix>:meta` (HASH: partitions),
+//! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING).
+//!
+//! Tenant names hold no `:`/`|`/`{`/`}`; event and run ids hold no `|`/`{`/`}` (see
+//! [`crate::domain`]), so no tenant can name another tenant's key or choose a slot.
+
+use crate::domain::{EventId, RunId, TenantName};
+
+/// The consumer group of every delivery stream.
+pub const GROUP: &str = "herald";
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u16,
+}
+
+/// The keys of one partition (a hash-tagged slice of the keyspace).
+#[derive(Debug, Clone)]
+pub struct Partition {
+    /// `<prefix>:{p<n>}:`
+    base: String,
+    pub index: u16,
+}
+
+/// FNV-1a, 64 bit: stable across versions and platforms (it decides where data lives).
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hash ^= 0;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in *part {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+impl Keys {
+    pub fn new(prefix: &str, partitions: u16) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            partitions,
+        }
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    pub fn partition_of(&self, tenant: &TenantName, event: &EventId) -> Partition {
+        let h = fnv1a64(&[tenant.as_str().as_bytes(), event.as_str().as_bytes()]);
+        self.partition((h % u64::from(self.partitions)) as u16)
+    }
+
+    pub fn partition(&self, index: u16) -> Partition {
+        Partition {
+            base: format!("{}:{{p{}}}:", self.prefix, index),
+            index,
+        }
+    }
+
+    pub fn all_partitions(&self) -> impl Iterator<Item = Partition> + '_ {
+        (0..self.partitions).map(|i| self.partition(i))
+    }
+
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    pub fn tenant(&self, name: &TenantName) -> String {
+        format!("{}:tenant:{}", self.prefix, name)
+    }
+
+    pub fn tenants(&self) -> String {
+        format!("{}:tenants", self.prefix)
+    }
+
+    pub fn token(&self, token_sha256_hex: &str) -> String {
+        format!("{}:token:{}", self.prefix, token_sha256_hex)
+    }
+}
+
+impl Partition {
+    pub fn event_waiters(&self, tenant: &TenantName, event: &EventId) -> String {
+        format!("{}ev:{}:{}", self.base, tenant, event)
+    }
+
+    pub fn saved(&self, tenant: &TenantName, run: &RunId, event: &EventId) -> String {
+        format!("{}saved:{}:{}:{}", self.base, tenant, run, event)
+    }
+
+    /// Unused placeholder key for plain waiters (no run): scripts still get a key of the
+    /// partition in that position, which they never touch.
+    pub fn no_run(&self) -> String {
+        format!("{}norun", self.base)
+    }
+
+    pub fn run_events(&self, tenant: &TenantName, run: &RunId) -> String {
+        format!("{}run:{}:{}", self.base, tenant, run)
+    }
+
+    pub fn cancelled(&self, tenant: &TenantName, run: &RunId) -> String {
+        format!("{}cancelled:{}:{}", self.base, tenant, run)
+    }
+
+    pub fn op(&self, tenant: &TenantName, op_id: &str) -> String {
+        format!("{}op:{}:{}", self.base, tenant, op_id)
+    }
+
+    pub fn deadlines(&self) -> String {
+        format!("{}deadlines", self.base)
+    }
+
+    pub fn deliveries(&self) -> String {
+        format!("{}deliveries", self.base)
+    }
+
+    pub fn retries(&self) -> String {
+        format!("{}retries", self.base)
+    }
+
+    pub fn retry_jobs(&self) -> String {
+        format!("{}retry-jobs", self.base)
+    }
+
+    pub fn dead_letters(&self, tenant: &TenantName) -> String {
+        format!("{}dlq:{}", self.base, tenant)
+    }
+}
+
+/// A waiter's field in its event hash: `<run>|<waiterId>` (run empty for plain waiters).
+pub fn waiter_field(run: Option<&RunId>, waiter_id: &str) -> String {
+    format!("{}|{}", run.map(RunId::as_str).unwrap_or(""), waiter_id)
+}
+
+/// A deadline-set member: `<tenant>|<field>|<event>`.
+pub fn deadline_member(tenant: &TenantName, field: &str, event: &EventId) -> String {
+    format!("{tenant}|{field}|{event}")
+}
+
+/// Splits a deadline-set member back into (tenant, field, event).
+pub fn parse_deadline_member(member: &str) -> Option<(TenantName, String, EventId)> {
+    let (tenant, rest) = member.split_once('|')?;
+    let (run, rest) = rest.split_once('|')?;
+    let (waiter, event) = rest.split_once('|')?;
+    Some((
+        TenantName::parse(tenant).ok()?,
+        format!("{run}|{waiter}"),
+        EventId::parse(event).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CRC16-XMODEM as Redis Cluster uses it (`CLUSTER KEYSLOT`), with hash tags.
+    fn key_slot(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let tagged = match bytes.iter().position(|b| *b == b'{') {
+            Some(open) => match bytes[open + 1..].iter().position(|b| *b == b'}') {
+                Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+                _ => bytes,
+            },
+            None => bytes,
+        };
+        let mut crc: u16 = 0;
+        for b in tagged {
+            crc ^= u16::from(*b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn key_slot_matches_redis_reference_values() {
+        // Values from the Redis Cluster specification / CLUSTER KEYSLOT.
+        assert_eq!(key_slot("123456789"), 0x31C3 % 16384);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+    }
+
+    #[test]
+    fn every_script_keys_share_one_slot() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let run = RunId::parse("wfr_1").unwrap();
+        for i in 0..200 {
+            let event = EventId::parse(&format!("order-{i}")).unwrap();
+            let p = keys.partition_of(&tenant, &event);
+            let all = [
+                p.event_waiters(&tenant, &event),
+                p.saved(&tenant, &run, &event),
+                p.no_run(),
+                p.run_events(&tenant, &run),
+                p.cancelled(&tenant, &run),
+                p.op(&tenant, "x"),
+                p.deadlines(),
+                p.deliveries(),
+                p.retries(),
+                p.retry_jobs(),
+                p.dead_letters(&tenant),
+            ];
+            let slot = key_slot(&all[0]);
+            for k in &all {
+                assert_eq!(key_slot(k), slot, "{k} is in another slot than {}", all[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn partitions_spread_over_distinct_slots() {
+        let keys = Keys::new("herald", 16);
+        let mut slots: Vec<u16> = keys
+            .all_partitions()
+            .map(|p| key_slot(&p.deliveries()))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), 16);
+    }
+
+    #[test]
+    fn partition_is_stable_and_spread() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let e = EventId::parse("order-42").unwrap();
+        assert_eq!(
+            keys.partition_of(&tenant, &e).index,
+            keys.partition_of(&tenant, &e).index
+        );
+        let mut seen = [0u32; 16];
+        for i in 0..1600 {
+            let e = EventId::parse(&format!("e{i}")).unwrap();
+            seen[keys.partition_of(&tenant, &e).index as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 50), "{seen:?}");
+    }
+
+    #[test]
+    fn deadline_members_round_trip() {
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("a:b:c").unwrap();
+        let field = waiter_field(Some(&RunId::parse("wfr_1").unwrap()), "w1");
+        let member = deadline_member(&tenant, &field, &event);
+        assert_eq!(
+            parse_deadline_member(&member),
+            Some((tenant.clone(), field, event.clone()))
+        );
+        let plain = waiter_field(None, "w2");
+        assert_eq!(
+            parse_deadline_member(&deadline_member(&tenant, &plain, &event)),
+            Some((tenant, plain, event))
+        );
+    }
+}

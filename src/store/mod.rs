@@ -1,0 +1,116 @@
+//! Redis storage: key names ([`keys`]), connections ([`redis`]), one typed wrapper per Lua
+//! script ([`scripts`]) and tenant records ([`tenants`]).
+
+pub mod keys;
+pub mod redis;
+pub mod scripts;
+pub mod tenants;
+
+use ::redis::{AsyncCommands, RedisError};
+
+pub use self::keys::{Keys, Partition, GROUP};
+pub use self::redis::{Conn, RedisPool};
+
+/// Storage failures. Connection problems and a Redis that refuses writes (OOM, read-only
+/// replica, loading) are "unavailable" (HTTP 503); anything else is a bug (HTTP 500).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis unavailable: {0}")]
+    Unavailable(RedisError),
+    #[error("redis error: {0}")]
+    Redis(RedisError),
+    #[error("unexpected script reply: {0}")]
+    Reply(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.code(),
+                Some(
+                    "LOADING"
+                        | "TRYAGAIN"
+                        | "CLUSTERDOWN"
+                        | "MASTERDOWN"
+                        | "READONLY"
+                        | "OOM"
+                        | "BUSY"
+                        | "NOREPLICAS"
+                        | "MISCONF"
+                )
+            )
+            // A write refused inside a script reports the script error with OOM inside.
+            || e.to_string().contains("OOM command not allowed");
+        if unavailable {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Redis(e)
+        }
+    }
+}
+
+/// Records `partitions` at first start and refuses to run with another value: the
+/// partition of every key depends on it.
+pub async fn check_partitions(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
+    let meta = keys.meta();
+    let _: bool = conn
+        .hset_nx(&meta, "partitions", keys.partitions())
+        .await?;
+    let recorded: u16 = conn.hget(&meta, "partitions").await?;
+    if recorded != keys.partitions() {
+        return Err(StoreError::Setup(format!(
+            "redis.partitions is {} but this Redis was set up with {recorded}; \
+             change it back, or migrate with `herald repartition` (see the operating guide)",
+            keys.partitions()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads every script (so the first request does not pay for it) and makes sure every
+/// partition stream has the consumer group.
+pub async fn prepare(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
+    for (_, script) in scripts::all() {
+        let _: String = script.prepare_invoke().load_async(conn).await?;
+    }
+    for p in keys.all_partitions() {
+        let created: Result<(), RedisError> = ::redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(p.deliveries())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Logs a loud warning unless Redis refuses writes instead of evicting keys when full.
+pub async fn warn_unless_noeviction(conn: &mut Conn) {
+    let policy: Result<Vec<String>, _> = ::redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    match policy {
+        Ok(v) if v.get(1).map(String::as_str) == Some("noeviction") => {}
+        Ok(v) => tracing::warn!(
+            policy = v.get(1).map(String::as_str).unwrap_or("?"),
+            "Redis maxmemory-policy is not noeviction: Redis may evict waiters and deliveries when full. Set maxmemory-policy noeviction."
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not read maxmemory-policy (CONFIG GET refused?); make sure it is noeviction"),
+    }
+}

@@ -1,0 +1,404 @@
+//! One typed wrapper per Lua script in `lua/`. Call sites pass named fields; only this
+//! module knows the order of KEYS and ARGV (documented in each script's header).
+//!
+//! Scripts run with EVALSHA; on `NOSCRIPT` (Redis restarted, failed over, or flushed its
+//! script cache) the client loads the script and retries.
+
+use std::sync::LazyLock;
+
+use redis::{Script, ScriptInvocation, Value};
+
+use super::keys::{Partition, GROUP};
+use super::redis::Conn;
+use super::StoreError;
+use crate::domain::{EventId, RunId, TenantName};
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file))));
+    };
+}
+
+script!(WAIT, "wait.lua");
+script!(NOTIFY, "notify.lua");
+script!(NOTIFY_RUN, "notify_run.lua");
+script!(CANCEL, "cancel.lua");
+script!(EXPIRE_DUE, "expire_due.lua");
+script!(ACK, "ack.lua");
+script!(RETRY_LATER, "retry_later.lua");
+script!(PROMOTE_DUE, "promote_due.lua");
+script!(DEAD_LETTER, "dead_letter.lua");
+
+/// Every script, for loading at start-up (readiness) and for the load check in tests.
+pub fn all() -> [(&'static str, &'static Script); 9] {
+    [
+        ("wait", &WAIT),
+        ("notify", &NOTIFY),
+        ("notify_run", &NOTIFY_RUN),
+        ("cancel", &CANCEL),
+        ("expire_due", &EXPIRE_DUE),
+        ("ack", &ACK),
+        ("retry_later", &RETRY_LATER),
+        ("promote_due", &PROMOTE_DUE),
+        ("dead_letter", &DEAD_LETTER),
+    ]
+}
+
+async fn invoke(conn: &mut Conn, invocation: ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    invocation.invoke_async(conn).await.map_err(StoreError::from)
+}
+
+fn text(v: &Value) -> Result<String, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(StoreError::Reply(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn int(v: &Value) -> Result<i64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => text(other)?
+            .parse()
+            .map_err(|_| StoreError::Reply(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+fn array(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(StoreError::Reply(format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// A waiter taken by a notify: its hash field, its JSON, and the delivery's message id.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub field: String,
+    pub waiter_json: String,
+    pub message_id: String,
+}
+
+fn taken_triplets(items: &[Value]) -> Result<Vec<Taken>, StoreError> {
+    items
+        .chunks(3)
+        .map(|c| match c {
+            [f, w, m] => Ok(Taken {
+                field: text(f)?,
+                waiter_json: text(w)?,
+                message_id: text(m)?,
+            }),
+            _ => Err(StoreError::Reply("taken waiters come in threes".into())),
+        })
+        .collect()
+}
+
+pub struct WaitArgs<'a> {
+    pub partition: &'a Partition,
+    pub tenant: &'a TenantName,
+    pub event: &'a EventId,
+    pub run: Option<&'a RunId>,
+    pub field: &'a str,
+    pub op_id: &'a str,
+    /// Waiter JSON object without `deadline`/`createdAt` (the script adds them from TIME).
+    pub waiter_json: &'a str,
+    pub timeout_ms: u64,
+    pub op_ttl_secs: u64,
+    pub run_ttl_ms: u64,
+    pub max_waiters: u64,
+}
+
+#[derive(Debug)]
+pub enum WaitReply {
+    Waiting { waiter_json: String },
+    Consumed { message_id: String, waiter_json: String },
+    Cancelled,
+    Full { count: i64 },
+}
+
+pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreError> {
+    let p = a.partition;
+    let mut inv = WAIT.prepare_invoke();
+    match a.run {
+        Some(run) => inv
+            .key(p.event_waiters(a.tenant, a.event))
+            .key(p.saved(a.tenant, run, a.event))
+            .key(p.deadlines())
+            .key(p.deliveries())
+            .key(p.op(a.tenant, a.op_id))
+            .key(p.run_events(a.tenant, run))
+            .key(p.cancelled(a.tenant, run)),
+        None => inv
+            .key(p.event_waiters(a.tenant, a.event))
+            .key(p.no_run())
+            .key(p.deadlines())
+            .key(p.deliveries())
+            .key(p.op(a.tenant, a.op_id))
+            .key(p.no_run())
+            .key(p.no_run()),
+    };
+    inv.arg(a.field)
+        .arg(a.waiter_json)
+        .arg(a.timeout_ms)
+        .arg(a.tenant.as_str())
+        .arg(a.event.as_str())
+        .arg(a.run.map(RunId::as_str).unwrap_or(""))
+        .arg(a.op_ttl_secs)
+        .arg(a.run_ttl_ms)
+        .arg(a.max_waiters);
+    let items = array(invoke(conn, inv).await?)?;
+    match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
+        (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
+            waiter_json: text(w)?,
+        }),
+        (Some("consumed"), [_, m, w]) => Ok(WaitReply::Consumed {
+            message_id: text(m)?,
+            waiter_json: text(w)?,
+        }),
+        (Some("cancelled"), _) => Ok(WaitReply::Cancelled),
+        (Some("full"), [_, n]) => Ok(WaitReply::Full { count: int(n)? }),
+        _ => Err(StoreError::Reply(format!("wait: unexpected reply {items:?}"))),
+    }
+}
+
+pub struct NotifyArgs<'a> {
+    pub partition: &'a Partition,
+    pub tenant: &'a TenantName,
+    pub event: &'a EventId,
+    pub body: &'a [u8],
+    /// The notify request's content type as a JSON literal (`"\"text/plain\""` or `null`).
+    pub content_type_json: &'a str,
+    pub message_id_base: &'a str,
+    pub limit: usize,
+}
+
+pub struct NotifyReply {
+    pub taken: Vec<Taken>,
+    pub remaining: i64,
+}
+
+pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, StoreError> {
+    let p = a.partition;
+    let mut inv = NOTIFY.prepare_invoke();
+    inv.key(p.event_waiters(a.tenant, a.event))
+        .key(p.deadlines())
+        .key(p.deliveries())
+        .arg(a.tenant.as_str())
+        .arg(a.event.as_str())
+        .arg(a.body)
+        .arg(a.content_type_json)
+        .arg(a.message_id_base)
+        .arg(a.limit);
+    let items = array(invoke(conn, inv).await?)?;
+    let remaining = items.first().map(int).transpose()?.unwrap_or(0);
+    Ok(NotifyReply {
+        taken: taken_triplets(items.get(1..).unwrap_or(&[]))?,
+        remaining,
+    })
+}
+
+pub struct NotifyRunArgs<'a> {
+    pub partition: &'a Partition,
+    pub tenant: &'a TenantName,
+    pub event: &'a EventId,
+    pub run: &'a RunId,
+    pub op_id: &'a str,
+    pub body: &'a [u8],
+    pub content_type_json: &'a str,
+    pub message_id_base: &'a str,
+    pub saved_ttl_ms: u64,
+    pub op_ttl_secs: u64,
+    pub max_saved: u64,
+}
+
+#[derive(Debug)]
+pub enum NotifyRunReply {
+    Delivered(Vec<Taken>),
+    Saved { message_id: String },
+    Cancelled,
+    Full { count: i64 },
+}
+
+pub async fn notify_run(
+    conn: &mut Conn,
+    a: &NotifyRunArgs<'_>,
+) -> Result<NotifyRunReply, StoreError> {
+    let p = a.partition;
+    let mut inv = NOTIFY_RUN.prepare_invoke();
+    inv.key(p.event_waiters(a.tenant, a.event))
+        .key(p.saved(a.tenant, a.run, a.event))
+        .key(p.deadlines())
+        .key(p.deliveries())
+        .key(p.op(a.tenant, a.op_id))
+        .key(p.run_events(a.tenant, a.run))
+        .key(p.cancelled(a.tenant, a.run))
+        .arg(a.tenant.as_str())
+        .arg(a.event.as_str())
+        .arg(a.run.as_str())
+        .arg(a.body)
+        .arg(a.content_type_json)
+        .arg(a.message_id_base)
+        .arg(a.saved_ttl_ms)
+        .arg(a.op_ttl_secs)
+        .arg(a.max_saved);
+    let items = array(invoke(conn, inv).await?)?;
+    match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
+        (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),
+        (Some("saved"), [_, m]) => Ok(NotifyRunReply::Saved {
+            message_id: text(m)?,
+        }),
+        (Some("cancelled"), _) => Ok(NotifyRunReply::Cancelled),
+        (Some("full"), [_, n]) => Ok(NotifyRunReply::Full { count: int(n)? }),
+        _ => Err(StoreError::Reply(format!(
+            "notify_run: unexpected reply {items:?}"
+        ))),
+    }
+}
+
+pub struct CancelReply {
+    pub waiters: i64,
+    pub saved: i64,
+    pub remaining_events: Vec<String>,
+}
+
+/// One cancel call on one partition; `events` are the run's events to clear (none on the
+/// first call, which only sets the tombstone and lists them).
+pub async fn cancel(
+    conn: &mut Conn,
+    partition: &Partition,
+    tenant: &TenantName,
+    run: &RunId,
+    tombstone_ttl_ms: u64,
+    events: &[EventId],
+) -> Result<CancelReply, StoreError> {
+    let mut inv = CANCEL.prepare_invoke();
+    inv.key(partition.run_events(tenant, run))
+        .key(partition.deadlines())
+        .key(partition.cancelled(tenant, run))
+        .arg(tenant.as_str())
+        .arg(run.as_str())
+        .arg(tombstone_ttl_ms);
+    for event in events {
+        inv.key(partition.event_waiters(tenant, event))
+            .key(partition.saved(tenant, run, event))
+            .arg(event.as_str());
+    }
+    let items = array(invoke(conn, inv).await?)?;
+    Ok(CancelReply {
+        waiters: items.first().map(int).transpose()?.unwrap_or(0),
+        saved: items.get(1).map(int).transpose()?.unwrap_or(0),
+        remaining_events: items
+            .get(2..)
+            .unwrap_or(&[])
+            .iter()
+            .map(text)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A due waiter proposed to `expire_due`.
+pub struct DueCandidate {
+    pub member: String,
+    pub field: String,
+    pub tenant: TenantName,
+    pub event: EventId,
+}
+
+/// Times out the candidates that are due by Redis' clock; returns (member, lateness ms).
+pub async fn expire_due(
+    conn: &mut Conn,
+    partition: &Partition,
+    message_id_base: &str,
+    candidates: &[DueCandidate],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut inv = EXPIRE_DUE.prepare_invoke();
+    inv.key(partition.deadlines())
+        .key(partition.deliveries())
+        .arg(message_id_base);
+    for c in candidates {
+        inv.key(partition.event_waiters(&c.tenant, &c.event))
+            .arg(&c.member)
+            .arg(&c.field)
+            .arg(c.tenant.as_str())
+            .arg(c.event.as_str());
+    }
+    let items = array(invoke(conn, inv).await?)?;
+    items
+        .chunks(2)
+        .map(|c| match c {
+            [m, l] => Ok((text(m)?, int(l)?)),
+            _ => Err(StoreError::Reply("expire_due replies in pairs".into())),
+        })
+        .collect()
+}
+
+pub async fn ack(conn: &mut Conn, partition: &Partition, entry_id: &str) -> Result<bool, StoreError> {
+    let mut inv = ACK.prepare_invoke();
+    inv.key(partition.deliveries()).arg(GROUP).arg(entry_id);
+    Ok(int(&invoke(conn, inv).await?)? == 1)
+}
+
+pub struct RetryLaterArgs<'a> {
+    pub partition: &'a Partition,
+    pub entry_id: &'a str,
+    pub message_id: &'a str,
+    pub job_json: &'a str,
+    pub body: &'a [u8],
+    pub delay_ms: u64,
+}
+
+pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool, StoreError> {
+    let p = a.partition;
+    let mut inv = RETRY_LATER.prepare_invoke();
+    inv.key(p.deliveries())
+        .key(p.retries())
+        .key(p.retry_jobs())
+        .arg(GROUP)
+        .arg(a.entry_id)
+        .arg(a.message_id)
+        .arg(a.job_json)
+        .arg(a.body)
+        .arg(a.delay_ms);
+    Ok(int(&invoke(conn, inv).await?)? == 1)
+}
+
+pub async fn promote_due(conn: &mut Conn, partition: &Partition, limit: usize) -> Result<i64, StoreError> {
+    let mut inv = PROMOTE_DUE.prepare_invoke();
+    inv.key(partition.deliveries())
+        .key(partition.retries())
+        .key(partition.retry_jobs())
+        .arg(limit);
+    int(&invoke(conn, inv).await?)
+}
+
+pub struct DeadLetterArgs<'a> {
+    pub partition: &'a Partition,
+    pub tenant: &'a TenantName,
+    pub entry_id: &'a str,
+    pub job_json: &'a str,
+    pub body: &'a [u8],
+    pub last_status: u16,
+    pub last_error: &'a str,
+}
+
+/// Returns the dead letter's id, or None when the entry was no longer pending.
+pub async fn dead_letter(conn: &mut Conn, a: &DeadLetterArgs<'_>) -> Result<Option<String>, StoreError> {
+    let p = a.partition;
+    let mut inv = DEAD_LETTER.prepare_invoke();
+    inv.key(p.deliveries())
+        .key(p.dead_letters(a.tenant))
+        .arg(GROUP)
+        .arg(a.entry_id)
+        .arg(a.job_json)
+        .arg(a.body)
+        .arg(a.last_status)
+        .arg(a.last_error);
+    match invoke(conn, inv).await? {
+        Value::Nil => Ok(None),
+        v => Ok(Some(text(&v)?)),
+    }
+}
