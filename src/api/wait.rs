@@ -179,7 +179,13 @@ pub async fn wait(state: State, Tenant(tenant): Tenant, req: HttpRequest, payloa
                 "a workflow waiter (with step) needs a run id: Upstash-Workflow-RunId header or workflowRunId",
             ))
         }
-        (None, _, Some(key)) => hash_id(&[tenant.as_str(), "idem", key, event.as_str()]),
+        (None, run, Some(key)) => hash_id(&[
+            tenant.as_str(),
+            "idem",
+            run.as_ref().map(RunId::as_str).unwrap_or(""),
+            key,
+            event.as_str(),
+        ]),
         (None, _, None) => random_id(24),
     };
     // The Upstash SDK sends the delivery headers only as timeoutHeaders; both outcomes

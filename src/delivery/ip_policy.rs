@@ -16,29 +16,33 @@
 //!
 //! # Where the check runs
 //!
-//! * **At connect time, on every resolved address.** The DNS resolver used for
-//!   deliveries passes each address it returns through [`IpPolicy::check`] and
-//!   drops the refused ones, and it is the only resolver that connection uses.
-//!   The address checked is the address connected to, so a name that resolves
-//!   to a public address when validated and to `127.0.0.1` when used (DNS
-//!   rebinding) gains nothing: there is no gap between check and use.
+//! * **At connect time, on every resolved address.** The resolver that
+//!   delivery connections use passes each address it gets through
+//!   [`IpPolicy::check`] and drops the refused ones. Because the address
+//!   checked is the address connected to, DNS rebinding (a name that resolves
+//!   to a public address when validated and to `127.0.0.1` when used) gains
+//!   nothing: there is no gap between check and use.
 //! * **On IP-literal hosts, before any request.** HTTP clients connect to a
 //!   literal host such as `http://2130706433/` or `http://[::1]/` directly,
 //!   without asking the resolver. [`parse_host_ip`] recognises every spelling
 //!   that WHATWG URL parsers (and so the `url` crate behind `reqwest`) accept
-//!   as an IP address, so such a URL is checked — and refused — up front.
+//!   as an IP address, so such a URL is checked, and refused, up front. The
+//!   same applies to every redirect target, since a redirect to an IP literal
+//!   also bypasses the resolver; and deliveries must not go through an HTTP
+//!   proxy, which would do its own resolving and connecting.
 //!
 //! Nothing here performs network I/O: this module only decides.
 //!
 //! # Canonical form
 //!
 //! Every check first maps the address to its canonical form with
-//! [`canonical`]. IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
-//! (`::a.b.c.d`, except `::` and `::1`) and NAT64 well-known-prefix
-//! (`64:ff9b::a.b.c.d`) addresses all reach the IPv4 host they embed, so they
-//! are judged, and allow-listed, as that IPv4 address: `::ffff:127.0.0.1` is
-//! loopback, while `64:ff9b::8.8.8.8` (how DNS64 presents a public IPv4-only
-//! host on an IPv6-only network) stays usable.
+//! [`canonical`]. An IPv4-mapped address (`::ffff:a.b.c.d`) reaches the IPv4
+//! host through a dual-stack socket and a NAT64 well-known-prefix address
+//! (`64:ff9b::a.b.c.d`) through the translator, so both are judged, and
+//! allow-listed, as the IPv4 address they carry; so is the deprecated
+//! IPv4-compatible form (`::a.b.c.d`, except `::` and `::1`). Thus
+//! `::ffff:127.0.0.1` is loopback, while `64:ff9b::8.8.8.8` (how DNS64
+//! presents a public IPv4-only host on an IPv6-only network) stays usable.
 //!
 //! # Range decisions
 //!
@@ -53,11 +57,10 @@
 //! * The rest of the IETF protocol-assignment block `2001::/23` (benchmarking,
 //!   ORCHID, anycast service addresses) is refused too: webhook receivers do
 //!   not live there.
-//! * IPv6 addresses outside the global unicast space `2000::/3` are refused as
-//!   reserved. This covers the named blocks (`100::/64` discard-only,
-//!   `5f00::/16` for SRv6, `fc00::/7`, `fe80::/10`, `fec0::/10`, `ff00::/8`, which
-//!   get their own [`BlockReason`]) and any future special-purpose use of the
-//!   unallocated space.
+//! * IPv6 addresses outside the global unicast space `2000::/3` are refused.
+//!   Besides the blocks with a reason of their own (`100::/64` discard-only,
+//!   `5f00::/16` for SRv6, `fc00::/7`, `fe80::/10`, `fec0::/10`, `ff00::/8`),
+//!   that covers any future special-purpose use of the unallocated space.
 //!
 //! # Allow-list
 //!
@@ -181,10 +184,6 @@ impl FromStr for Cidr {
                 .ok_or(CidrError(CidrErrorKind::PrefixLength { max }))?,
             Some(_) => return Err(CidrError(CidrErrorKind::PrefixLength { max })),
         };
-        let cidr = Cidr {
-            network,
-            prefix_len,
-        };
         let masked = match network {
             IpAddr::V4(ip) => IpAddr::V4(Ipv4Addr::from(u32::from(ip) & mask_v4(prefix_len))),
             IpAddr::V6(ip) => IpAddr::V6(Ipv6Addr::from(u128::from(ip) & mask_v6(prefix_len))),
@@ -197,7 +196,10 @@ impl FromStr for Cidr {
                 },
             }));
         }
-        Ok(cidr)
+        Ok(Cidr {
+            network,
+            prefix_len,
+        })
     }
 }
 
@@ -383,7 +385,10 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// addresses (`64:ff9b::/96`). 6to4 (`2002::/16`), Teredo (`2001::/32`) and
 /// local-use NAT64 (`64:ff9b:1::/48`) are refused whatever they embed.
 pub fn classify(ip: IpAddr) -> Option<BlockReason> {
-    let ip = canonical(ip);
+    classify_canonical(canonical(ip))
+}
+
+fn classify_canonical(ip: IpAddr) -> Option<BlockReason> {
     BLOCKED
         .iter()
         .find(|(range, _)| range.contains(ip))
@@ -415,10 +420,10 @@ impl IpPolicy {
     /// Returns why `ip` is refused when it lies in a blocked range that no
     /// allow-list entry opens.
     pub fn check(&self, ip: IpAddr) -> Result<(), BlockReason> {
-        let Some(reason) = classify(ip) else {
+        let canonical = canonical(ip);
+        let Some(reason) = classify_canonical(canonical) else {
             return Ok(());
         };
-        let canonical = canonical(ip);
         if self
             .allow
             .iter()
@@ -603,10 +608,10 @@ fn hex_digit(b: u8) -> Option<u8> {
 }
 
 /// What a URL parser does to a non-bracketed host before looking for an IPv4
-/// address: percent-decode it, then apply the UTS #46 mapping (ASCII
-/// lower-casing plus compatibility mappings). `None` when the result cannot
-/// be an IPv4 address because a character maps to something other than the
-/// characters IPv4 syntax uses — a domain name, or a host URL parsers reject.
+/// address: percent-decode it, then apply the UTS #46 mapping. ASCII is left
+/// as it is (the number syntax accepts either case). `None` when the result
+/// cannot be an IPv4 address because a character maps to something IPv4
+/// syntax does not use: a domain name, or a host URL parsers reject.
 fn fold_domain(host: &str) -> Option<String> {
     let bytes = host.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -628,7 +633,7 @@ fn fold_domain(host: &str) -> Option<String> {
     let mut folded = String::with_capacity(decoded.len());
     for c in decoded.chars() {
         if c.is_ascii() {
-            folded.push(c.to_ascii_lowercase());
+            folded.push(c);
         } else if !push_uts46_numeric(&mut folded, c) {
             return None;
         }

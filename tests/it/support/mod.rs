@@ -1,0 +1,144 @@
+//! Test harness: real Redis processes, Herald started in-process on port 0 with a unique
+//! key prefix, and a recording receiver.
+
+pub mod receiver;
+pub mod redis;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use herald::app::{self, Role, Running};
+use herald::config::Settings;
+use herald::domain::TenantName;
+use herald::store::tenants;
+use serde_json::Value;
+
+pub use self::receiver::Receiver;
+pub use self::redis::RedisServer;
+
+/// Polls `check` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`eventually`] for async checks.
+pub async fn eventually_async<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Settings for tests: fast ticks and retries, loopback deliveries allowed, no caches.
+pub fn test_settings(redis_url: &str) -> Settings {
+    let mut s = Settings::defaults();
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.server.admin_token = "test-admin-token".into();
+    s.server.auth_cache_ms = 0;
+    s.server.http_workers = 2;
+    s.server.shutdown_grace_secs = 5;
+    s.redis.url = redis_url.to_owned();
+    s.redis.key_prefix = format!("t{}", herald::api::wait::random_id(8));
+    s.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
+    s.delivery.backoff_factor = 0.001;
+    s.delivery.block_ms = 200;
+    s.delivery.request_timeout_secs = 5;
+    s.scheduler.tick_ms = 50;
+    s
+}
+
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn start(settings: Settings) -> Self {
+        Self::start_role(settings, Role::All).await
+    }
+
+    pub async fn start_role(settings: Settings, role: Role) -> Self {
+        let running = app::start(settings, role).await.expect("herald starts");
+        let base = format!("http://{}", running.addr);
+        let tenant = TenantName::parse("acme").unwrap();
+        let created = tenants::create_or_reissue(&mut running.state.redis.get(), &running.state.keys, &tenant)
+            .await
+            .unwrap();
+        TestApp {
+            running: Some(running),
+            base,
+            token: created.token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A second tenant's token on the same Herald.
+    pub async fn tenant_token(&self, name: &str) -> String {
+        let running = self.running.as_ref().unwrap();
+        tenants::create_or_reissue(&mut running.state.redis.get(), &running.state.keys, &TenantName::parse(name).unwrap())
+            .await
+            .unwrap()
+            .token
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).bearer_auth(token).body(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.send(self.http.get(self.url(path)).bearer_auth(token)).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("request reaches herald");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn wait(&self, event: &str, body: Value) -> (u16, Value) {
+        self.post(&format!("/v2/wait/{event}"), &self.token, body.to_string()).await
+    }
+
+    pub async fn notify(&self, event: &str, body: &str) -> (u16, Value) {
+        self.post(&format!("/v2/notify/{event}"), &self.token, body.to_owned()).await
+    }
+
+    pub async fn waiters(&self, event: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v2/waiters/{event}"), &self.token).await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().expect("an array of waiters")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
