@@ -48,7 +48,10 @@ pub struct Running {
 
 /// Connects to Redis, checks the partition count, loads scripts and creates consumer
 /// groups. Retries while Redis is unreachable, up to `wait`.
-pub async fn prepare_redis(settings: &Settings, wait: Duration) -> anyhow::Result<(RedisPool, Keys)> {
+pub async fn prepare_redis(
+    settings: &Settings,
+    wait: Duration,
+) -> anyhow::Result<(RedisPool, Keys)> {
     let redis = RedisPool::open(&settings.redis).context("invalid redis.url")?;
     let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
     let started = std::time::Instant::now();

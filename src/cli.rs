@@ -12,7 +12,11 @@ use crate::domain::TenantName;
 use crate::store::tenants;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Wait-for-event / notify service on Redis (Upstash Workflow protocol)")]
+#[command(
+    name = "herald",
+    version,
+    about = "Wait-for-event / notify service on Redis (Upstash Workflow protocol)"
+)]
 pub struct Cli {
     /// A TOML configuration file layered over the defaults (env vars still win).
     #[arg(long, global = true, env = "HERALD_CONFIG")]
@@ -70,7 +74,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::dev::run(settings, explicit_redis).await
         }
         Command::Tenant { command } => {
-            let (redis, keys) = app::prepare_redis(&settings, std::time::Duration::from_secs(5)).await?;
+            let (redis, keys) =
+                app::prepare_redis(&settings, std::time::Duration::from_secs(5)).await?;
             let mut conn = redis.get();
             match command {
                 TenantCommand::Create { name } => {

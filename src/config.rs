@@ -148,6 +148,12 @@ impl Settings {
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be at least 1".into());
         }
+        if self.delivery.reclaim_idle_secs <= self.delivery.request_timeout_secs {
+            return invalid(
+                "delivery.reclaim_idle_secs",
+                "must be longer than delivery.request_timeout_secs (a live attempt must not be taken over)".into(),
+            );
+        }
         if let Err(e) = self.allow_cidrs() {
             return invalid("delivery.allow_cidrs", e);
         }

@@ -45,7 +45,16 @@ impl RedisChild {
         let dir = tempfile::tempdir().context("creating a directory for redis")?;
         let port = free_port()?;
         let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -57,8 +66,16 @@ impl RedisChild {
         let client = redis::Client::open(url.as_str())?;
         for _ in 0..200 {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
-                    return Ok(Self { child, url, _dir: dir });
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(Self {
+                        child,
+                        url,
+                        _dir: dir,
+                    });
                 }
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -87,7 +104,9 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
     }
     let running = app::start(settings.clone(), Role::All).await?;
     let name = TenantName::parse("dev").expect("valid tenant name");
-    let tenant = tenants::create_or_reissue(&mut running.state.redis.get(), &running.state.keys, &name).await?;
+    let tenant =
+        tenants::create_or_reissue(&mut running.state.redis.get(), &running.state.keys, &name)
+            .await?;
     let base = format!("http://{}", running.addr);
     println!(
         "\nHerald dev is running at {base}  (redis: {redis})\n\n\

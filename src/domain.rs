@@ -89,8 +89,7 @@ impl TenantName {
             Ok(Self(value.to_owned()))
         } else {
             Err(InvalidInput(
-                "tenant name must be 1-63 characters of a-z, 0-9 and -, not starting with -"
-                    .into(),
+                "tenant name must be 1-63 characters of a-z, 0-9 and -, not starting with -".into(),
             ))
         }
     }

@@ -11,7 +11,9 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or invalid token: send Authorization: Bearer <token> or ?qstash_token=<token>")]
+    #[error(
+        "missing or invalid token: send Authorization: Bearer <token> or ?qstash_token=<token>"
+    )]
     Unauthorized,
     #[error("{0}")]
     NotFound(String),

@@ -8,18 +8,18 @@
 //!
 //! # Layout
 //!
-//! - [`cli`], [`dev`]: the `herald` command and its one-command local mode.
-//! - [`app`]: start-up (shared state, listener, roles) and graceful shutdown.
-//! - [`config`]: layered settings (`config/default.toml` → file → `HERALD_*` env).
-//! - [`api`]: HTTP routes, one file per resource; [`api::auth`] authenticates tenants.
-//! - [`error`]: the one mapping of errors to `{"error": …}` responses.
-//! - [`domain`]: validated values (event/run ids, tenants, durations, header maps).
-//! - [`waiter`]: the stored waiter and delivery-job shapes and their Upstash views.
-//! - [`store`]: Redis: key names ([`store::keys`], the only place they are built),
+//! - [`cli`], [`dev`] — the `herald` command and its one-command local mode.
+//! - [`app`] — start-up (shared state, listener, roles) and graceful shutdown.
+//! - [`config`] — layered settings (`config/default.toml` → file → `HERALD_*` env).
+//! - [`api`] — HTTP routes, one file per resource; [`api::auth`] authenticates tenants.
+//! - [`error`] — the one mapping of errors to `{"error": …}` responses.
+//! - [`domain`] — validated values (event/run ids, tenants, durations, header maps).
+//! - [`waiter`] — the stored waiter and delivery-job shapes and their Upstash views.
+//! - [`store`] — Redis: key names ([`store::keys`], the only place they are built),
 //!   connections, one typed wrapper per Lua script ([`store::scripts`]), tenants.
-//! - [`delivery`]: stream consumers, the guarded HTTP client, signing, retry schedule.
-//! - [`scheduler`]: deadlines → timeout deliveries, due retries → streams.
-//! - [`telemetry`]: logging.
+//! - [`delivery`] — stream consumers, the guarded HTTP client, signing, retry schedule.
+//! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
+//! - [`telemetry`] — logging.
 //!
 //! Every state change is one Lua script in `lua/` (see `lua/README.md`), so any number of
 //! api and worker processes can run against one Redis, Sentinel or Redis Cluster.

@@ -23,7 +23,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(redis: RedisPool, keys: Keys, settings: Settings) -> Self {
-        Self { redis, keys, settings }
+        Self {
+            redis,
+            keys,
+            settings,
+        }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -57,7 +61,8 @@ impl Scheduler {
         let mut busy = false;
         for partition in self.keys.all_partitions() {
             busy |= self.expire(&mut conn, &partition).await?;
-            let promoted = scripts::promote_due(&mut conn, &partition, self.settings.scheduler.batch).await?;
+            let promoted =
+                scripts::promote_due(&mut conn, &partition, self.settings.scheduler.batch).await?;
             busy |= promoted as usize >= self.settings.scheduler.batch;
         }
         Ok(busy)
@@ -80,7 +85,12 @@ impl Scheduler {
             .take_while(|(_, score)| *score <= now_ms)
             .filter_map(|(member, _)| {
                 let (tenant, field, event) = parse_deadline_member(&member)?;
-                Some(DueCandidate { member, field, tenant, event })
+                Some(DueCandidate {
+                    member,
+                    field,
+                    tenant,
+                    event,
+                })
             })
             .collect();
         if candidates.is_empty() {

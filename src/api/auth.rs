@@ -87,7 +87,9 @@ impl FromRequest for Tenant {
         let token = token_of(req);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no app state".into()))?;
-            let token = token.filter(|t| !t.is_empty()).ok_or(ApiError::Unauthorized)?;
+            let token = token
+                .filter(|t| !t.is_empty())
+                .ok_or(ApiError::Unauthorized)?;
             let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             if let Some(tenant) = state.auth.get(&cache_key) {
                 return Ok(Tenant(tenant));

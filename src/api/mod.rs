@@ -41,15 +41,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/v2/wait/{eventId}", web::post().to(wait::wait))
         .route("/v2/notify/{eventId}", web::post().to(notify::broadcast))
-        .route("/v2/notify/{runId}/{eventId}", web::post().to(notify::lookback))
+        .route(
+            "/v2/notify/{runId}/{eventId}",
+            web::post().to(notify::lookback),
+        )
         .route("/v2/waiters/{eventId}", web::get().to(waiters::list))
         .route("/v2/workflows/runs/{runId}", web::delete().to(runs::cancel))
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
         .route("/admin/tenants", web::post().to(admin::create_tenant))
         .route("/admin/tenants", web::get().to(admin::list_tenants))
-        .route("/admin/tenants/{name}/token", web::post().to(admin::rotate_token))
-        .route("/admin/tenants/{name}/token", web::delete().to(admin::revoke_token))
+        .route(
+            "/admin/tenants/{name}/token",
+            web::post().to(admin::rotate_token),
+        )
+        .route(
+            "/admin/tenants/{name}/token",
+            web::delete().to(admin::revoke_token),
+        )
         .default_service(web::to(not_found));
 }
 
@@ -63,7 +72,11 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 /// Reads the request body up to `limit` bytes; a larger one is refused with 413 before
 /// it is read in full.
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
     if let Some(len) = req
         .headers()
         .get("content-length")
@@ -76,7 +89,8 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -90,6 +104,9 @@ pub fn path_param<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
     req.match_info().get(name).unwrap_or("")
 }
 
-pub fn json_ok<T: serde::Serialize>(status: actix_web::http::StatusCode, value: &T) -> HttpResponse {
+pub fn json_ok<T: serde::Serialize>(
+    status: actix_web::http::StatusCode,
+    value: &T,
+) -> HttpResponse {
     HttpResponse::build(status).json(value)
 }

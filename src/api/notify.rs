@@ -49,12 +49,21 @@ fn responses(taken: &[Taken]) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((
             "Herald-Notify-Outcome",
-            if taken.is_empty() { "none" } else { "delivered" },
+            if taken.is_empty() {
+                "none"
+            } else {
+                "delivered"
+            },
         ))
         .json(body))
 }
 
-pub async fn broadcast(state: State, Tenant(tenant): Tenant, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn broadcast(
+    state: State,
+    Tenant(tenant): Tenant,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let partition = state.keys.partition_of(&tenant, &event);
@@ -86,7 +95,12 @@ pub async fn broadcast(state: State, Tenant(tenant): Tenant, req: HttpRequest, p
     responses(&taken)
 }
 
-pub async fn lookback(state: State, Tenant(tenant): Tenant, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn lookback(
+    state: State,
+    Tenant(tenant): Tenant,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let run = RunId::parse(path_param(&req, "runId"))?;
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
@@ -100,7 +114,12 @@ pub async fn lookback(state: State, Tenant(tenant): Tenant, req: HttpRequest, pa
         .or_else(|| req.headers().get("upstash-deduplication-id"))
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(|k| format!("n:{}", hash_id(&[tenant.as_str(), run.as_str(), event.as_str(), k])))
+        .map(|k| {
+            format!(
+                "n:{}",
+                hash_id(&[tenant.as_str(), run.as_str(), event.as_str(), k])
+            )
+        })
         .unwrap_or_else(|| format!("n:{}", random_id(24)));
     let base = message_id_base();
     let mut conn = state.redis.get();

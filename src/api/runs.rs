@@ -9,7 +9,11 @@ use crate::domain::{EventId, RunId};
 use crate::error::ApiError;
 use crate::store::scripts;
 
-pub async fn cancel(state: State, Tenant(tenant): Tenant, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn cancel(
+    state: State,
+    Tenant(tenant): Tenant,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let run = RunId::parse(path_param(&req, "runId"))?;
     let ttl_ms = state.settings.waiters.saved_ttl_secs * 1000;
     let mut conn = state.redis.get();
@@ -25,7 +29,8 @@ pub async fn cancel(state: State, Tenant(tenant): Tenant, req: HttpRequest) -> R
             .iter()
             .filter_map(|e| EventId::parse(e).ok())
             .collect();
-        let cleared = scripts::cancel(&mut conn, &partition, &tenant, &run, ttl_ms, &events).await?;
+        let cleared =
+            scripts::cancel(&mut conn, &partition, &tenant, &run, ttl_ms, &events).await?;
         waiters += cleared.waiters;
         saved += cleared.saved;
     }

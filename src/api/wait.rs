@@ -21,13 +21,17 @@ pub fn validate_url(field: &str, value: &str) -> Result<(), ApiError> {
     let url = reqwest::Url::parse(value)
         .map_err(|e| ApiError::bad(format!("{field} is not a valid URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::bad(format!("{field} must be an http or https URL")));
+        return Err(ApiError::bad(format!(
+            "{field} must be an http or https URL"
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(ApiError::bad(format!("{field} has no host")));
     }
     if value.len() > 2048 {
-        return Err(ApiError::bad(format!("{field} is longer than 2048 characters")));
+        return Err(ApiError::bad(format!(
+            "{field} is longer than 2048 characters"
+        )));
     }
     Ok(())
 }
@@ -41,11 +45,17 @@ fn string_field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&
 }
 
 /// The run id: `Upstash-Workflow-RunId` header (any spelling) or body `workflowRunId`.
-pub fn run_id_of(req: &HttpRequest, body: Option<&Map<String, Value>>) -> Result<Option<RunId>, ApiError> {
+pub fn run_id_of(
+    req: &HttpRequest,
+    body: Option<&Map<String, Value>>,
+) -> Result<Option<RunId>, ApiError> {
     let from_header = req
         .headers()
         .get("upstash-workflow-runid")
-        .map(|v| v.to_str().map_err(|_| ApiError::bad("Upstash-Workflow-RunId is not valid text")))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad("Upstash-Workflow-RunId is not valid text"))
+        })
         .transpose()?;
     let from_body = match body {
         Some(b) => string_field(b, "workflowRunId")?,
@@ -57,23 +67,34 @@ pub fn run_id_of(req: &HttpRequest, body: Option<&Map<String, Value>>) -> Result
         .transpose()
 }
 
-fn timeout_ms(body: &Map<String, Value>, default_ms: u64, max_ms: u64, max_text: &str) -> Result<(u64, String), ApiError> {
+fn timeout_ms(
+    body: &Map<String, Value>,
+    default_ms: u64,
+    max_ms: u64,
+    max_text: &str,
+) -> Result<(u64, String), ApiError> {
     let (ms, text) = match body.get("timeout") {
         None | Some(Value::Null) => (default_ms, None),
         Some(Value::String(s)) => (parse_duration(s)?, Some(s.clone())),
         Some(Value::Number(n)) => {
-            let secs = n
-                .as_u64()
-                .ok_or_else(|| ApiError::bad("timeout must be a whole, positive number of seconds"))?;
+            let secs = n.as_u64().ok_or_else(|| {
+                ApiError::bad("timeout must be a whole, positive number of seconds")
+            })?;
             (secs.saturating_mul(1000), Some(format!("{secs}s")))
         }
-        Some(_) => return Err(ApiError::bad("timeout must be a string like \"10m\" or a number of seconds")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "timeout must be a string like \"10m\" or a number of seconds",
+            ))
+        }
     };
     if ms == 0 {
         return Err(ApiError::bad("timeout must be longer than zero"));
     }
     if ms > max_ms {
-        return Err(ApiError::bad(format!("timeout is longer than the maximum of {max_text}")));
+        return Err(ApiError::bad(format!(
+            "timeout is longer than the maximum of {max_text}"
+        )));
     }
     Ok((ms, text.unwrap_or_else(|| format!("{}s", ms / 1000))))
 }
@@ -96,7 +117,9 @@ fn retries_of(req: &HttpRequest, body: &Map<String, Value>) -> Result<Option<u32
         },
     };
     match raw {
-        Some(n) if n > MAX_RETRIES => Err(ApiError::bad(format!("retries must be at most {MAX_RETRIES}"))),
+        Some(n) if n > MAX_RETRIES => Err(ApiError::bad(format!(
+            "retries must be at most {MAX_RETRIES}"
+        ))),
         other => Ok(other),
     }
 }
@@ -121,11 +144,17 @@ pub fn random_id(len: usize) -> String {
         .collect()
 }
 
-pub async fn wait(state: State, Tenant(tenant): Tenant, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn wait(
+    state: State,
+    Tenant(tenant): Tenant,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let settings = &state.settings;
     let raw = read_body(&req, payload, settings.server.max_body_bytes).await?;
-    let json: Value = serde_json::from_slice(&raw).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+    let json: Value = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
     let body = json
         .as_object()
         .ok_or_else(|| ApiError::bad("the body must be a JSON object"))?;
@@ -140,7 +169,10 @@ pub async fn wait(state: State, Tenant(tenant): Tenant, req: HttpRequest, payloa
             .decode(b)
             .map_err(|_| ApiError::bad("timeoutBody must be base64 (standard alphabet)"))?;
     }
-    let timeout_headers = HeaderMap::from_json("timeoutHeaders", body.get("timeoutHeaders").unwrap_or(&Value::Null))?;
+    let timeout_headers = HeaderMap::from_json(
+        "timeoutHeaders",
+        body.get("timeoutHeaders").unwrap_or(&Value::Null),
+    )?;
     let mut headers = HeaderMap::from_json("headers", body.get("headers").unwrap_or(&Value::Null))?;
     let (timeout_ms, timeout_text) = timeout_ms(
         body,
@@ -151,8 +183,12 @@ pub async fn wait(state: State, Tenant(tenant): Tenant, req: HttpRequest, payloa
     let step = match body.get("step") {
         None | Some(Value::Null) => None,
         Some(Value::Object(s)) => {
-            if !s.get("stepId").is_some_and(Value::is_number) || !s.get("stepName").is_some_and(Value::is_string) {
-                return Err(ApiError::bad("step must have a numeric stepId and a string stepName"));
+            if !s.get("stepId").is_some_and(Value::is_number)
+                || !s.get("stepName").is_some_and(Value::is_string)
+            {
+                return Err(ApiError::bad(
+                    "step must have a numeric stepId and a string stepName",
+                ));
             }
             Some(Value::Object(s.clone()))
         }
@@ -209,7 +245,8 @@ pub async fn wait(state: State, Tenant(tenant): Tenant, req: HttpRequest, payloa
         deadline: 0,
         created_at: 0,
     };
-    let waiter_json = serde_json::to_string(&waiter).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let waiter_json =
+        serde_json::to_string(&waiter).map_err(|e| ApiError::Internal(e.to_string()))?;
     let partition = state.keys.partition_of(&tenant, &event);
     let field = waiter_field(run.as_ref(), &waiter_id);
     let op_id = format!("w:{waiter_id}");
@@ -233,7 +270,8 @@ pub async fn wait(state: State, Tenant(tenant): Tenant, req: HttpRequest, payloa
     .await?;
     match reply {
         WaitReply::Waiting { waiter_json } => {
-            let stored: Waiter = serde_json::from_str(&waiter_json).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let stored: Waiter = serde_json::from_str(&waiter_json)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             tracing::debug!(tenant = %tenant, event = %event, waiter = %waiter_id, "waiter registered");
             Ok(json_ok(
                 StatusCode::OK,

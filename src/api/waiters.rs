@@ -12,7 +12,11 @@ use crate::waiter::{Waiter, WaiterView};
 /// Most waiters listed in one response.
 pub const MAX_LISTED: usize = 1000;
 
-pub async fn list(state: State, Tenant(tenant): Tenant, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: State,
+    Tenant(tenant): Tenant,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let key = state
         .keys

@@ -56,7 +56,10 @@ fn push_header(headers: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: 
     if DROPPED_HEADERS.contains(&name) {
         return;
     }
-    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
         // One value per name: a forwarded header replaces a direct one of the same name.
         headers.retain(|(existing, _)| existing != n);
         headers.push((n, v));
@@ -105,7 +108,10 @@ pub fn build(job: &Job, event_body: &[u8]) -> Outbound {
         }
     }
     let (body, content_type) = if w.step.is_some() {
-        (workflow_body(job, event_body), Some("application/json".to_owned()))
+        (
+            workflow_body(job, event_body),
+            Some("application/json".to_owned()),
+        )
     } else {
         match job.k {
             JobKind::Event => (event_body.to_vec(), job.c.clone()),
@@ -176,7 +182,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
@@ -188,7 +195,9 @@ impl Resolve for GuardedResolver {
                     .and_then(|a| policy.check(a.ip()).err())
                     .map(|r| r.to_string())
                     .unwrap_or_else(|| "no address".into());
-                return Err(format!("blocked: {host} resolves to a refused address ({reason})").into());
+                return Err(
+                    format!("blocked: {host} resolves to a refused address ({reason})").into(),
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -202,7 +211,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(policy: IpPolicy, connect_timeout: Duration, total_timeout: Duration) -> reqwest::Result<Self> {
+    pub fn new(
+        policy: IpPolicy,
+        connect_timeout: Duration,
+        total_timeout: Duration,
+    ) -> reqwest::Result<Self> {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -210,7 +223,9 @@ impl Sender {
             .connect_timeout(connect_timeout)
             .timeout(total_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .build()?;
         Ok(Self { client, policy })
     }
@@ -218,7 +233,11 @@ impl Sender {
     pub async fn send(&self, outbound: Outbound) -> Attempt {
         let url = match reqwest::Url::parse(&outbound.url) {
             Ok(u) => u,
-            Err(e) => return Attempt::Refused { reason: format!("invalid url: {e}") },
+            Err(e) => {
+                return Attempt::Refused {
+                    reason: format!("invalid url: {e}"),
+                }
+            }
         };
         if let Some(reason) = self.refusal(&url) {
             return Attempt::Refused { reason };

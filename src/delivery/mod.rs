@@ -22,12 +22,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
 use crate::store::scripts::{self, DeadLetterArgs, RetryLaterArgs};
 use crate::store::{tenants, Conn, Keys, Partition, RedisPool, StoreError, GROUP};
 use crate::waiter::Job;
-use self::http::{Attempt, Sender};
 
 /// How long a tenant's signing key is cached by a worker.
 const SIGNING_KEY_TTL: Duration = Duration::from_secs(5);
@@ -81,7 +81,8 @@ impl Deliverer {
 
     async fn read_partition(self: Arc<Self>, partition: Partition, shutdown: CancellationToken) {
         let block = Duration::from_millis(self.settings.delivery.block_ms);
-        let reclaim_every = Duration::from_secs((self.settings.delivery.reclaim_idle_secs / 4).max(1));
+        let reclaim_every =
+            Duration::from_secs((self.settings.delivery.reclaim_idle_secs / 4).max(1));
         let mut last_reclaim = Instant::now();
         let mut conn: Option<Conn> = None;
         let mut failures = 0u32;
@@ -99,7 +100,9 @@ impl Deliverer {
                 },
             };
             // Take only as many entries as there are free attempt slots.
-            let Some(permits) = self.take_slots(&shutdown).await else { break };
+            let Some(permits) = self.take_slots(&shutdown).await else {
+                break;
+            };
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
                 self.reclaim(c, &partition, permits.len()).await
@@ -135,7 +138,10 @@ impl Deliverer {
         }
     }
 
-    async fn take_slots(&self, shutdown: &CancellationToken) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
+    async fn take_slots(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
         let first = tokio::select! {
             p = self.slots.clone().acquire_owned() => p.ok()?,
             _ = shutdown.cancelled() => return None,
@@ -150,7 +156,13 @@ impl Deliverer {
         Some(permits)
     }
 
-    async fn read(&self, conn: &mut Conn, partition: &Partition, count: usize, block: Duration) -> Result<Vec<StreamId>, StoreError> {
+    async fn read(
+        &self,
+        conn: &mut Conn,
+        partition: &Partition,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<StreamId>, StoreError> {
         let options = StreamReadOptions::default()
             .group(GROUP, &self.consumer)
             .count(count)
@@ -164,7 +176,12 @@ impl Deliverer {
     }
 
     /// Takes over entries another consumer left idle too long (it crashed or hung).
-    async fn reclaim(&self, conn: &mut Conn, partition: &Partition, count: usize) -> Result<Vec<StreamId>, StoreError> {
+    async fn reclaim(
+        &self,
+        conn: &mut Conn,
+        partition: &Partition,
+        count: usize,
+    ) -> Result<Vec<StreamId>, StoreError> {
         let idle_ms = self.settings.delivery.reclaim_idle_secs * 1000;
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(partition.deliveries())
@@ -177,7 +194,11 @@ impl Deliverer {
             .query_async(conn)
             .await?;
         if !reply.claimed.is_empty() {
-            tracing::info!(partition = partition.index, count = reply.claimed.len(), "reclaimed idle deliveries");
+            tracing::info!(
+                partition = partition.index,
+                count = reply.claimed.len(),
+                "reclaimed idle deliveries"
+            );
         }
         if !reply.deleted_ids.is_empty() {
             tracing::error!(partition = partition.index, ids = ?reply.deleted_ids, "pending deliveries whose stream entry is gone");
@@ -192,7 +213,9 @@ impl Deliverer {
             }
         }
         let name = TenantName::parse(tenant).ok()?;
-        let keys = tenants::signing_keys(&mut self.redis.get(), &self.keys, &name).await.ok()?;
+        let keys = tenants::signing_keys(&mut self.redis.get(), &self.keys, &name)
+            .await
+            .ok()?;
         self.signing_keys
             .lock()
             .ok()?
@@ -204,7 +227,10 @@ impl Deliverer {
     async fn deliver(&self, partition: &Partition, entry: StreamId) {
         let job_json: Option<String> = entry.get("j");
         let body: Vec<u8> = entry.get("b").unwrap_or_default();
-        let Some(mut job) = job_json.as_deref().and_then(|j| serde_json::from_str::<Job>(j).ok()) else {
+        let Some(mut job) = job_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Job>(j).ok())
+        else {
             tracing::error!(partition = partition.index, id = %entry.id, "undecodable delivery entry; dead-lettering");
             let tenant = TenantName::parse("unknown").expect("valid name");
             let args = DeadLetterArgs {
@@ -228,7 +254,10 @@ impl Deliverer {
             let jti = format!("jwt_{}", crate::api::wait::random_id(20));
             let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
             if let Ok(v) = reqwest::header::HeaderValue::from_str(&token) {
-                outbound.headers.push((reqwest::header::HeaderName::from_static("upstash-signature"), v));
+                outbound.headers.push((
+                    reqwest::header::HeaderName::from_static("upstash-signature"),
+                    v,
+                ));
             }
         }
         let started = Instant::now();
@@ -239,13 +268,23 @@ impl Deliverer {
         let result = match attempt {
             Attempt::Delivered { status } => {
                 tracing::debug!(tenant = %job.t, event = %job.e, message = %job.m, status, elapsed_ms, "delivered");
-                scripts::ack(&mut conn, partition, &entry.id).await.map(|_| ())
+                scripts::ack(&mut conn, partition, &entry.id)
+                    .await
+                    .map(|_| ())
             }
             failure => {
                 let (status, error, retry_after, final_failure) = match failure {
-                    Attempt::Failed { status, excerpt, retry_after, non_retryable } => {
-                        (status, format!("HTTP {status}: {excerpt}"), retry_after, non_retryable)
-                    }
+                    Attempt::Failed {
+                        status,
+                        excerpt,
+                        retry_after,
+                        non_retryable,
+                    } => (
+                        status,
+                        format!("HTTP {status}: {excerpt}"),
+                        retry_after,
+                        non_retryable,
+                    ),
                     Attempt::Unreachable { error } => (0, error, None, false),
                     Attempt::Refused { reason } => (0, reason, None, true),
                     Attempt::Delivered { .. } => unreachable!("handled above"),
@@ -258,7 +297,8 @@ impl Deliverer {
                 );
                 let job_json = serde_json::to_string(&job).unwrap_or_default();
                 if final_failure || out_of_attempts {
-                    let tenant = TenantName::parse(&job.t).unwrap_or_else(|_| TenantName::parse("unknown").expect("valid"));
+                    let tenant = TenantName::parse(&job.t)
+                        .unwrap_or_else(|_| TenantName::parse("unknown").expect("valid"));
                     scripts::dead_letter(
                         &mut conn,
                         &DeadLetterArgs {
@@ -277,9 +317,9 @@ impl Deliverer {
                     })
                 } else {
                     let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
-                    let delay = retry_after
-                        .map(|d| d.min(max))
-                        .unwrap_or_else(|| retry::backoff(job.a, self.settings.delivery.backoff_factor, max));
+                    let delay = retry_after.map(|d| d.min(max)).unwrap_or_else(|| {
+                        retry::backoff(job.a, self.settings.delivery.backoff_factor, max)
+                    });
                     scripts::retry_later(
                         &mut conn,
                         &RetryLaterArgs {

@@ -9,8 +9,9 @@ use reqwest::header::HeaderMap;
 
 /// Delay before retry number `retry` (1 for the first retry).
 pub fn backoff(retry: u32, factor: f64, max: Duration) -> Duration {
-    let base = (2.5 * f64::from(retry.max(1))).exp().min(max.as_secs_f64());
+    let base = (2.5 * f64::from(retry.max(1).min(100))).exp();
     let jitter = rand::rng().random_range(0.9..1.1);
+    // Cap after jitter, so the longest backoff is exactly `max`.
     Duration::from_secs_f64((base * jitter * factor).clamp(0.0, max.as_secs_f64()))
 }
 
@@ -18,7 +19,13 @@ pub fn backoff(retry: u32, factor: f64, max: Duration) -> Duration {
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     ["retry-after", "x-ratelimit-reset"]
         .iter()
-        .find_map(|name| headers.get(*name)?.to_str().ok().and_then(parse_retry_after))
+        .find_map(|name| {
+            headers
+                .get(*name)?
+                .to_str()
+                .ok()
+                .and_then(parse_retry_after)
+        })
 }
 
 fn parse_retry_after(value: &str) -> Option<Duration> {
@@ -27,7 +34,10 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -52,9 +62,15 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let later = std::time::SystemTime::now() + Duration::from_secs(120);
         let mut h = HeaderMap::new();
-        h.insert("retry-after", httpdate::fmt_http_date(later).parse().unwrap());
+        h.insert(
+            "retry-after",
+            httpdate::fmt_http_date(later).parse().unwrap(),
+        );
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset", "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));

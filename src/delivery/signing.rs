@@ -26,7 +26,8 @@ pub fn sign(key: &str, url: &str, body: &[u8], now_secs: i64, jti: &str) -> Stri
     });
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(signing_input.as_bytes());
     let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
     format!("{signing_input}.{signature}")
@@ -38,7 +39,13 @@ mod tests {
 
     #[test]
     fn signature_verifies_and_binds_the_body() {
-        let token = sign("sig_test", "https://example.com/hook", b"hello", 1_700_000_000, "jwt_1");
+        let token = sign(
+            "sig_test",
+            "https://example.com/hook",
+            b"hello",
+            1_700_000_000,
+            "jwt_1",
+        );
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let mut mac = Hmac::<Sha256>::new_from_slice(b"sig_test").unwrap();
@@ -52,8 +59,17 @@ mod tests {
         assert_eq!(claims["exp"], 1_700_000_300);
         assert_eq!(claims["nbf"], 1_700_000_000);
         // base64url(SHA-256("hello")), padded.
-        assert_eq!(claims["body"], "LPJNul-wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=");
-        let other = sign("sig_test", "https://example.com/hook", b"hello!", 1_700_000_000, "jwt_1");
+        assert_eq!(
+            claims["body"],
+            "LPJNul-wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="
+        );
+        let other = sign(
+            "sig_test",
+            "https://example.com/hook",
+            b"hello!",
+            1_700_000_000,
+            "jwt_1",
+        );
         assert_ne!(token, other);
     }
 }

@@ -60,9 +60,7 @@ impl From<RedisError> for StoreError {
 /// partition of every key depends on it.
 pub async fn check_partitions(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
     let meta = keys.meta();
-    let _: bool = conn
-        .hset_nx(&meta, "partitions", keys.partitions())
-        .await?;
+    let _: bool = conn.hset_nx(&meta, "partitions", keys.partitions()).await?;
     let recorded: u16 = conn.hget(&meta, "partitions").await?;
     if recorded != keys.partitions() {
         return Err(StoreError::Setup(format!(

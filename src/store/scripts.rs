@@ -46,7 +46,10 @@ pub fn all() -> [(&'static str, &'static Script); 9] {
 }
 
 async fn invoke(conn: &mut Conn, invocation: ScriptInvocation<'_>) -> Result<Value, StoreError> {
-    invocation.invoke_async(conn).await.map_err(StoreError::from)
+    invocation
+        .invoke_async(conn)
+        .await
+        .map_err(StoreError::from)
 }
 
 fn text(v: &Value) -> Result<String, StoreError> {
@@ -54,7 +57,9 @@ fn text(v: &Value) -> Result<String, StoreError> {
         Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Ok(s.clone()),
         Value::Int(i) => Ok(i.to_string()),
-        other => Err(StoreError::Reply(format!("expected a string, got {other:?}"))),
+        other => Err(StoreError::Reply(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -71,7 +76,9 @@ fn array(v: Value) -> Result<Vec<Value>, StoreError> {
     match v {
         Value::Array(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),
-        other => Err(StoreError::Reply(format!("expected an array, got {other:?}"))),
+        other => Err(StoreError::Reply(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 
@@ -114,10 +121,17 @@ pub struct WaitArgs<'a> {
 
 #[derive(Debug)]
 pub enum WaitReply {
-    Waiting { waiter_json: String },
-    Consumed { message_id: String, waiter_json: String },
+    Waiting {
+        waiter_json: String,
+    },
+    Consumed {
+        message_id: String,
+        waiter_json: String,
+    },
     Cancelled,
-    Full { count: i64 },
+    Full {
+        count: i64,
+    },
 }
 
 pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreError> {
@@ -161,7 +175,9 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         }),
         (Some("cancelled"), _) => Ok(WaitReply::Cancelled),
         (Some("full"), [_, n]) => Ok(WaitReply::Full { count: int(n)? }),
-        _ => Err(StoreError::Reply(format!("wait: unexpected reply {items:?}"))),
+        _ => Err(StoreError::Reply(format!(
+            "wait: unexpected reply {items:?}"
+        ))),
     }
 }
 
@@ -336,7 +352,11 @@ pub async fn expire_due(
         .collect()
 }
 
-pub async fn ack(conn: &mut Conn, partition: &Partition, entry_id: &str) -> Result<bool, StoreError> {
+pub async fn ack(
+    conn: &mut Conn,
+    partition: &Partition,
+    entry_id: &str,
+) -> Result<bool, StoreError> {
     let mut inv = ACK.prepare_invoke();
     inv.key(partition.deliveries()).arg(GROUP).arg(entry_id);
     Ok(int(&invoke(conn, inv).await?)? == 1)
@@ -366,7 +386,11 @@ pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool
     Ok(int(&invoke(conn, inv).await?)? == 1)
 }
 
-pub async fn promote_due(conn: &mut Conn, partition: &Partition, limit: usize) -> Result<i64, StoreError> {
+pub async fn promote_due(
+    conn: &mut Conn,
+    partition: &Partition,
+    limit: usize,
+) -> Result<i64, StoreError> {
     let mut inv = PROMOTE_DUE.prepare_invoke();
     inv.key(partition.deliveries())
         .key(partition.retries())
@@ -386,7 +410,10 @@ pub struct DeadLetterArgs<'a> {
 }
 
 /// Returns the dead letter's id, or None when the entry was no longer pending.
-pub async fn dead_letter(conn: &mut Conn, a: &DeadLetterArgs<'_>) -> Result<Option<String>, StoreError> {
+pub async fn dead_letter(
+    conn: &mut Conn,
+    a: &DeadLetterArgs<'_>,
+) -> Result<Option<String>, StoreError> {
     let p = a.partition;
     let mut inv = DEAD_LETTER.prepare_invoke();
     inv.key(p.deliveries())

@@ -80,7 +80,11 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub async fn create(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<NewTenant, TenantError> {
+pub async fn create(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &TenantName,
+) -> Result<NewTenant, TenantError> {
     let key = keys.tenant(name);
     let created: bool = conn.hset_nx(&key, "name", name.as_str()).await?;
     if !created {
@@ -116,7 +120,11 @@ pub async fn create(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<N
 }
 
 /// Creates the tenant, or, when it exists, gives it a new token (used by `herald dev`).
-pub async fn create_or_reissue(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<NewTenant, TenantError> {
+pub async fn create_or_reissue(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &TenantName,
+) -> Result<NewTenant, TenantError> {
     match create(conn, keys, name).await {
         Err(TenantError::Exists(_)) => {
             let token = rotate_token(conn, keys, name).await?;
@@ -133,7 +141,11 @@ pub async fn create_or_reissue(conn: &mut Conn, keys: &Keys, name: &TenantName) 
 }
 
 /// Issues a new token and revokes the old one.
-pub async fn rotate_token(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<String, TenantError> {
+pub async fn rotate_token(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &TenantName,
+) -> Result<String, TenantError> {
     let key = keys.tenant(name);
     let old: Option<String> = conn.hget(&key, "token_sha256").await?;
     let Some(old) = old else {
@@ -154,7 +166,11 @@ pub async fn rotate_token(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Re
 }
 
 /// Revokes the tenant's token without issuing a new one.
-pub async fn revoke_token(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<(), TenantError> {
+pub async fn revoke_token(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &TenantName,
+) -> Result<(), TenantError> {
     let key = keys.tenant(name);
     let old: Option<String> = conn.hget(&key, "token_sha256").await?;
     let Some(old) = old else {
@@ -175,7 +191,9 @@ pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<TenantInfo>, Tenan
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let Ok(tenant) = TenantName::parse(&name) else { continue };
+        let Ok(tenant) = TenantName::parse(&name) else {
+            continue;
+        };
         let created: Option<i64> = conn.hget(keys.tenant(&tenant), "created_at").await?;
         out.push(TenantInfo {
             name,
@@ -186,7 +204,11 @@ pub async fn list(conn: &mut Conn, keys: &Keys) -> Result<Vec<TenantInfo>, Tenan
 }
 
 /// The tenant a token belongs to, or None for an unknown or revoked token.
-pub async fn authenticate(conn: &mut Conn, keys: &Keys, token: &str) -> Result<Option<TenantName>, StoreError> {
+pub async fn authenticate(
+    conn: &mut Conn,
+    keys: &Keys,
+    token: &str,
+) -> Result<Option<TenantName>, StoreError> {
     let hash = token_hash(token);
     let name: Option<String> = conn.get(keys.token(&hash)).await?;
     let Some(name) = name.and_then(|n| TenantName::parse(&n).ok()) else {
@@ -201,7 +223,11 @@ pub async fn authenticate(conn: &mut Conn, keys: &Keys, token: &str) -> Result<O
     }
 }
 
-pub async fn signing_keys(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<SigningKeys, TenantError> {
+pub async fn signing_keys(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &TenantName,
+) -> Result<SigningKeys, TenantError> {
     let (current, next): (Option<String>, Option<String>) = ::redis::cmd("HMGET")
         .arg(keys.tenant(name))
         .arg("signing_current")
@@ -215,7 +241,11 @@ pub async fn signing_keys(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Re
 }
 
 /// Promotes the next signing key to current and makes a new next key.
-pub async fn rotate_signing_keys(conn: &mut Conn, keys: &Keys, name: &TenantName) -> Result<SigningKeys, TenantError> {
+pub async fn rotate_signing_keys(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &TenantName,
+) -> Result<SigningKeys, TenantError> {
     let old = signing_keys(conn, keys, name).await?;
     let rotated = SigningKeys {
         current: old.next,

@@ -14,7 +14,12 @@ async fn redis_down_is_503_and_recovers() {
     settings.redis.response_timeout_ms = 500;
     settings.redis.connect_timeout_ms = 300;
     let app = TestApp::start(settings).await;
-    assert_eq!(app.wait("e", json!({"url": "http://127.0.0.1:9/x"})).await.0, 200);
+    assert_eq!(
+        app.wait("e", json!({"url": "http://127.0.0.1:9/x"}))
+            .await
+            .0,
+        200
+    );
 
     // Paused (SIGSTOP): requests fail fast with 503 within the response timeout.
     redis.signal("STOP");
@@ -22,7 +27,11 @@ async fn redis_down_is_503_and_recovers() {
     let (status, body) = app.notify("e", "x").await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("unavailable"));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(app.get("/readyz", "").await.0, 503);
     redis.signal("CONT");
 
@@ -37,7 +46,11 @@ async fn redis_down_is_503_and_recovers() {
     .await;
     assert!(recovered, "ready again after redis is back");
     let waiters = app.waiters("e").await;
-    assert_eq!(waiters.len(), 1, "the acknowledged waiter survived the crash");
+    assert_eq!(
+        waiters.len(),
+        1,
+        "the acknowledged waiter survived the crash"
+    );
     app.stop().await;
 }
 
@@ -49,6 +62,9 @@ async fn a_different_partition_count_refuses_to_start() {
     app.stop().await;
     let mut other = settings;
     other.redis.partitions = 8;
-    let err = herald::app::start(other, herald::app::Role::All).await.err().expect("refused");
+    let err = herald::app::start(other, herald::app::Role::All)
+        .await
+        .err()
+        .expect("refused");
     assert!(format!("{err:#}").contains("partitions"), "{err:#}");
 }

@@ -18,28 +18,130 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     let long_id = "e".repeat(257);
     let cases: Vec<(&str, String, String, u16, &str)> = vec![
-        ("bad event id", format!("/v2/wait/a%7Bb"), json!({"url": ok_url}).to_string(), 400, "event id contains"),
-        ("over-long event id", format!("/v2/wait/{long_id}"), json!({"url": ok_url}).to_string(), 400, "at most 256"),
-        ("bad json", "/v2/wait/order-1".into(), "{not json".into(), 400, "invalid JSON"),
-        ("not an object", "/v2/wait/order-1".into(), "[1]".into(), 400, "JSON object"),
-        ("missing url", "/v2/wait/order-1".into(), json!({}).to_string(), 400, "url is required"),
-        ("bad url", "/v2/wait/order-1".into(), json!({"url": "ftp://x"}).to_string(), 400, "http or https"),
-        ("bad timeout", "/v2/wait/order-1".into(), json!({"url": ok_url, "timeout": "10x"}).to_string(), 400, "invalid timeout"),
-        ("zero timeout", "/v2/wait/order-1".into(), json!({"url": ok_url, "timeout": 0}).to_string(), 400, "longer than zero"),
-        ("timeout over max", "/v2/wait/order-1".into(), json!({"url": ok_url, "timeout": "31d"}).to_string(), 400, "maximum of 30d"),
-        ("bad timeoutBody", "/v2/wait/order-1".into(), json!({"url": ok_url, "timeoutBody": "%%%"}).to_string(), 400, "base64"),
-        ("bad header value", "/v2/wait/order-1".into(), json!({"url": ok_url, "headers": {"X-A": "a\r\nB: c"}}).to_string(), 400, "not a valid header value"),
-        ("step without run", "/v2/wait/order-1".into(), json!({"url": ok_url, "step": {"stepId": 1, "stepName": "w", "stepType": "Wait"}}).to_string(), 400, "needs a run id"),
-        ("body too large", "/v2/notify/order-1".into(), "x".repeat(1025), 413, "larger than 1024"),
-        ("bad event id on notify", "/v2/notify/a%20b".into(), "x".into(), 400, "event id contains"),
-        ("bad run id on lookback", "/v2/notify/r%7B/order-1".into(), "x".into(), 400, "run id contains"),
-        ("unknown route", "/v2/nothing".into(), "".into(), 404, "no route"),
+        (
+            "bad event id",
+            "/v2/wait/a%7Bb".to_string(),
+            json!({"url": ok_url}).to_string(),
+            400,
+            "event id contains",
+        ),
+        (
+            "over-long event id",
+            format!("/v2/wait/{long_id}"),
+            json!({"url": ok_url}).to_string(),
+            400,
+            "at most 256",
+        ),
+        (
+            "bad json",
+            "/v2/wait/order-1".into(),
+            "{not json".into(),
+            400,
+            "invalid JSON",
+        ),
+        (
+            "not an object",
+            "/v2/wait/order-1".into(),
+            "[1]".into(),
+            400,
+            "JSON object",
+        ),
+        (
+            "missing url",
+            "/v2/wait/order-1".into(),
+            json!({}).to_string(),
+            400,
+            "url is required",
+        ),
+        (
+            "bad url",
+            "/v2/wait/order-1".into(),
+            json!({"url": "ftp://x"}).to_string(),
+            400,
+            "http or https",
+        ),
+        (
+            "bad timeout",
+            "/v2/wait/order-1".into(),
+            json!({"url": ok_url, "timeout": "10x"}).to_string(),
+            400,
+            "invalid timeout",
+        ),
+        (
+            "zero timeout",
+            "/v2/wait/order-1".into(),
+            json!({"url": ok_url, "timeout": 0}).to_string(),
+            400,
+            "longer than zero",
+        ),
+        (
+            "timeout over max",
+            "/v2/wait/order-1".into(),
+            json!({"url": ok_url, "timeout": "31d"}).to_string(),
+            400,
+            "maximum of 30d",
+        ),
+        (
+            "bad timeoutBody",
+            "/v2/wait/order-1".into(),
+            json!({"url": ok_url, "timeoutBody": "%%%"}).to_string(),
+            400,
+            "base64",
+        ),
+        (
+            "bad header value",
+            "/v2/wait/order-1".into(),
+            json!({"url": ok_url, "headers": {"X-A": "a\r\nB: c"}}).to_string(),
+            400,
+            "not a valid header value",
+        ),
+        (
+            "step without run",
+            "/v2/wait/order-1".into(),
+            json!({"url": ok_url, "step": {"stepId": 1, "stepName": "w", "stepType": "Wait"}})
+                .to_string(),
+            400,
+            "needs a run id",
+        ),
+        (
+            "body too large",
+            "/v2/notify/order-1".into(),
+            "x".repeat(1025),
+            413,
+            "larger than 1024",
+        ),
+        (
+            "bad event id on notify",
+            "/v2/notify/a%20b".into(),
+            "x".into(),
+            400,
+            "event id contains",
+        ),
+        (
+            "bad run id on lookback",
+            "/v2/notify/r%7B/order-1".into(),
+            "x".into(),
+            400,
+            "run id contains",
+        ),
+        (
+            "unknown route",
+            "/v2/nothing".into(),
+            "".into(),
+            404,
+            "no route",
+        ),
     ];
     for (name, path, body, status, message) in cases {
         let (got, json) = app.post(&path, &app.token, body).await;
         assert_eq!(got, status, "{name}: {json}");
-        let error = json["error"].as_str().unwrap_or_else(|| panic!("{name}: no error field in {json}"));
-        assert!(error.contains(message), "{name}: {error:?} should mention {message:?}");
+        let error = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no error field in {json}"));
+        assert!(
+            error.contains(message),
+            "{name}: {error:?} should mention {message:?}"
+        );
     }
 
     // Unknown, missing and malformed tokens.
@@ -48,7 +150,13 @@ async fn bad_requests_are_refused_and_change_nothing() {
         assert_eq!(status, 401, "{json}");
         assert!(json["error"].as_str().unwrap().contains("token"));
     }
-    let (status, _) = app.send(app.http.post(app.url("/v2/notify/order-1")).header("authorization", "Basic abc")).await;
+    let (status, _) = app
+        .send(
+            app.http
+                .post(app.url("/v2/notify/order-1"))
+                .header("authorization", "Basic abc"),
+        )
+        .await;
     assert_eq!(status, 401);
     let (status, _) = app.get("/v2/waiters/order-1", "nope").await;
     assert_eq!(status, 401);

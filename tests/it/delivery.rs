@@ -8,12 +8,20 @@ use serde_json::json;
 
 use crate::support::{test_settings, Receiver, RedisServer, TestApp};
 
-fn dead_letters(redis: &RedisServer) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+/// A stream entry: id and (field, value) pairs.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+fn dead_letters(redis: &RedisServer) -> Vec<Entry> {
     let mut conn = redis.client();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*:dlq:*").query(&mut conn).unwrap();
     let mut out = Vec::new();
     for k in keys {
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE").arg(&k).arg("-").arg("+").query(&mut conn).unwrap();
+        let entries: Vec<Entry> = redis::cmd("XRANGE")
+            .arg(&k)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
         out.extend(entries);
     }
     out
@@ -33,7 +41,12 @@ async fn failed_attempts_are_retried_with_the_same_message_id() {
     let app = TestApp::start(test_settings(&redis.url())).await;
     let receiver = Receiver::start().await;
     receiver.script("/flaky", &[500, 503, 200], &[]);
-    assert_eq!(app.wait("e", json!({"url": receiver.url("/flaky")})).await.0, 200);
+    assert_eq!(
+        app.wait("e", json!({"url": receiver.url("/flaky")}))
+            .await
+            .0,
+        200
+    );
     let (_, notified) = app.notify("e", "payload").await;
     let message_id = notified[0]["messageId"].as_str().unwrap().to_owned();
     let got = receiver.expect("/flaky", 3).await;
@@ -56,8 +69,17 @@ async fn out_of_attempts_goes_to_the_dead_letters() {
     let app = TestApp::start(settings).await;
     let receiver = Receiver::start().await;
     receiver.script("/down", &[500], &[]);
-    receiver.script("/refuses", &[489], &[("Upstash-NonRetryable-Error", "true")]);
-    assert_eq!(app.wait("e1", json!({"url": receiver.url("/down")})).await.0, 200);
+    receiver.script(
+        "/refuses",
+        &[489],
+        &[("Upstash-NonRetryable-Error", "true")],
+    );
+    assert_eq!(
+        app.wait("e1", json!({"url": receiver.url("/down")}))
+            .await
+            .0,
+        200
+    );
     // Per-waiter override: no retries at all.
     let (status, _) = app
         .send(
@@ -70,22 +92,44 @@ async fn out_of_attempts_goes_to_the_dead_letters() {
         .await;
     assert_eq!(status, 200);
     receiver.script("/once-down", &[502], &[]);
-    assert_eq!(app.wait("e3", json!({"url": receiver.url("/refuses")})).await.0, 200);
+    assert_eq!(
+        app.wait("e3", json!({"url": receiver.url("/refuses")}))
+            .await
+            .0,
+        200
+    );
     for e in ["e1", "e2", "e3"] {
         app.notify(e, "x").await;
     }
     receiver.expect("/down", 3).await; // 1 attempt + 2 retries
     receiver.expect("/once-down", 1).await;
     receiver.expect("/refuses", 1).await;
-    let all_dead = crate::support::eventually(Duration::from_secs(10), || dead_letters(&redis).len() == 3).await;
+    let all_dead =
+        crate::support::eventually(Duration::from_secs(10), || dead_letters(&redis).len() == 3)
+            .await;
     assert!(all_dead, "{:?}", dead_letters(&redis));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.at("/down").len(), 3, "exactly the configured attempts");
+    assert_eq!(
+        receiver.at("/down").len(),
+        3,
+        "exactly the configured attempts"
+    );
     assert_eq!(receiver.at("/once-down").len(), 1);
-    assert_eq!(receiver.at("/refuses").len(), 1, "489 + NonRetryable is not retried");
+    assert_eq!(
+        receiver.at("/refuses").len(),
+        1,
+        "489 + NonRetryable is not retried"
+    );
     let letters = dead_letters(&redis);
-    let statuses: std::collections::BTreeSet<String> = letters.iter().map(|(_, e)| field(e, "s")).collect();
-    assert_eq!(statuses, ["489", "500", "502"].iter().map(|s| s.to_string()).collect());
+    let statuses: std::collections::BTreeSet<String> =
+        letters.iter().map(|(_, e)| field(e, "s")).collect();
+    assert_eq!(
+        statuses,
+        ["489", "500", "502"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
     for (_, entry) in &letters {
         assert_eq!(field(entry, "b"), "x", "the dead letter keeps the body");
         assert!(field(entry, "r").contains("HTTP"));
@@ -99,12 +143,19 @@ async fn retry_after_is_honoured() {
     let app = TestApp::start(test_settings(&redis.url())).await;
     let receiver = Receiver::start().await;
     receiver.script("/busy", &[429, 200], &[("Retry-After", "1")]);
-    assert_eq!(app.wait("e", json!({"url": receiver.url("/busy")})).await.0, 200);
+    assert_eq!(
+        app.wait("e", json!({"url": receiver.url("/busy")})).await.0,
+        200
+    );
     let started = Instant::now();
     app.notify("e", "x").await;
     receiver.expect("/busy", 2).await;
     // backoff_factor makes the computed backoff ~12 ms; Retry-After: 1 must win.
-    assert!(started.elapsed() >= Duration::from_millis(950), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
     app.stop().await;
 }
 
@@ -145,23 +196,35 @@ async fn workflow_waiters_get_the_upstash_step_format_with_deduplicated_headers(
     assert_eq!(notified[0]["workflowRunId"], "wfr_abc");
     let got = receiver.expect("/api/workflow", 1).await;
     let r = &got[0];
-    assert_eq!(r.headers.get("upstash-workflow-runid").map(Vec::len), Some(1), "run id sent once");
+    assert_eq!(
+        r.headers.get("upstash-workflow-runid").map(Vec::len),
+        Some(1),
+        "run id sent once"
+    );
     assert_eq!(r.header("upstash-workflow-runid"), Some("wfr_abc"));
-    assert_eq!(r.header("upstash-workflow-sdk-version"), Some("1"), "Upstash-Forward- prefix stripped");
+    assert_eq!(
+        r.header("upstash-workflow-sdk-version"),
+        Some("1"),
+        "Upstash-Forward- prefix stripped"
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_ne!(r.header("host"), Some("evil.example"));
     let steps: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let steps = steps.as_array().unwrap();
     assert_eq!(steps.len(), 2);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let last: serde_json::Value = serde_json::from_slice(&b64.decode(steps[1]["body"].as_str().unwrap()).unwrap()).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_slice(&b64.decode(steps[1]["body"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(last["stepId"], 2);
     assert_eq!(last["stepName"], "wait for payment");
     assert_eq!(last["stepType"], "Wait");
     assert_eq!(last["waitEventId"], "order-42");
     assert_eq!(last["timeout"], "20s");
     assert_eq!(last["waitTimeout"], false);
-    assert_eq!(b64.decode(last["out"].as_str().unwrap()).unwrap(), br#"{"ok":true}"#);
+    assert_eq!(
+        b64.decode(last["out"].as_str().unwrap()).unwrap(),
+        br#"{"ok":true}"#
+    );
     assert_eq!(steps[1]["messageId"], notified[0]["messageId"]);
     app.stop().await;
 }
@@ -176,16 +239,25 @@ async fn loopback_is_refused_unless_allow_listed() {
     for (event, url) in [
         ("c1", canary.url("/canary")),
         ("c2", format!("http://localhost:{}/canary", canary.port)),
-        ("c3", format!("http://[::ffff:127.0.0.1]:{}/canary", canary.port)),
+        (
+            "c3",
+            format!("http://[::ffff:127.0.0.1]:{}/canary", canary.port),
+        ),
         ("c4", format!("http://2130706433:{}/canary", canary.port)),
     ] {
         assert_eq!(app.wait(event, json!({"url": url})).await.0, 200, "{url}");
         app.notify(event, "x").await;
     }
-    let refused = crate::support::eventually(Duration::from_secs(10), || dead_letters(&redis).len() == 4).await;
+    let refused =
+        crate::support::eventually(Duration::from_secs(10), || dead_letters(&redis).len() == 4)
+            .await;
     assert!(refused, "{:?}", dead_letters(&redis));
     for (_, entry) in dead_letters(&redis) {
-        assert!(field(&entry, "r").contains("blocked"), "{}", field(&entry, "r"));
+        assert!(
+            field(&entry, "r").contains("blocked"),
+            "{}",
+            field(&entry, "r")
+        );
     }
     assert!(canary.all().is_empty(), "the canary received a connection");
     app.stop().await;

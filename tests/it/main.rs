@@ -7,6 +7,7 @@ mod admin;
 mod availability;
 mod bad_input;
 mod delivery;
+mod docs;
 mod lookback;
 mod notify;
 mod races;

@@ -29,8 +29,14 @@ async fn order_example_end_to_end() {
     let waiters = app.waiters("order-42").await;
     assert_eq!(waiters.len(), 1);
     let deadline = waiters[0]["deadline"].as_i64().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((now + 595..=now + 605).contains(&deadline), "deadline {deadline} vs now {now}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now + 595..=now + 605).contains(&deadline),
+        "deadline {deadline} vs now {now}"
+    );
     assert_eq!(waiters[0]["url"], receiver.url("/orders/42/paid"));
     assert_eq!(waiters[0]["timeoutUrl"], receiver.url("/orders/42/expired"));
 
@@ -49,14 +55,20 @@ async fn order_example_end_to_end() {
     assert_eq!(notified.len(), 1);
     let message_id = notified[0]["messageId"].as_str().unwrap().to_owned();
     assert!(message_id.starts_with("msg_"));
-    assert_eq!(notified[0]["waiter"]["url"], receiver.url("/orders/42/paid"));
+    assert_eq!(
+        notified[0]["waiter"]["url"],
+        receiver.url("/orders/42/paid")
+    );
     assert_eq!(notified[0]["deduplicated"], false);
     assert_eq!(notified[0]["error"], "");
 
     let got = receiver.expect("/orders/42/paid", 1).await;
     assert_eq!(got[0].body_text(), r#"{"paid":true,"amount":1299}"#);
     assert_eq!(got[0].header("content-type"), Some("application/json"));
-    assert_eq!(got[0].header("upstash-message-id"), Some(message_id.as_str()));
+    assert_eq!(
+        got[0].header("upstash-message-id"),
+        Some(message_id.as_str())
+    );
     assert_eq!(got[0].header("upstash-retried"), Some("0"));
     assert_eq!(got[0].header("x-order"), Some("42"));
     assert!(got[0].header("upstash-signature").is_some());
@@ -77,7 +89,9 @@ async fn broadcast_reaches_every_waiter_once() {
     let app = TestApp::start(settings).await;
     let receiver = Receiver::start().await;
     for i in 0..3 {
-        let (status, _) = app.wait("shipped", json!({"url": receiver.url(&format!("/w/{i}"))})).await;
+        let (status, _) = app
+            .wait("shipped", json!({"url": receiver.url(&format!("/w/{i}"))}))
+            .await;
         assert_eq!(status, 200);
     }
     assert_eq!(app.waiters("shipped").await.len(), 3);
@@ -137,19 +151,43 @@ async fn tenants_cannot_see_or_notify_each_others_waiters() {
     let app = TestApp::start(test_settings(&redis.url())).await;
     let receiver = Receiver::start().await;
     let other = app.tenant_token("globex").await;
-    assert_eq!(app.wait("order-1", json!({"url": receiver.url("/acme")})).await.0, 200);
+    assert_eq!(
+        app.wait("order-1", json!({"url": receiver.url("/acme")}))
+            .await
+            .0,
+        200
+    );
 
     let (status, seen) = app.get("/v2/waiters/order-1", &other).await;
     assert_eq!((status, seen), (200, json!([])));
     let (status, notified) = app.post("/v2/notify/order-1", &other, "spoof").await;
     assert_eq!((status, notified), (201, json!([])));
-    let (status, _) = app.send(app.http.delete(app.url("/v2/workflows/runs/wfr_x")).bearer_auth(&other)).await;
+    let (status, _) = app
+        .send(
+            app.http
+                .delete(app.url("/v2/workflows/runs/wfr_x"))
+                .bearer_auth(&other),
+        )
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(app.waiters("order-1").await.len(), 1, "acme's waiter is untouched");
+    assert_eq!(
+        app.waiters("order-1").await.len(),
+        1,
+        "acme's waiter is untouched"
+    );
     assert!(receiver.all().is_empty());
 
     // The same event id in globex is its own.
-    assert_eq!(app.post("/v2/wait/order-1", &other, json!({"url": receiver.url("/globex")}).to_string()).await.0, 200);
+    assert_eq!(
+        app.post(
+            "/v2/wait/order-1",
+            &other,
+            json!({"url": receiver.url("/globex")}).to_string()
+        )
+        .await
+        .0,
+        200
+    );
     let (_, notified) = app.post("/v2/notify/order-1", &other, "for globex").await;
     assert_eq!(notified.as_array().unwrap().len(), 1);
     receiver.expect("/globex", 1).await;
@@ -218,12 +256,22 @@ async fn cancelling_a_run_drops_its_waiters_and_saved_notifications() {
     let (status, _) = app.post("/v2/notify/wfr_1/d", &app.token, "saved").await;
     assert_eq!(status, 201);
 
-    let (status, body) = app.send(app.http.delete(app.url("/v2/workflows/runs/wfr_1")).bearer_auth(&app.token)).await;
+    let (status, body) = app
+        .send(
+            app.http
+                .delete(app.url("/v2/workflows/runs/wfr_1"))
+                .bearer_auth(&app.token),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["waitersRemoved"], 3);
     assert_eq!(body["savedRemoved"], 1);
     assert!(app.waiters("b").await.is_empty());
-    assert_eq!(app.waiters("a").await.len(), 1, "the other run keeps its waiter");
+    assert_eq!(
+        app.waiters("a").await.len(),
+        1,
+        "the other run keeps its waiter"
+    );
 
     // The cancelled run can neither wait nor save any more.
     let (status, body) = wait_as("wfr_1", "e").await;
@@ -244,10 +292,18 @@ async fn deadlines_follow_redis_time() {
     // The waiter's deadline is Redis TIME + timeout; listing shows it in unix seconds.
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
-    let (status, body) = app.wait("t", json!({"url": "http://127.0.0.1:9/x", "timeout": "1h30m"})).await;
+    let (status, body) = app
+        .wait(
+            "t",
+            json!({"url": "http://127.0.0.1:9/x", "timeout": "1h30m"}),
+        )
+        .await;
     assert_eq!(status, 200);
     let (secs, _): (u64, u64) = redis::cmd("TIME").query(&mut redis.client()).unwrap();
     let deadline = body["deadline"].as_u64().unwrap();
-    assert!((secs + 5390..=secs + 5401).contains(&deadline), "{deadline} vs {secs}");
+    assert!(
+        (secs + 5390..=secs + 5401).contains(&deadline),
+        "{deadline} vs {secs}"
+    );
     app.stop().await;
 }

@@ -50,10 +50,18 @@ async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide
     let reported: Vec<String> = join_all(notifies).await.into_iter().flatten().collect();
 
     // Every waiter gets exactly one outcome; wait (bounded) for all 1,000.
-    let all_arrived = crate::support::eventually(Duration::from_secs(30), || receiver.all().len() >= EVENTS * 2).await;
+    let all_arrived = crate::support::eventually(Duration::from_secs(30), || {
+        receiver.all().len() >= EVENTS * 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // let any duplicate show up
     let requests = receiver.all();
-    assert!(all_arrived, "only {} of {} outcomes arrived", requests.len(), EVENTS * 2);
+    assert!(
+        all_arrived,
+        "only {} of {} outcomes arrived",
+        requests.len(),
+        EVENTS * 2
+    );
     let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
     for r in &requests {
         outcomes
@@ -63,7 +71,10 @@ async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide
     }
     assert_eq!(outcomes.len(), EVENTS * 2, "every waiter has an outcome");
     let twice: Vec<_> = outcomes.iter().filter(|(_, o)| o.len() != 1).collect();
-    assert!(twice.is_empty(), "waiters with more than one outcome: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "waiters with more than one outcome: {twice:?}"
+    );
     // I2: the notify responses list exactly the waiters that got the event.
     let mut delivered_event: Vec<String> = outcomes
         .iter()
@@ -73,7 +84,10 @@ async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide
     let mut reported = reported;
     delivered_event.sort();
     reported.sort();
-    assert_eq!(delivered_event, reported, "notify responses match event deliveries");
+    assert_eq!(
+        delivered_event, reported,
+        "notify responses match event deliveries"
+    );
     let timeouts = outcomes.values().filter(|o| o[0] == "timeout").count();
     eprintln!(
         "race: registration took {registration_took:?}; {} events, {timeouts} timeouts",
@@ -102,11 +116,22 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
 
     // Part 1: saved first, then two concurrent waits per run: exactly one consumes it.
     for r in 0..RUNS {
-        assert_eq!(app.post(&format!("/v2/notify/wfr_s{r}/pay"), &app.token, "s").await.0, 201);
+        assert_eq!(
+            app.post(&format!("/v2/notify/wfr_s{r}/pay"), &app.token, "s")
+                .await
+                .0,
+            201
+        );
     }
     let pairs = (0..RUNS).map(|r| async move {
-        let (a, b) = tokio::join!(wait(format!("wfr_s{r}"), "first"), wait(format!("wfr_s{r}"), "second"));
-        [a.1["status"].as_str().unwrap().to_owned(), b.1["status"].as_str().unwrap().to_owned()]
+        let (a, b) = tokio::join!(
+            wait(format!("wfr_s{r}"), "first"),
+            wait(format!("wfr_s{r}"), "second")
+        );
+        [
+            a.1["status"].as_str().unwrap().to_owned(),
+            b.1["status"].as_str().unwrap().to_owned(),
+        ]
     });
     for (r, statuses) in join_all(pairs).await.into_iter().enumerate() {
         let notified = statuses.iter().filter(|s| *s == "notified").count();
@@ -125,7 +150,9 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
     join_all(races).await;
 
     let expected = RUNS * 2;
-    let arrived = crate::support::eventually(Duration::from_secs(20), || receiver.all().len() >= expected).await;
+    let arrived =
+        crate::support::eventually(Duration::from_secs(20), || receiver.all().len() >= expected)
+            .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let requests = receiver.all();
     assert!(arrived, "{} of {expected} deliveries", requests.len());
@@ -134,7 +161,11 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
         *per_run.entry(r.path.as_str()).or_default() += 1;
     }
     assert_eq!(per_run.len(), expected);
-    assert!(per_run.values().all(|n| *n == 1), "a run got two deliveries: {:?}", per_run.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    assert!(
+        per_run.values().all(|n| *n == 1),
+        "a run got two deliveries: {:?}",
+        per_run.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
     // Whatever was not consumed is still waiting (part 1: one waiter per run).
     assert_eq!(app.waiters("pay").await.len(), RUNS);
     app.stop().await;

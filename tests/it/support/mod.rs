@@ -82,9 +82,13 @@ impl TestApp {
         let running = app::start(settings, role).await.expect("herald starts");
         let base = format!("http://{}", running.addr);
         let tenant = TenantName::parse("acme").unwrap();
-        let created = tenants::create_or_reissue(&mut running.state.redis.get(), &running.state.keys, &tenant)
-            .await
-            .unwrap();
+        let created = tenants::create_or_reissue(
+            &mut running.state.redis.get(),
+            &running.state.keys,
+            &tenant,
+        )
+        .await
+        .unwrap();
         TestApp {
             running: Some(running),
             base,
@@ -96,22 +100,33 @@ impl TestApp {
     /// A second tenant's token on the same Herald.
     pub async fn tenant_token(&self, name: &str) -> String {
         let running = self.running.as_ref().unwrap();
-        tenants::create_or_reissue(&mut running.state.redis.get(), &running.state.keys, &TenantName::parse(name).unwrap())
-            .await
-            .unwrap()
-            .token
+        tenants::create_or_reissue(
+            &mut running.state.redis.get(),
+            &running.state.keys,
+            &TenantName::parse(name).unwrap(),
+        )
+        .await
+        .unwrap()
+        .token
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn post(&self, path: &str, token: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        self.send(self.http.post(self.url(path)).bearer_auth(token).body(body)).await
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).bearer_auth(token).body(body))
+            .await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.send(self.http.get(self.url(path)).bearer_auth(token)).await
+        self.send(self.http.get(self.url(path)).bearer_auth(token))
+            .await
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -123,11 +138,13 @@ impl TestApp {
     }
 
     pub async fn wait(&self, event: &str, body: Value) -> (u16, Value) {
-        self.post(&format!("/v2/wait/{event}"), &self.token, body.to_string()).await
+        self.post(&format!("/v2/wait/{event}"), &self.token, body.to_string())
+            .await
     }
 
     pub async fn notify(&self, event: &str, body: &str) -> (u16, Value) {
-        self.post(&format!("/v2/notify/{event}"), &self.token, body.to_owned()).await
+        self.post(&format!("/v2/notify/{event}"), &self.token, body.to_owned())
+            .await
     }
 
     pub async fn waiters(&self, event: &str) -> Vec<Value> {

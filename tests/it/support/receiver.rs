@@ -61,7 +61,10 @@ async fn record(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         body: body.to_vec(),
     });
     let mut scripts = shared.scripts.lock().unwrap();
-    if let Some((_, script)) = scripts.iter_mut().find(|(prefix, _)| path.starts_with(prefix.as_str())) {
+    if let Some((_, script)) = scripts
+        .iter_mut()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+    {
         let status = script
             .statuses
             .get(script.served)
@@ -69,7 +72,8 @@ async fn record(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
             .copied()
             .unwrap_or(200);
         script.served += 1;
-        let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+        let mut response =
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
         for (k, v) in &script.headers {
             response.insert_header((k.as_str(), v.as_str()));
         }
@@ -84,13 +88,17 @@ impl Receiver {
         let data = web::Data::new(shared.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(record)))
-            .listen(listener)
-            .unwrap()
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(1)
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(record))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .run();
         // The server task ends with the test's runtime.
         tokio::spawn(server);
         Receiver { port, shared }
@@ -106,7 +114,10 @@ impl Receiver {
             prefix.to_owned(),
             Script {
                 statuses: statuses.to_vec(),
-                headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 served: 0,
             },
         ));
@@ -124,7 +135,11 @@ impl Receiver {
     pub async fn expect(&self, path: &str, count: usize) -> Vec<Recorded> {
         let got = super::eventually(Duration::from_secs(15), || self.at(path).len() >= count).await;
         let requests = self.at(path);
-        assert!(got, "expected {count} requests at {path}, got {}: {requests:?}", requests.len());
+        assert!(
+            got,
+            "expected {count} requests at {path}, got {}: {requests:?}",
+            requests.len()
+        );
         requests
     }
 }

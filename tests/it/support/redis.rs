@@ -47,7 +47,14 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new(binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -105,12 +112,18 @@ impl RedisServer {
     }
 
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 
     /// A digest of the whole dataset: equal digests, equal data.
     pub fn digest(&self) -> String {
-        redis::cmd("DEBUG").arg("DIGEST").query(&mut self.client()).unwrap()
+        redis::cmd("DEBUG")
+            .arg("DIGEST")
+            .query(&mut self.client())
+            .unwrap()
     }
 }
 
