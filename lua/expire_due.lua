@@ -10,7 +10,8 @@ KEYS[2] deliveries     (STREAM) delivery jobs of the partition
 KEYS[3..] event waiters (HASH) of each candidate, in ARGV order
 
 ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
-ARGV[2..] per candidate, 4 values: member, field, tenant, event id
+ARGV[2..] per candidate, 5 values: member, field, tenant, event id, trace context
+          (W3C traceparent kept with the timeout delivery, "" for none)
 
 Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed out.
 
@@ -24,10 +25,11 @@ local msg_base = ARGV[1]
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-local n = (#ARGV - 1) / 4
+local n = (#ARGV - 1) / 5
 for i = 1, n do
-  local base = 1 + (i - 1) * 4
+  local base = 1 + (i - 1) * 5
   local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local trace = ARGV[base + 5]
   local ev_key = KEYS[2 + i]
   local score = rcall('ZSCORE', deadlines_key, member)
   if score and tonumber(score) <= now_ms then
@@ -36,7 +38,7 @@ for i = 1, n do
     if waiter then
       rcall('HDEL', ev_key, field)
       local job = '{"m":"' .. msg_base .. i .. '","k":"timeout","t":"' .. tenant .. '","e":"' .. event
-        .. '","n":' .. score .. ',"q":' .. now_ms .. ',"a":0,"c":null,"w":' .. waiter .. '}'
+        .. '","n":' .. score .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":null,"w":' .. waiter .. '}'
       rcall('XADD', stream_key, '*', 'j', job, 'b', '')
       out[#out + 1] = member
       out[#out + 1] = now_ms - tonumber(score)

@@ -11,6 +11,7 @@ ARGV[3] body             raw bytes of the notify request
 ARGV[4] content type     as a JSON string literal (e.g. "\"text/plain\"" or null)
 ARGV[5] message id base  unique per call; the i-th delivery gets "<base><i>"
 ARGV[6] limit            most waiters taken by this call
+ARGV[7] trace context    W3C traceparent of the request ("" for none), kept with each delivery
 
 Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
 how many were left for a further call (large fan-outs are taken in bounded batches).
@@ -22,7 +23,7 @@ again after a lost reply finds the taken waiters gone and enqueues nothing twice
 local rcall = redis.call
 local ev_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
 local tenant, event, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local msg_base, limit = ARGV[5], tonumber(ARGV[6])
+local msg_base, limit, trace = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 
 local count = rcall('HLEN', ev_key)
 if count == 0 then return {0} end
@@ -52,7 +53,7 @@ for i = 1, #pairs_list, 2 do
   taken = taken + 1
   local msg = msg_base .. taken
   local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
-    .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"c":' .. ct .. ',"w":' .. waiter .. '}'
+    .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":' .. ct .. ',"w":' .. waiter .. '}'
   rcall('XADD', stream_key, '*', 'j', job, 'b', body)
   rcall('HDEL', ev_key, field)
   rcall('ZREM', deadlines_key, tenant .. '|' .. field .. '|' .. event)

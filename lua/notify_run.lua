@@ -18,6 +18,7 @@ ARGV[6] message id base  the i-th delivery gets "<base><i>"; a saved item gets "
 ARGV[7] saved ttl        milliseconds a saved notification stays consumable
 ARGV[8] op ttl           seconds the idempotency record is kept
 ARGV[9] max saved        most saved notifications per (run, event) (0 = unlimited)
+ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with each delivery
 
 Returns one of
   {"delivered", field1, waiterJSON1, messageId1, ...}   the run's waiters were taken
@@ -35,6 +36,7 @@ local op_key, run_key, cancelled_key = KEYS[5], KEYS[6], KEYS[7]
 local tenant, event, run, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local msg_base, saved_ttl = ARGV[6], tonumber(ARGV[7])
 local op_ttl, max_saved = tonumber(ARGV[8]), tonumber(ARGV[9])
+local trace = ARGV[10]
 
 local prev = rcall('GET', op_key)
 if prev then return cjson.decode(prev) end
@@ -68,7 +70,7 @@ if #found > 0 then
     local field, waiter = found[i], found[i + 1]
     local msg = msg_base .. ((i + 1) / 2)
     local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
-      .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"c":' .. ct .. ',"w":' .. waiter .. '}'
+      .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":' .. ct .. ',"w":' .. waiter .. '}'
     rcall('XADD', stream_key, '*', 'j', job, 'b', body)
     rcall('HDEL', ev_key, field)
     rcall('ZREM', deadlines_key, tenant .. '|' .. field .. '|' .. event)

@@ -18,6 +18,7 @@ ARGV[6] run id           "" for none
 ARGV[7] op ttl           seconds the idempotency record is kept
 ARGV[8] run ttl          milliseconds the run-events set is kept at least
 ARGV[9] max waiters      per event id (0 = unlimited)
+ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with the delivery
 
 Returns one of
   {"waiting",  waiterJSON}                  registered (or already registered: same reply)
@@ -35,6 +36,7 @@ local op_key, run_key, cancelled_key = KEYS[5], KEYS[6], KEYS[7]
 local field, waiter, timeout_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tenant, event, run = ARGV[4], ARGV[5], ARGV[6]
 local op_ttl, run_ttl, max_waiters = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local trace = ARGV[10]
 
 local prev = rcall('GET', op_key)
 if prev then return cjson.decode(prev) end
@@ -67,7 +69,7 @@ if run ~= '' then
       local ct = string.sub(item, p2 + 1, p3 - 1)
       local saved_at = string.sub(item, p3 + 1, p4 - 1)
       local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
-        .. '","n":' .. saved_at .. ',"q":' .. now_ms .. ',"a":0,"c":' .. ct .. ',"w":' .. full .. '}'
+        .. '","n":' .. saved_at .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":' .. ct .. ',"w":' .. full .. '}'
       rcall('XADD', stream_key, '*', 'j', job, 'b', string.sub(item, p4 + 1))
       return remember({'consumed', msg, full})
     end

@@ -90,6 +90,7 @@ impl Scheduler {
                     field,
                     tenant,
                     event,
+                    trace: String::new(),
                 })
             })
             .collect();

@@ -105,6 +105,9 @@ pub struct Job {
     pub q: i64,
     /// Attempts made so far.
     pub a: u32,
+    /// W3C `traceparent` of the request that caused the delivery (empty for none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub p: String,
     /// Content type of the notify body.
     #[serde(default)]
     pub c: Option<String>,

@@ -82,6 +82,7 @@ pub async fn broadcast(
                 content_type_json: &ct,
                 message_id_base: &base,
                 limit: state.settings.waiters.notify_batch,
+                trace: "",
             },
         )
         .await?;
@@ -137,6 +138,7 @@ pub async fn lookback(
             saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
             op_ttl_secs: settings.waiters.idempotency_ttl_secs,
             max_saved: 0,
+            trace: "",
         },
     )
     .await?;

@@ -265,6 +265,7 @@ pub async fn wait(
             op_ttl_secs: settings.waiters.idempotency_ttl_secs,
             run_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
             max_waiters: 0,
+            trace: "",
         },
     )
     .await?;

@@ -117,6 +117,8 @@ pub struct WaitArgs<'a> {
     pub op_ttl_secs: u64,
     pub run_ttl_ms: u64,
     pub max_waiters: u64,
+    /// W3C `traceparent` of the request (empty for none); validated by the caller.
+    pub trace: &'a str,
 }
 
 #[derive(Debug)]
@@ -163,7 +165,8 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.run.map(RunId::as_str).unwrap_or(""))
         .arg(a.op_ttl_secs)
         .arg(a.run_ttl_ms)
-        .arg(a.max_waiters);
+        .arg(a.max_waiters)
+        .arg(a.trace);
     let items = array(invoke(conn, inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
@@ -190,6 +193,7 @@ pub struct NotifyArgs<'a> {
     pub content_type_json: &'a str,
     pub message_id_base: &'a str,
     pub limit: usize,
+    pub trace: &'a str,
 }
 
 pub struct NotifyReply {
@@ -208,7 +212,8 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .arg(a.body)
         .arg(a.content_type_json)
         .arg(a.message_id_base)
-        .arg(a.limit);
+        .arg(a.limit)
+        .arg(a.trace);
     let items = array(invoke(conn, inv).await?)?;
     let remaining = items.first().map(int).transpose()?.unwrap_or(0);
     Ok(NotifyReply {
@@ -229,6 +234,7 @@ pub struct NotifyRunArgs<'a> {
     pub saved_ttl_ms: u64,
     pub op_ttl_secs: u64,
     pub max_saved: u64,
+    pub trace: &'a str,
 }
 
 #[derive(Debug)]
@@ -260,7 +266,8 @@ pub async fn notify_run(
         .arg(a.message_id_base)
         .arg(a.saved_ttl_ms)
         .arg(a.op_ttl_secs)
-        .arg(a.max_saved);
+        .arg(a.max_saved)
+        .arg(a.trace);
     let items = array(invoke(conn, inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),
@@ -322,6 +329,8 @@ pub struct DueCandidate {
     pub field: String,
     pub tenant: TenantName,
     pub event: EventId,
+    /// W3C `traceparent` for the timeout delivery (empty for none).
+    pub trace: String,
 }
 
 /// Times out the candidates that are due by Redis' clock; returns (member, lateness ms).
@@ -340,7 +349,8 @@ pub async fn expire_due(
             .arg(&c.member)
             .arg(&c.field)
             .arg(c.tenant.as_str())
-            .arg(c.event.as_str());
+            .arg(c.event.as_str())
+            .arg(&c.trace);
     }
     let items = array(invoke(conn, inv).await?)?;
     items
