@@ -9,7 +9,7 @@ use reqwest::header::HeaderMap;
 
 /// Delay before retry number `retry` (1 for the first retry).
 pub fn backoff(retry: u32, factor: f64, max: Duration) -> Duration {
-    let base = (2.5 * f64::from(retry.max(1).min(100))).exp();
+    let base = (2.5 * f64::from(retry.clamp(1, 100))).exp();
     let jitter = rand::rng().random_range(0.9..1.1);
     // Cap after jitter, so the longest backoff is exactly `max`.
     Duration::from_secs_f64((base * jitter * factor).clamp(0.0, max.as_secs_f64()))
