@@ -57,6 +57,9 @@ pub fn test_settings(redis_url: &str) -> Settings {
     s.server.http_workers = 2;
     s.server.shutdown_grace_secs = 5;
     s.redis.url = redis_url.to_owned();
+    // Generous for a 2-core machine running the suite in parallel; tests of timeouts set
+    // their own.
+    s.redis.response_timeout_ms = 5000;
     s.redis.key_prefix = format!("t{}", herald::api::wait::random_id(8));
     s.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
     s.delivery.backoff_factor = 0.001;
