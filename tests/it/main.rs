@@ -10,4 +10,5 @@ mod delivery;
 mod docs;
 mod lookback;
 mod notify;
+mod process;
 mod races;

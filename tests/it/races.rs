@@ -184,3 +184,57 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
     assert_eq!(app.waiters("pay").await.len(), RUNS);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_schedulers_fire_each_timeout_once() {
+    let redis = RedisServer::start();
+    let settings = test_settings(&redis.url());
+    let api = TestApp::start_role(settings.clone(), herald::app::Role::Api).await;
+    let mut fast = settings.clone();
+    fast.scheduler.tick_ms = 1;
+    let w1 = herald::app::start(fast.clone(), herald::app::Role::Worker)
+        .await
+        .unwrap();
+    let w2 = herald::app::start(fast.clone(), herald::app::Role::Worker)
+        .await
+        .unwrap();
+    let w3 = herald::app::start(fast, herald::app::Role::Worker)
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    const WAITERS: usize = 300;
+    let registrations = futures_util::stream::iter(0..WAITERS).map(|i| {
+        let api = &api;
+        let url = receiver.url(&format!("/t/{i}"));
+        async move {
+            api.wait(
+                &format!("tick-{}", i % 7),
+                json!({"url": url, "timeout": 1}),
+            )
+            .await
+            .0
+        }
+    });
+    let statuses: Vec<u16> = registrations.buffer_unordered(50).collect().await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let arrived =
+        crate::support::eventually(Duration::from_secs(20), || receiver.all().len() >= WAITERS)
+            .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let requests = receiver.all();
+    assert!(arrived, "{} of {WAITERS} timeouts", requests.len());
+    let mut per_waiter: HashMap<&str, usize> = HashMap::new();
+    for r in &requests {
+        assert_eq!(r.header("herald-outcome"), Some("timeout"));
+        *per_waiter.entry(r.path.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_waiter.len(), WAITERS);
+    assert!(
+        per_waiter.values().all(|n| *n == 1),
+        "a timeout fired twice"
+    );
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
+    api.stop().await;
+}
