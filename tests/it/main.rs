@@ -10,6 +10,7 @@ mod delivery;
 mod dlq;
 mod docs;
 mod fairness;
+mod faults;
 mod lookback;
 mod notify;
 mod races;
