@@ -491,3 +491,123 @@ async fn paused_redis_answers_503_within_the_timeout_and_recovers() {
     );
     app.stop().await;
 }
+
+/// Resident memory of this process (Herald runs in it), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A raw HTTP endpoint answering 500 and then either streaming a 1 GiB body as fast as it
+/// can ("flood") or one byte a second ("drip"). Returns its port and the bytes of body it
+/// managed to write.
+async fn abusive_endpoint(mode: &'static str) -> (u16, Arc<Mutex<u64>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let written: Arc<Mutex<u64>> = Arc::default();
+    let total = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if mode == "flood" {
+                    let head =
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 1073741824\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..(1 << 14) {
+                        if socket.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        *total.lock().unwrap() += chunk.len() as u64;
+                    }
+                } else {
+                    let head =
+                        "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..30 {
+                        if socket.write_all(b"1\r\nx\r\n").await.is_err() {
+                            return;
+                        }
+                        *total.lock().unwrap() += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            });
+        }
+    });
+    (port, written)
+}
+
+#[tokio::test]
+async fn endless_or_dripping_responses_fail_cleanly_with_bounded_memory() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.max_retries = 0;
+    settings.delivery.request_timeout_secs = 2;
+    let app = TestApp::start(settings).await;
+    let (flood_port, flooded) = abusive_endpoint("flood").await;
+    let (drip_port, dripped) = abusive_endpoint("drip").await;
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    for (event, port) in [("flood", flood_port), ("drip", drip_port)] {
+        let url = format!("http://127.0.0.1:{port}/{event}");
+        assert_eq!(app.wait(event, json!({ "url": url })).await.0, 200);
+        assert_eq!(app.notify(event, "x").await.0, 201);
+    }
+    let letters = || async {
+        let (_, page) = app.get("/v2/dlq", &app.token).await;
+        page["messages"].as_array().cloned().unwrap_or_default()
+    };
+    let done = eventually_async(Duration::from_secs(15), || async {
+        letters().await.len() == 2
+    })
+    .await;
+    let letters = letters().await;
+    assert!(done, "both deliveries end in the dead letters: {letters:?}");
+    let took = started.elapsed();
+    let grown_kib = rss_kib().saturating_sub(rss_before);
+    for letter in &letters {
+        assert_eq!(letter["lastStatus"], 500, "{letter}");
+        let error = letter["lastError"].as_str().unwrap();
+        assert!(
+            error.len() <= 1100,
+            "the excerpt is capped: {} bytes",
+            error.len()
+        );
+    }
+    let flooded = *flooded.lock().unwrap();
+    let dripped = *dripped.lock().unwrap();
+    println!(
+        "response abuse: 1 GiB offered, {} KiB written before Herald hung up; drip: {dripped} bytes; \
+         both dead-lettered in {took:?}; RSS grew {grown_kib} KiB",
+        flooded / 1024
+    );
+    assert!(
+        flooded < 64 << 20,
+        "Herald stopped reading early ({flooded} bytes written)"
+    );
+    assert!(
+        dripped <= 5,
+        "the drip was cut off by the request timeout ({dripped} bytes)"
+    );
+    assert!(grown_kib < 64 * 1024, "memory grew by {grown_kib} KiB");
+    app.stop().await;
+}
