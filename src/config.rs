@@ -64,6 +64,8 @@ pub struct DeliverySettings {
     pub max_backoff_secs: u64,
     pub backoff_factor: f64,
     pub reclaim_idle_secs: u64,
+    pub max_deliveries: u32,
+    pub tenant_concurrency: usize,
     pub allow_cidrs: Vec<String>,
 }
 
@@ -147,6 +149,15 @@ impl Settings {
         }
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be at least 1".into());
+        }
+        if self.delivery.tenant_concurrency == 0 {
+            return invalid("delivery.tenant_concurrency", "must be at least 1".into());
+        }
+        if self.delivery.max_deliveries < 2 {
+            return invalid(
+                "delivery.max_deliveries",
+                "must be at least 2 (the first hand-out and one takeover)".into(),
+            );
         }
         if self.delivery.reclaim_idle_secs <= self.delivery.request_timeout_secs {
             return invalid(

@@ -16,8 +16,10 @@
 //! - [`domain`] — validated values (event/run ids, tenants, durations, header maps).
 //! - [`waiter`] — the stored waiter and delivery-job shapes and their Upstash views.
 //! - [`store`] — Redis: key names ([`store::keys`], the only place they are built),
-//!   connections, one typed wrapper per Lua script ([`store::scripts`]), tenants.
-//! - [`delivery`] — stream consumers, the guarded HTTP client, signing, retry schedule.
+//!   connections, one typed wrapper per Lua script ([`store::scripts`]), tenants, dead
+//!   letters ([`store::dead_letters`]).
+//! - [`delivery`] — stream consumers and crash recovery, the guarded HTTP client, signing,
+//!   retry schedule, per-tenant fairness ([`delivery::fairness`]).
 //! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
 //! - [`telemetry`] — logging.
 //!

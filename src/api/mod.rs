@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod dlq;
 pub mod health;
 pub mod keys;
 pub mod notify;
@@ -49,6 +50,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/workflows/runs/{runId}", web::delete().to(runs::cancel))
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
+        .route("/v2/dlq", web::get().to(dlq::list))
+        .route("/v2/dlq/retry/{dlqId}", web::post().to(dlq::retry))
+        .route("/v2/dlq/{dlqId}", web::delete().to(dlq::delete))
         .route("/admin/tenants", web::post().to(admin::create_tenant))
         .route("/admin/tenants", web::get().to(admin::list_tenants))
         .route(

@@ -5,8 +5,13 @@
 //!
 //! At-least-once: an entry leaves the pending list only through one of those scripts.
 //! A worker that dies mid-attempt leaves its entries pending; any worker takes them over
-//! with `XAUTOCLAIM` once they are idle for `delivery.reclaim_idle_secs`.
+//! (`reclaim`) once they are idle for `delivery.reclaim_idle_secs`, unless they were
+//! already handed out `delivery.max_deliveries` times: then they are dead-lettered.
+//!
+//! Fairness: besides the worker-wide bound (`delivery.concurrency`), each tenant holds at
+//! most `delivery.tenant_concurrency` attempts of a worker ([`fairness`]).
 
+pub mod fairness;
 pub mod http;
 pub mod ip_policy;
 pub mod retry;
@@ -16,16 +21,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
+};
 use redis::AsyncCommands;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::fairness::{defer_delay, TenantSlots};
 use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
-use crate::store::scripts::{self, DeadLetterArgs, RetryLaterArgs};
+use crate::store::scripts::{self, DeadLetterArgs, ReclaimArgs, ReclaimCandidate, RetryLaterArgs};
 use crate::store::{tenants, Conn, Keys, Partition, RedisPool, StoreError, GROUP};
 use crate::waiter::Job;
 
@@ -39,6 +47,8 @@ pub struct Deliverer {
     sender: Sender,
     /// Bounds concurrent attempts of this process.
     slots: Arc<Semaphore>,
+    /// Bounds concurrent attempts of this process per tenant.
+    tenant_slots: TenantSlots,
     consumer: String,
     signing_keys: Mutex<HashMap<String, (String, Instant)>>,
     tasks: TaskTracker,
@@ -54,6 +64,7 @@ impl Deliverer {
         );
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(settings.delivery.concurrency)),
+            tenant_slots: TenantSlots::new(settings.delivery.tenant_concurrency),
             redis,
             keys,
             settings,
@@ -175,24 +186,71 @@ impl Deliverer {
             .unwrap_or_default())
     }
 
-    /// Takes over entries another consumer left idle too long (it crashed or hung).
+    /// Takes over entries another consumer left idle too long (it crashed or hung), and
+    /// dead-letters those already handed out `delivery.max_deliveries` times (poison).
+    ///
+    /// XPENDING proposes the candidates (it reports delivery counts, XAUTOCLAIM does not);
+    /// the `reclaim` script re-checks and moves each one atomically.
     async fn reclaim(
         &self,
         conn: &mut Conn,
         partition: &Partition,
         count: usize,
     ) -> Result<Vec<StreamId>, StoreError> {
+        let stream = partition.deliveries();
         let idle_ms = self.settings.delivery.reclaim_idle_secs * 1000;
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(partition.deliveries())
+        let max_deliveries = self.settings.delivery.max_deliveries;
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&stream)
             .arg(GROUP)
-            .arg(&self.consumer)
+            .arg("IDLE")
             .arg(idle_ms)
-            .arg("0-0")
-            .arg("COUNT")
+            .arg("-")
+            .arg("+")
             .arg(count)
             .query_async(conn)
             .await?;
+        if pending.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The tenant of a poison entry names its dead-letter stream: read it from the job.
+        let mut poison_tenants: HashMap<String, TenantName> = HashMap::new();
+        for p in &pending.ids {
+            if p.times_delivered >= max_deliveries as usize {
+                let range: StreamRangeReply = conn.xrange(&stream, &p.id, &p.id).await?;
+                let tenant = range
+                    .ids
+                    .first()
+                    .and_then(|e| e.get::<String>("j"))
+                    .and_then(|j| serde_json::from_str::<Job>(&j).ok())
+                    .and_then(|job| TenantName::parse(&job.t).ok())
+                    .unwrap_or_else(unknown_tenant);
+                poison_tenants.insert(p.id.clone(), tenant);
+            }
+        }
+        let candidates: Vec<ReclaimCandidate<'_>> = pending
+            .ids
+            .iter()
+            .map(|p| ReclaimCandidate {
+                entry_id: &p.id,
+                poison_tenant: poison_tenants.get(&p.id),
+            })
+            .collect();
+        let note = format!(
+            "handed to a worker {max_deliveries} times without an outcome (each worker died or hung)"
+        );
+        let reply = scripts::reclaim(
+            conn,
+            &ReclaimArgs {
+                partition,
+                consumer: &self.consumer,
+                min_idle_ms: idle_ms,
+                max_deliveries,
+                note: &note,
+                candidates: &candidates,
+            },
+        )
+        .await?;
         if !reply.claimed.is_empty() {
             tracing::info!(
                 partition = partition.index,
@@ -200,8 +258,11 @@ impl Deliverer {
                 "reclaimed idle deliveries"
             );
         }
-        if !reply.deleted_ids.is_empty() {
-            tracing::error!(partition = partition.index, ids = ?reply.deleted_ids, "pending deliveries whose stream entry is gone");
+        for (entry, letter) in &reply.dead {
+            tracing::warn!(partition = partition.index, entry = %entry, dead_letter = %letter, "poison delivery dead-lettered");
+        }
+        if !reply.gone.is_empty() {
+            tracing::error!(partition = partition.index, ids = ?reply.gone, "pending deliveries whose stream entry is gone");
         }
         Ok(reply.claimed)
     }
@@ -232,7 +293,7 @@ impl Deliverer {
             .and_then(|j| serde_json::from_str::<Job>(j).ok())
         else {
             tracing::error!(partition = partition.index, id = %entry.id, "undecodable delivery entry; dead-lettering");
-            let tenant = TenantName::parse("unknown").expect("valid name");
+            let tenant = unknown_tenant();
             let args = DeadLetterArgs {
                 partition,
                 tenant: &tenant,
@@ -243,6 +304,10 @@ impl Deliverer {
                 last_error: "undecodable entry",
             };
             let _ = scripts::dead_letter(&mut self.redis.get(), &args).await;
+            return;
+        };
+        let Some(_tenant_slot) = self.tenant_slots.try_acquire(&job.t) else {
+            self.defer(partition, &entry.id, job, &body).await;
             return;
         };
         let mut outbound = http::build(&job, &body);
@@ -297,8 +362,7 @@ impl Deliverer {
                 );
                 let job_json = serde_json::to_string(&job).unwrap_or_default();
                 if final_failure || out_of_attempts {
-                    let tenant = TenantName::parse(&job.t)
-                        .unwrap_or_else(|_| TenantName::parse("unknown").expect("valid"));
+                    let tenant = TenantName::parse(&job.t).unwrap_or_else(|_| unknown_tenant());
                     scripts::dead_letter(
                         &mut conn,
                         &DeadLetterArgs {
@@ -341,6 +405,39 @@ impl Deliverer {
             tracing::warn!(message = %job.m, error = %e, "could not record the delivery outcome");
         }
     }
+}
+
+impl Deliverer {
+    /// Puts a delivery of a tenant at its concurrency bound back into the retry schedule
+    /// for a moment: no attempt is made or counted, and the entry leaves the pending list
+    /// (a deferred entry held here would be taken over by another worker as idle).
+    async fn defer(&self, partition: &Partition, entry_id: &str, mut job: Job, body: &[u8]) {
+        let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
+        let delay = defer_delay(job.d, max);
+        job.d = job.d.saturating_add(1);
+        tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
+        let job_json = serde_json::to_string(&job).unwrap_or_default();
+        let result = scripts::retry_later(
+            &mut self.redis.get(),
+            &RetryLaterArgs {
+                partition,
+                entry_id,
+                message_id: &job.m,
+                job_json: &job_json,
+                body,
+                delay_ms: delay.as_millis() as u64,
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(message = %job.m, error = %e, "could not defer the delivery; it stays pending");
+        }
+    }
+}
+
+/// Where dead letters of an entry whose tenant cannot be read go.
+fn unknown_tenant() -> TenantName {
+    TenantName::parse("unknown").expect("a valid tenant name")
 }
 
 fn truncate(s: &str, max: usize) -> &str {

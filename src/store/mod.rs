@@ -1,6 +1,7 @@
 //! Redis storage: key names ([`keys`]), connections ([`redis`]), one typed wrapper per Lua
-//! script ([`scripts`]) and tenant records ([`tenants`]).
+//! script ([`scripts`]), tenant records ([`tenants`]) and dead letters ([`dead_letters`]).
 
+pub mod dead_letters;
 pub mod keys;
 pub mod redis;
 pub mod scripts;

@@ -6,6 +6,7 @@
 
 use std::sync::LazyLock;
 
+use redis::streams::StreamId;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::keys::{Partition, GROUP};
@@ -29,9 +30,11 @@ script!(ACK, "ack.lua");
 script!(RETRY_LATER, "retry_later.lua");
 script!(PROMOTE_DUE, "promote_due.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
+script!(RECLAIM, "reclaim.lua");
+script!(REDRIVE, "redrive.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 9] {
+pub fn all() -> [(&'static str, &'static Script); 11] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -42,6 +45,8 @@ pub fn all() -> [(&'static str, &'static Script); 9] {
         ("retry_later", &RETRY_LATER),
         ("promote_due", &PROMOTE_DUE),
         ("dead_letter", &DEAD_LETTER),
+        ("reclaim", &RECLAIM),
+        ("redrive", &REDRIVE),
     ]
 }
 
@@ -434,6 +439,101 @@ pub async fn dead_letter(
         .arg(a.body)
         .arg(a.last_status)
         .arg(a.last_error);
+    match invoke(conn, inv).await? {
+        Value::Nil => Ok(None),
+        v => Ok(Some(text(&v)?)),
+    }
+}
+
+/// An idle pending entry proposed to `reclaim`.
+pub struct ReclaimCandidate<'a> {
+    pub entry_id: &'a str,
+    /// The tenant whose dead letters receive the entry when it is poison; `None` when the
+    /// caller saw it below the limit (then it is only ever taken over).
+    pub poison_tenant: Option<&'a TenantName>,
+}
+
+pub struct ReclaimArgs<'a> {
+    pub partition: &'a Partition,
+    pub consumer: &'a str,
+    pub min_idle_ms: u64,
+    pub max_deliveries: u32,
+    /// Recorded as the last error of a poison dead letter.
+    pub note: &'a str,
+    pub candidates: &'a [ReclaimCandidate<'a>],
+}
+
+#[derive(Debug, Default)]
+pub struct ReclaimReply {
+    /// Entries now owned by the caller, to be delivered.
+    pub claimed: Vec<StreamId>,
+    /// (entry id, dead letter id) of the poison entries.
+    pub dead: Vec<(String, String)>,
+    /// Pending ids whose stream entry had been deleted.
+    pub gone: Vec<String>,
+}
+
+pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimReply, StoreError> {
+    let p = a.partition;
+    let mut inv = RECLAIM.prepare_invoke();
+    inv.key(p.deliveries())
+        .arg(GROUP)
+        .arg(a.consumer)
+        .arg(a.min_idle_ms)
+        .arg(a.max_deliveries)
+        .arg(a.note);
+    // One KEYS slot per distinct tenant; KEYS[1] is the stream, so indexes start at 2.
+    let mut tenants: Vec<&TenantName> = Vec::new();
+    for c in a.candidates {
+        let index = match c.poison_tenant {
+            None => 0,
+            Some(t) => match tenants.iter().position(|known| *known == t) {
+                Some(i) => i + 2,
+                None => {
+                    tenants.push(t);
+                    inv.key(p.dead_letters(t));
+                    tenants.len() + 1
+                }
+            },
+        };
+        inv.arg(c.entry_id).arg(index);
+    }
+    let items = array(invoke(conn, inv).await?)?;
+    let [claimed, dead, gone] = <[Value; 3]>::try_from(items)
+        .map_err(|items| StoreError::Reply(format!("reclaim: unexpected reply {items:?}")))?;
+    let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(claimed)
+        .map_err(|e| StoreError::Reply(format!("reclaim: claimed entries: {e}")))?;
+    let dead = array(dead)?;
+    Ok(ReclaimReply {
+        claimed: claimed.ids,
+        dead: dead
+            .chunks(2)
+            .map(|c| match c {
+                [entry, letter] => Ok((text(entry)?, text(letter)?)),
+                _ => Err(StoreError::Reply(
+                    "reclaim: dead letters come in pairs".into(),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        gone: array(gone)?.iter().map(text).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Moves a dead letter back into its partition's delivery stream with `job_json` (the
+/// letter's job, attempts reset). Returns the new entry id, or None when the dead letter
+/// was gone.
+pub async fn redrive(
+    conn: &mut Conn,
+    partition: &Partition,
+    tenant: &TenantName,
+    dead_letter_id: &str,
+    job_json: &str,
+) -> Result<Option<String>, StoreError> {
+    let mut inv = REDRIVE.prepare_invoke();
+    inv.key(partition.dead_letters(tenant))
+        .key(partition.deliveries())
+        .arg(dead_letter_id)
+        .arg(job_json);
     match invoke(conn, inv).await? {
         Value::Nil => Ok(None),
         v => Ok(Some(text(&v)?)),
