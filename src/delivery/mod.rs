@@ -435,9 +435,10 @@ impl Deliverer {
     }
 }
 
-/// Where dead letters of an entry whose tenant cannot be read go.
+/// Where dead letters of an entry whose tenant cannot be read go: a name no real tenant
+/// can have, so no tenant ever sees them (operators find them under `dlq:-undecodable`).
 fn unknown_tenant() -> TenantName {
-    TenantName::parse("unknown").expect("a valid tenant name")
+    TenantName::reserved_undecodable()
 }
 
 fn truncate(s: &str, max: usize) -> &str {
