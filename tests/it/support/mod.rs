@@ -96,7 +96,13 @@ impl TestApp {
             running: Some(running),
             base,
             token: created.token,
-            http: reqwest::Client::new(),
+            // No idle connection reuse: a request written on a keep-alive connection the
+            // server is just closing fails with IncompleteMessage, a client-side race that a
+            // loaded 2-core machine makes likely and that would say nothing about Herald.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         }
     }
 
