@@ -11,3 +11,4 @@ mod docs;
 mod lookback;
 mod notify;
 mod races;
+mod topology;
