@@ -11,4 +11,5 @@ mod docs;
 mod lookback;
 mod notify;
 mod races;
+mod repartition;
 mod topology;

@@ -538,7 +538,7 @@ async fn measure_killed_master<S>(
         .max()
         .unwrap_or(0);
     println!(
-        "{topology}: killed a master at {killed_at:?} of a {:?} run; acknowledged {acked} writes \
+        "{topology}: failed a master at {killed_at:?} of a {:?} run; acknowledged {acked} writes \
          ({} waits, {} saved notifies, {} notifies); lost {} ({} waits, {} saved, {} notified), \
          acknowledged at {}; {} requests refused after the kill, the last {unavailable_ms} ms after it",
         started.elapsed(),
@@ -636,4 +636,75 @@ fn cert_of_nobody(dir: &tempfile::TempDir) -> String {
         .unwrap();
     assert!(out.status.success());
     other.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: prints what a forced takeover (as after a network partition) loses"]
+async fn measure_cluster_forced_takeover_loss_window() {
+    let mut cluster = RedisCluster::start(3, 1, 1000);
+    let app = Arc::new(TestApp::start(cluster_settings(&cluster)).await);
+    let receiver = Receiver::start().await;
+    measure_killed_master(
+        "cluster, CLUSTER FAILOVER TAKEOVER (no agreement with the live master)",
+        app,
+        &receiver,
+        &mut cluster,
+        |c| {
+            let master = c.masters()[0].port;
+            let replica = c.replicas_of(master)[0];
+            let _: () = redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .arg("TAKEOVER")
+                .query(&mut c.node(replica).client())
+                .unwrap();
+        },
+        |c| {
+            c.await_healthy(Duration::from_secs(30));
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: prints what a forced Sentinel failover of a live master loses"]
+async fn measure_sentinel_forced_failover_loss_window() {
+    let mut setup = SentinelSetup::start();
+    let mut settings = test_settings(&setup.url());
+    settings.redis.response_timeout_ms = 1000;
+    settings.delivery.concurrency = 128;
+    let app = Arc::new(TestApp::start(settings).await);
+    let receiver = Receiver::start().await;
+    measure_killed_master(
+        "sentinel, SENTINEL FAILOVER of a live master",
+        app,
+        &receiver,
+        &mut setup,
+        |s| {
+            let _: () = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(MASTER_NAME)
+                .query(&mut s.sentinels[0].client())
+                .unwrap();
+        },
+        |s| {
+            let demoted = poll_until(Duration::from_secs(30), || {
+                s.servers
+                    .iter()
+                    .filter(|p| {
+                        p.info("replication").get("role").map(String::as_str) == Some("master")
+                    })
+                    .count()
+                    == 1
+                    && s.servers.iter().all(|p| {
+                        p.port == s.master_port()
+                            || p.info("replication")
+                                .get("master_link_status")
+                                .map(String::as_str)
+                                == Some("up")
+                    })
+            });
+            assert!(demoted, "one master, one replica in sync");
+        },
+    )
+    .await;
 }
