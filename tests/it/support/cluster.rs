@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald::config::RedisMode;
 
-use super::redis::{binary, poll_until, register, RedisProcess, Topology};
+use super::redis::{binary, free_cluster_port, poll_until, register, RedisProcess, Topology};
 
 pub struct RedisCluster {
     pub nodes: Vec<RedisProcess>,
@@ -29,16 +29,21 @@ impl RedisCluster {
         let timeout = node_timeout_ms.to_string();
         let nodes: Vec<RedisProcess> = (0..count)
             .map(|_| {
-                RedisProcess::start(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    &timeout,
-                    "--appendonly",
-                    "no",
-                ])
+                RedisProcess::start_on(
+                    free_cluster_port(),
+                    tempfile::tempdir().unwrap(),
+                    None,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        &timeout,
+                        "--appendonly",
+                        "no",
+                    ],
+                )
             })
             .collect();
         let addresses: Vec<String> = nodes
