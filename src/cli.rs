@@ -39,6 +39,13 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Change the number of partitions (offline: stop every api and worker first; see
+    /// docs/operating.md). Moves all data, then records the new number.
+    Repartition {
+        /// The new number of partitions.
+        #[arg(long)]
+        to: u16,
+    },
     /// Manage tenants directly in Redis.
     Tenant {
         #[command(subcommand)]
@@ -72,6 +79,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .any(|v| std::env::var_os(v).is_some_and(|u| !u.is_empty()));
             settings.server.listen = listen;
             crate::dev::run(settings, explicit_redis).await
+        }
+        Command::Repartition { to } => {
+            let redis =
+                crate::store::RedisPool::open(&settings.redis).context("invalid redis settings")?;
+            // A worker reads its streams every `delivery.block_ms`: 30 s of silence means none runs.
+            let moved = crate::store::repartition::repartition(
+                &mut redis.get(),
+                &settings.redis.key_prefix,
+                to,
+                std::time::Duration::from_secs(30),
+            )
+            .await?;
+            println!("repartitioned to {to} partitions; moved: {moved:?}");
+            println!("now set redis.partitions = {to} and start Herald");
+            Ok(())
         }
         Command::Tenant { command } => {
             let (redis, keys) =

@@ -36,12 +36,29 @@ pub struct ServerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
+    pub mode: RedisMode,
     pub url: String,
+    pub nodes: Vec<String>,
+    pub sentinel_master: String,
+    pub username: String,
+    pub password: String,
     pub key_prefix: String,
     pub partitions: u16,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
+}
+
+/// How Herald finds its Redis.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at `redis.url`.
+    Standalone,
+    /// The master named `redis.sentinel_master`, found through the sentinels in `redis.nodes`.
+    Sentinel,
+    /// A Redis Cluster, discovered from the seed nodes in `redis.nodes`.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +141,9 @@ impl Settings {
         if self.redis.partitions == 0 || self.redis.partitions > 1024 {
             return invalid("redis.partitions", "must be between 1 and 1024".into());
         }
+        if let Err(message) = self.validate_redis_topology() {
+            return invalid("redis.mode", message);
+        }
         if !crate::domain::is_valid_prefix(&self.redis.key_prefix) {
             return invalid(
                 "redis.key_prefix",
@@ -167,6 +187,35 @@ impl Settings {
         }
         if let Err(e) = self.allow_cidrs() {
             return invalid("delivery.allow_cidrs", e);
+        }
+        Ok(())
+    }
+
+    fn validate_redis_topology(&self) -> Result<(), String> {
+        let r = &self.redis;
+        let urls: &[String] = match r.mode {
+            RedisMode::Standalone => std::slice::from_ref(&r.url),
+            RedisMode::Sentinel | RedisMode::Cluster if r.nodes.is_empty() => {
+                return Err(format!(
+                    "{:?} mode needs redis.nodes (the {} addresses)",
+                    r.mode,
+                    if r.mode == RedisMode::Sentinel {
+                        "sentinels'"
+                    } else {
+                        "cluster seed nodes'"
+                    }
+                ))
+            }
+            RedisMode::Sentinel | RedisMode::Cluster => &r.nodes,
+        };
+        if r.mode == RedisMode::Sentinel && r.sentinel_master.is_empty() {
+            return Err("sentinel mode needs redis.sentinel_master (the master's name)".into());
+        }
+        for url in urls {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                return Err(format!("{url:?} is not a redis:// or rediss:// URL"));
+            }
         }
         Ok(())
     }

@@ -48,7 +48,7 @@ fn b64(v: &Value) -> Vec<u8> {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_paged_filtered_retried_and_deleted_per_tenant() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
@@ -232,7 +232,7 @@ async fn dead_letters_are_listed_paged_filtered_retried_and_deleted_per_tenant()
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_receivers_get_exact_attempts_and_dead_letters() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
@@ -315,7 +315,7 @@ async fn failing_receivers_get_exact_attempts_and_dead_letters() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaim_takes_over_idle_entries_and_dead_letters_poison_ones() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());

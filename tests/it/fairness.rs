@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::{eventually, test_settings, Receiver, RedisServer, TestApp};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_whose_endpoint_hangs_does_not_stall_another() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());

@@ -112,7 +112,7 @@ fn tally(receiver: &Receiver) -> (HashMap<String, usize>, HashMap<String, HashSe
     (per_message, per_path)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_killed_mid_delivery_lose_nothing() {
     let cycles = cycles(20, 5);
     let redis = RedisServer::start();
@@ -123,7 +123,8 @@ async fn worker_processes_killed_mid_delivery_lose_nothing() {
     settings.delivery.max_deliveries = 1000;
     let prefix = settings.redis.key_prefix.clone();
     let partitions = settings.redis.partitions;
-    let config = redis.dir.path().join("worker.toml");
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("worker.toml");
     std::fs::write(
         &config,
         format!(
@@ -255,7 +256,7 @@ struct Ledger {
     failed: usize,
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_crashes_lose_no_acknowledged_wait_or_notify() {
     let cycles = cycles(10, 3);
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
@@ -419,7 +420,7 @@ async fn redis_crashes_lose_no_acknowledged_wait_or_notify() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_answers_503_within_the_timeout_and_recovers() {
     let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut settings = test_settings(&redis.url());
@@ -556,7 +557,7 @@ async fn abusive_endpoint(mode: &'static str) -> (u16, Arc<Mutex<u64>>) {
     (port, written)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_or_dripping_responses_fail_cleanly_with_bounded_memory() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());

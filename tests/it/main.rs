@@ -15,3 +15,5 @@ mod lookback;
 mod notify;
 mod process;
 mod races;
+mod repartition;
+mod topology;

@@ -1,8 +1,11 @@
-//! Test harness: real Redis processes, Herald started in-process on port 0 with a unique
-//! key prefix, and a recording receiver.
+//! Test harness: real Redis processes (standalone, a local Redis Cluster, or a Sentinel
+//! setup: see [`redis`]), Herald started in-process on port 0 with a unique key prefix,
+//! and a recording receiver.
 
+pub mod cluster;
 pub mod receiver;
 pub mod redis;
+pub mod sentinel;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -60,6 +63,11 @@ pub fn test_settings(redis_url: &str) -> Settings {
     // Generous for a 2-core machine running the suite in parallel; tests of timeouts set
     // their own.
     s.redis.response_timeout_ms = 5000;
+    if let Some(topology) = self::redis::topology_of(redis_url) {
+        s.redis.mode = topology.mode;
+        s.redis.nodes = topology.nodes;
+        s.redis.sentinel_master = topology.sentinel_master;
+    }
     s.redis.key_prefix = format!("t{}", herald::api::wait::random_id(8));
     s.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
     s.delivery.backoff_factor = 0.001;
