@@ -150,8 +150,8 @@ fn build() -> Value {
                   "description": "The workflow run id (or body workflowRunId).",
                   "schema": { "type": "string", "pattern": ID_PATTERN } },
                 { "name": "Upstash-Retries", "in": "header", "required": false,
-                  "description": "Retries of this waiter's deliveries (0-20).",
-                  "schema": { "type": "string", "pattern": "^([0-9]|1[0-9]|20)$" } },
+                  "description": "Retries of this waiter's deliveries.",
+                  "schema": { "type": "integer", "minimum": 0, "maximum": 20 } },
                 { "name": "Idempotency-Key", "in": "header", "required": false,
                   "description": "Makes a client retry find the first registration.",
                   "schema": { "type": "string" } }
@@ -312,7 +312,8 @@ fn build() -> Value {
 
     let header_map = json!({
         "type": "object",
-        "description": "Header name to value, or to a list of values (the first is sent).",
+        "description": "Header name to value, or to a list of values (the first is sent). Names and values must be valid HTTP header names and values.",
+        "maxProperties": 100,
         "additionalProperties": { "anyOf": [
             { "type": "string" },
             { "type": "array", "items": { "type": "string" } }
@@ -324,13 +325,16 @@ fn build() -> Value {
         "WaitRequest": {
             "type": "object", "required": ["url"],
             "properties": {
-                "url": { "type": "string", "format": "uri", "description": "Where the event is delivered (http or https)." },
-                "timeout": { "anyOf": [
-                    { "type": "string", "description": "30s, 5m, 2h, 7d, 1h30m, …" },
-                    { "type": "integer", "minimum": 1, "description": "Seconds." }
-                ] },
-                "timeoutUrl": { "type": "string", "format": "uri", "description": "Where the timeout is delivered (default: url)." },
-                "timeoutBody": { "type": "string", "contentEncoding": "base64" },
+                "url": { "type": "string", "description": "Where the event is delivered: an http or https URL (at most 2048 characters)." },
+                "timeout": {
+                    "description": "How long to wait: \"30s\", \"5m\", \"2h\", \"7d\", \"1h30m\", or seconds; at most waiters.max_timeout.",
+                    "anyOf": [
+                        { "type": "string" },
+                        { "type": "integer", "minimum": 1 }
+                    ]
+                },
+                "timeoutUrl": { "type": "string", "description": "Where the timeout is delivered (default: url)." },
+                "timeoutBody": { "type": "string", "contentEncoding": "base64", "description": "Base64 (standard alphabet) of the timeout's body." },
                 "timeoutHeaders": schema("HeaderMap"),
                 "headers": schema("HeaderMap"),
                 "step": { "type": "object", "required": ["stepId", "stepName"],
@@ -463,6 +467,14 @@ fn build() -> Value {
             }
         }
     })
+}
+
+/// The methods the document gives for a route pattern (e.g. `["GET"]` for `/healthz`).
+pub fn methods_of(pattern: &str) -> Vec<String> {
+    DOCUMENT["paths"][pattern]
+        .as_object()
+        .map(|item| item.keys().map(|m| m.to_ascii_uppercase()).collect())
+        .unwrap_or_default()
 }
 
 /// Every (METHOD, path) the document describes, e.g. `("POST", "/v2/wait/{eventId}")`.

@@ -119,3 +119,38 @@ async fn the_document_is_served_and_consistent() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_known_path_with_another_method_is_405_with_allow() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    for (method, path, allow) in [
+        ("TRACE", "/healthz", "GET"),
+        ("GET", "/v2/notify/e", "POST"),
+        ("PUT", "/admin/tenants/acme/token", "POST, DELETE"),
+    ] {
+        let response = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let mut allowed: Vec<String> = response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .split(", ")
+            .map(str::to_owned)
+            .collect();
+        allowed.sort();
+        let mut expected: Vec<&str> = allow.split(", ").collect();
+        expected.sort();
+        assert_eq!(allowed, expected, "{method} {path}");
+        let body = crate::support::json_body(response).await;
+        assert!(body["error"].as_str().unwrap().contains(method), "{body}");
+    }
+    let (status, body) = app.get("/no/such/path", &app.token).await;
+    assert_eq!(status, 404, "{body}");
+    app.stop().await;
+}
