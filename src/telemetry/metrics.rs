@@ -87,15 +87,15 @@ fn describe() {
         "Saved lookback notifications, by partition; sampled by the scheduler."
     );
     describe_gauge!(
-        "herald_delivery_stream_length",
+        "herald_stream_length",
         "Entries in the delivery stream, by partition."
     );
     describe_gauge!(
-        "herald_delivery_pending",
+        "herald_stream_pending",
         "Delivery entries handed to a worker and not yet finished, by partition."
     );
     describe_gauge!(
-        "herald_delivery_lag",
+        "herald_stream_lag",
         "Delivery entries not yet read by any worker (consumer group lag), by partition."
     );
     describe_gauge!(
@@ -220,12 +220,12 @@ async fn sample_partition(conn: &mut Conn, partition: &Partition) -> Result<(), 
         .await?;
     let label = partition.index.to_string();
     gauge!("herald_waiters", "partition" => label.clone()).set(waiters as f64);
-    gauge!("herald_delivery_stream_length", "partition" => label.clone()).set(length as f64);
+    gauge!("herald_stream_length", "partition" => label.clone()).set(length as f64);
     gauge!("herald_delivery_retries_scheduled", "partition" => label.clone()).set(retries as f64);
     if let Some((pending, lag)) = group_counts(&groups) {
-        gauge!("herald_delivery_pending", "partition" => label.clone()).set(pending as f64);
+        gauge!("herald_stream_pending", "partition" => label.clone()).set(pending as f64);
         if let Some(lag) = lag {
-            gauge!("herald_delivery_lag", "partition" => label).set(lag as f64);
+            gauge!("herald_stream_lag", "partition" => label).set(lag as f64);
         }
     }
     Ok(())

@@ -23,11 +23,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported (OTLP configured).
-    pub fn exports_traces(&self) -> bool {
-        self.tracer_provider.is_some()
-    }
-
     /// Sends the spans still buffered and stops the exporter.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider {

@@ -108,9 +108,9 @@ async fn metrics_are_scraped_after_real_traffic() {
                 // them too, so wait until ours is the last sample).
                 && at_least(&m, &format!(r#"herald_waiters{{partition="{stays}"}}"#), 1.0)
                 && at_least(&m, &format!(r#"herald_saved_notifications{{partition="{saved}"}}"#), 1.0)
-                && m.contains_key(r#"herald_delivery_stream_length{partition="0"}"#)
-                && m.contains_key(r#"herald_delivery_pending{partition="0"}"#)
-                && m.contains_key(r#"herald_delivery_lag{partition="0"}"#)
+                && m.contains_key(r#"herald_stream_length{partition="0"}"#)
+                && m.contains_key(r#"herald_stream_pending{partition="0"}"#)
+                && m.contains_key(r#"herald_stream_lag{partition="0"}"#)
                 && m.contains_key(r#"herald_delivery_retries_scheduled{partition="0"}"#)
         }
     })
