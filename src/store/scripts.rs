@@ -46,19 +46,25 @@ pub fn all() -> [(&'static str, &'static Script); 9] {
     ]
 }
 
-/// Runs one script inside its own span (a child of the request or delivery span).
+/// Runs one script inside its own span, a child of the request or delivery span. Calls
+/// outside both (the scheduler's periodic scripts) get no span: they would be a stream
+/// of root spans, several per partition and tick, that explain nothing.
 async fn invoke(
     conn: &mut Conn,
     name: &'static str,
     invocation: ScriptInvocation<'_>,
 ) -> Result<Value, StoreError> {
-    let span = tracing::info_span!(
-        "redis script",
-        otel.name = %format_args!("EVALSHA {name}"),
-        otel.kind = "client",
-        db.system = "redis",
-        db.operation = name,
-    );
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "redis script",
+            otel.name = %format_args!("EVALSHA {name}"),
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation = name,
+        )
+    };
     invocation
         .invoke_async(conn)
         .instrument(span)

@@ -199,5 +199,10 @@ async fn one_trace_runs_from_notify_and_wait_to_the_waiters_endpoint() {
     let timeout_attempt = otlp.find("delivery attempt", &unhex(wait_trace)).unwrap();
     assert_eq!(timeout_attempt.parent_span_id, wait_request.span_id);
     assert_eq!(timeout_attempt.span_id, expired_span);
+    // The scheduler's periodic scripts, outside any request or delivery, make no spans.
+    assert!(
+        otlp.spans().iter().all(|s| s.name != "EVALSHA promote_due"),
+        "periodic scheduler calls were exported as root spans"
+    );
     herald.stop().await;
 }
