@@ -117,8 +117,48 @@ pub async fn record(
     event: &EventId,
     entries: &[Entry],
 ) {
+    let mut pipe = redis::pipe();
+    if add(&mut pipe, keys, settings, tenant, event, entries) {
+        write(conn, pipe).await;
+    }
+}
+
+/// Appends one entry to each of several events' histories, in one round trip.
+pub async fn record_each(
+    conn: &mut Conn,
+    keys: &Keys,
+    settings: &HistorySettings,
+    items: &[(&TenantName, &EventId, Entry)],
+) {
+    let mut pipe = redis::pipe();
+    let mut any = false;
+    for (tenant, event, entry) in items {
+        any |= add(
+            &mut pipe,
+            keys,
+            settings,
+            tenant,
+            event,
+            std::slice::from_ref(entry),
+        );
+    }
+    if any {
+        write(conn, pipe).await;
+    }
+}
+
+/// Adds LPUSH + LTRIM + PEXPIRE of the event's history to `pipe`; false when nothing is
+/// to be written (history disabled, no entries).
+fn add(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    settings: &HistorySettings,
+    tenant: &TenantName,
+    event: &EventId,
+    entries: &[Entry],
+) -> bool {
     if settings.ttl_secs == 0 || settings.max_entries == 0 || entries.is_empty() {
-        return;
+        return false;
     }
     // Only the newest max_entries can survive the trim: push no more than those.
     let skip = entries.len().saturating_sub(settings.max_entries);
@@ -127,8 +167,7 @@ pub async fn record(
         .filter_map(|e| serde_json::to_string(e).ok())
         .collect();
     let key = keys.partition_of(tenant, event).history(tenant, event);
-    let written: Result<(), StoreError> = redis::pipe()
-        .cmd("LPUSH")
+    pipe.cmd("LPUSH")
         .arg(&key)
         .arg(&encoded)
         .ignore()
@@ -140,12 +179,15 @@ pub async fn record(
         .cmd("PEXPIRE")
         .arg(&key)
         .arg(settings.ttl_secs.saturating_mul(1000))
-        .ignore()
-        .query_async::<()>(conn)
-        .await
-        .map_err(StoreError::from);
+        .ignore();
+    true
+}
+
+async fn write(conn: &mut Conn, pipe: redis::Pipeline) {
+    let written: Result<(), StoreError> =
+        pipe.query_async::<()>(conn).await.map_err(StoreError::from);
     if let Err(e) = written {
-        tracing::warn!(tenant = %tenant, event_id = %event, error = %e, "could not record event history");
+        tracing::warn!(error = %e, "could not record event history");
     }
 }
 

@@ -5,6 +5,7 @@
 //! waiter times out once and a retry is promoted once. "Due" is decided by Redis TIME, so
 //! a pod whose clock is off cannot fire a timeout early or late.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -123,28 +124,27 @@ impl Scheduler {
         }
         let base = format!("msg_{}_t", random_id(20));
         let fired = scripts::expire_due(conn, partition, &base, &candidates).await?;
+        let index: HashMap<&str, usize> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.member.as_str(), i))
+            .collect();
+        let mut timed_out = Vec::with_capacity(fired.len());
         for (member, lateness_ms) in &fired {
             tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
             metrics::timed_out(*lateness_ms);
-            let Some(i) = candidates.iter().position(|c| &c.member == member) else {
+            let Some(&i) = index.get(member.as_str()) else {
                 continue;
             };
-            let (c, waiter) = (&candidates[i], &waiters[i]);
+            // expire_due names the i-th candidate's delivery "<base><i>" (1-based).
             let mut entry = Entry::new(Outcome::TimedOut).message(&format!("{base}{}", i + 1));
-            if let Some(w) = waiter {
+            if let Some(w) = &waiters[i] {
                 entry = entry.waiter(w, true);
                 entry.deadline = Some(w.deadline);
             }
-            history::record(
-                conn,
-                &self.keys,
-                &self.settings.history,
-                &c.tenant,
-                &c.event,
-                &[entry],
-            )
-            .await;
+            timed_out.push((&candidates[i].tenant, &candidates[i].event, entry));
         }
+        history::record_each(conn, &self.keys, &self.settings.history, &timed_out).await;
         Ok(candidates.len() >= batch)
     }
 
