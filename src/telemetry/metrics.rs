@@ -129,9 +129,19 @@ fn describe() {
     );
 }
 
+/// The method as a label: HTTP allows any token as a method, so anything but the
+/// standard ones is `OTHER` (a client must not be able to mint label values).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
+}
+
+/// `route` is the matched pattern (or `unmatched`), never the raw path.
 pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
-    let (method, route) = (method.to_owned(), route.to_owned());
-    counter!("herald_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+    let (method, route) = (method_label(method), route.to_owned());
+    counter!("herald_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     histogram!("herald_http_request_duration_seconds", "method" => method, "route" => route)
         .record(elapsed.as_secs_f64());
@@ -322,6 +332,14 @@ async fn sample_saved(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_ones_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("DELETE"), "DELETE");
+        assert_eq!(method_label("FROB123"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER");
+    }
 
     #[test]
     fn group_counts_reads_resp2_arrays() {

@@ -69,6 +69,17 @@ async fn metrics_are_scraped_after_real_traffic() {
     )
     .await;
     app.wait("metrics-stays", json!({"url": waiting_url})).await;
+    // A client cannot mint label values with methods or paths of its own.
+    let odd = app
+        .http
+        .request(
+            reqwest::Method::from_bytes(b"FROBNICATE").unwrap(),
+            app.url("/no-such-route/metrics-e1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 404);
     receiver.expect("/ok", 1).await;
     receiver.expect("/down", 1).await;
     receiver.expect("/late", 1).await;
@@ -90,6 +101,7 @@ async fn metrics_are_scraped_after_real_traffic() {
             *last.borrow_mut() = text;
             at_least(&m, r#"herald_http_requests_total{method="POST",route="/v2/notify/{eventId}",status="201"}"#, 3.0)
                 && at_least(&m, r#"herald_http_requests_total{method="POST",route="/v2/wait/{eventId}",status="200"}"#, 4.0)
+                && at_least(&m, r#"herald_http_requests_total{method="OTHER",route="unmatched",status="404"}"#, 1.0)
                 && m.keys().any(|k| k.starts_with(r#"herald_http_request_duration_seconds_bucket{method="POST",route="/v2/notify/{eventId}""#))
                 && at_least(&m, r#"herald_notifies_total{outcome="delivered"}"#, 2.0)
                 && at_least(&m, r#"herald_notifies_total{outcome="nobody_waiting"}"#, 1.0)
