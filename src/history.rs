@@ -215,3 +215,22 @@ pub async fn read(
     entries.sort_by_key(|e| std::cmp::Reverse(e.at));
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_leave_out_what_does_not_apply() {
+        let mut entry = Entry::new(Outcome::AttemptFailed).message("msg_1");
+        entry.status = Some(503);
+        entry.attempt = Some(1);
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["outcome"], "attempt_failed");
+        assert_eq!(json["messageId"], "msg_1");
+        assert_eq!(json["status"], 503);
+        assert!(json.get("waiterId").is_none() && json.get("error").is_none());
+        let back: Entry = serde_json::from_value(json).unwrap();
+        assert_eq!(back.outcome, Outcome::AttemptFailed);
+    }
+}

@@ -490,3 +490,17 @@ pub fn operations() -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_of_a_pattern_come_from_the_document() {
+        assert_eq!(methods_of("/healthz"), ["GET"]);
+        let mut token = methods_of("/admin/tenants/{name}/token");
+        token.sort();
+        assert_eq!(token, ["DELETE", "POST"]);
+        assert!(methods_of("/nope").is_empty());
+    }
+}
