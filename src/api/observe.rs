@@ -13,6 +13,7 @@ use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 use tracing::Instrument;
 
+use crate::domain::{EventId, RunId};
 use crate::telemetry::{metrics, trace};
 
 /// The request's own valid `traceparent`, kept for handlers (passed on to deliveries when
@@ -43,8 +44,23 @@ pub async fn observe(
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         tenant = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        run_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
+    let (event, run) = path_ids(&route, req.path());
+    let run = run.or_else(|| {
+        req.headers()
+            .get("upstash-workflow-runid")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| RunId::parse(r).ok())
+    });
+    if let Some(event) = event {
+        span.record("event_id", event.as_str());
+    }
+    if let Some(run) = run {
+        span.record("run_id", run.as_str());
+    }
     if let Some(parent) = remote_parent.clone() {
         req.extensions_mut()
             .insert(IncomingTraceparent(trace::format_traceparent(&parent)));
@@ -66,6 +82,22 @@ pub async fn observe(
     response
 }
 
+/// The valid event and run ids among the path's segments (`{eventId}`, `{runId}` of the
+/// route pattern), for the request's log lines. Invalid ones are left out: the handler
+/// refuses them.
+fn path_ids(pattern: &str, path: &str) -> (Option<EventId>, Option<RunId>) {
+    let (mut event, mut run) = (None, None);
+    for (name, raw) in pattern.split('/').zip(path.split('/')) {
+        let value = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        match name {
+            "{eventId}" => event = EventId::parse(&value).ok(),
+            "{runId}" => run = RunId::parse(&value).ok(),
+            _ => {}
+        }
+    }
+    (event, run)
+}
+
 /// The `traceparent` to store with the deliveries this request causes.
 pub fn job_traceparent(req: &actix_web::HttpRequest) -> String {
     let incoming = req
@@ -78,4 +110,22 @@ pub fn job_traceparent(req: &actix_web::HttpRequest) -> String {
 /// Adds the authenticated tenant to the request's span (and so to its log lines).
 pub fn record_tenant(tenant: &str) {
     tracing::Span::current().record("tenant", tenant);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_from_the_route_pattern() {
+        let (event, run) = path_ids(
+            "/v2/notify/{runId}/{eventId}",
+            "/v2/notify/wfr_1/order%3A42",
+        );
+        assert_eq!(event.unwrap().as_str(), "order:42");
+        assert_eq!(run.unwrap().as_str(), "wfr_1");
+        let (event, run) = path_ids("/v2/wait/{eventId}", "/v2/wait/bad%7Bid");
+        assert!(event.is_none() && run.is_none());
+        assert_eq!(path_ids("unmatched", "/x/y"), (None, None));
+    }
 }

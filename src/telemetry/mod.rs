@@ -2,10 +2,10 @@
 //! traces exported over OTLP/HTTP ([`trace`]), and Prometheus metrics ([`metrics`]).
 //!
 //! Log lines carry the fields of the span they are written in: a request's span has the
-//! route, `tenant` and `trace_id`; a delivery attempt's span has `tenant`, `event_id`,
-//! `run_id`, `message_id` and `trace_id`. Tokens and signing keys are never a field of
-//! any span or event (request spans record the route pattern, not the query string, which
-//! may hold `qstash_token`).
+//! route, `tenant`, `event_id`, `run_id` and `trace_id`; a delivery attempt's span has
+//! `tenant`, `event_id`, `run_id`, `message_id` and `trace_id`. Tokens and signing keys
+//! are never a field of any span or event (request spans record the route pattern, not
+//! the query string, which may hold `qstash_token`).
 
 pub mod metrics;
 pub mod trace;

@@ -151,4 +151,12 @@ async fn logs_carry_context_fields_and_never_secrets() {
         request_line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
         "{request_line}"
     );
+    assert_eq!(request_line["span"]["event_id"], "logged", "{request_line}");
+    let registered = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "waiter registered")
+        .unwrap_or_else(|| panic!("no registration line: {}", logs.join("\n")));
+    assert_eq!(registered["span"]["run_id"], "wfr_logged", "{registered}");
+    assert_eq!(registered["span"]["tenant"], "acme", "{registered}");
 }
