@@ -498,8 +498,10 @@ fn print_history(event_id: &str, reply: &Value) {
                 line.push_str(&format!("  {label} {v}"));
             }
         }
-        if let Some(status) = e.get("status").and_then(Value::as_u64) {
-            line.push_str(&format!("  status {status}"));
+        match e.get("status").and_then(Value::as_u64) {
+            Some(0) => line.push_str("  no response"),
+            Some(status) => line.push_str(&format!("  status {status}")),
+            None => {}
         }
         if let Some(a) = e.get("attempt").and_then(Value::as_u64) {
             line.push_str(&format!("  attempt {a}"));
@@ -513,7 +515,7 @@ fn print_history(event_id: &str, reply: &Value) {
         if let Some(err) = e.get("error").and_then(Value::as_str) {
             line.push_str(&format!("  ({err})"));
         }
-        println!("{line}");
+        println!("{}", line.trim_end());
     }
 }
 
