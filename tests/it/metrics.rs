@@ -162,3 +162,21 @@ async fn metrics_are_scraped_after_real_traffic() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn worker_processes_serve_metrics_and_sample_the_gauges() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.telemetry.gauge_sample_secs = 1;
+    let app = TestApp::start_role(settings, herald::app::Role::Worker).await;
+    let sampled = eventually_async(Duration::from_secs(10), || async {
+        let (_, m) = scrape(&app).await;
+        m.keys().any(|k| k.starts_with("herald_stream_length{"))
+    })
+    .await;
+    assert!(sampled, "{}", scrape(&app).await.0);
+    // Only the operator surface: the tenant API is not served by workers.
+    assert_eq!(app.get("/v2/waiters/e", &app.token).await.0, 404);
+    assert_eq!(app.get("/openapi.json", "").await.0, 404);
+    app.stop().await;
+}
