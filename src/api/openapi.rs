@@ -419,7 +419,7 @@ fn build() -> Value {
             "properties": {
                 "dlqId": { "type": "string" }, "messageId": { "type": "string" },
                 "eventId": { "type": "string" }, "url": { "type": "string" },
-                "outcome": { "type": "string", "enum": ["event", "timeout"] },
+                "outcome": { "type": "string", "description": "What was being delivered: the event, or the timeout." },
                 "workflowRunId": { "type": ["string", "null"] },
                 "attempts": { "type": "integer" },
                 "lastStatus": { "type": ["integer", "null"] },
