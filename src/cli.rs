@@ -46,11 +46,19 @@ pub enum Command {
         #[arg(long)]
         to: u16,
     },
-    /// Manage tenants directly in Redis.
+    /// Manage tenants: through Herald's /admin API (HERALD_URL, HERALD_ADMIN_TOKEN), or
+    /// with --redis directly in the configured Redis (bootstrap, no admin token needed).
     Tenant {
+        /// Write the configured Redis directly instead of calling /admin.
+        #[arg(long)]
+        redis: bool,
+        #[command(flatten)]
+        target: crate::remote::AdminTarget,
         #[command(subcommand)]
         command: TenantCommand,
     },
+    #[command(flatten)]
+    Remote(crate::remote::Command),
 }
 
 #[derive(Subcommand)]
@@ -61,12 +69,42 @@ pub enum TenantCommand {
     List,
     /// Issue a new token for a tenant and revoke the old one.
     RotateToken { name: String },
+    /// Revoke a tenant's token (through /admin only).
+    RevokeToken { name: String },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    crate::telemetry::init(&settings.log);
-    match cli.command {
+    // Commands that talk to a running Herald need no configuration and write no logs.
+    let cli = match cli.command {
+        Command::Remote(command) => return Ok(crate::remote::run(command).await?),
+        Command::Tenant {
+            redis: false,
+            target,
+            command,
+        } => {
+            use crate::remote::TenantAction;
+            let action = match &command {
+                TenantCommand::Create { name } => TenantAction::Create(name),
+                TenantCommand::List => TenantAction::List,
+                TenantCommand::RotateToken { name } => TenantAction::RotateToken(name),
+                TenantCommand::RevokeToken { name } => TenantAction::RevokeToken(name),
+            };
+            return Ok(crate::remote::tenant(action, &target).await?);
+        }
+        command => Cli { command, ..cli },
+    };
+    let settings = Settings::load(cli.config.as_deref())?;
+    let telemetry = crate::telemetry::init(&settings.log, &settings.telemetry);
+    let result = run_local(cli.command, settings).await;
+    // Flushes the spans of the last requests and deliveries.
+    telemetry.shutdown();
+    result
+}
+
+/// The commands that run Herald or write its Redis.
+async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Remote(_) => unreachable!("handled by run"),
         Command::Serve { role } => {
             let running = app::start(settings, role).await?;
             app::termination_signal().await;
@@ -95,7 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("now set redis.partitions = {to} and start Herald");
             Ok(())
         }
-        Command::Tenant { command } => {
+        Command::Tenant { command, .. } => {
             let (redis, keys) =
                 app::prepare_redis(&settings, std::time::Duration::from_secs(5)).await?;
             let mut conn = redis.get();
@@ -120,6 +158,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .context("rotating the token")?;
                     println!("{token}");
                 }
+                TenantCommand::RevokeToken { .. } => anyhow::bail!(
+                    "revoke-token works through /admin only: drop --redis and set HERALD_ADMIN_TOKEN"
+                ),
             }
             Ok(())
         }

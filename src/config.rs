@@ -22,6 +22,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub scheduler: SchedulerSettings,
     pub log: LogSettings,
+    pub history: HistorySettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +98,18 @@ pub struct SchedulerSettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistorySettings {
+    pub ttl_secs: u64,
+    pub max_entries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub traces: bool,
+    pub gauge_sample_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

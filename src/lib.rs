@@ -21,7 +21,9 @@
 //! - [`delivery`] — stream consumers and crash recovery, the guarded HTTP client, signing,
 //!   retry schedule, per-tenant fairness ([`delivery::fairness`]).
 //! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
-//! - [`telemetry`] — logging.
+//! - [`telemetry`] — logs, OpenTelemetry traces (OTLP) and Prometheus metrics.
+//! - [`history`] — the recent outcomes of each event, for "why did my run not resume?".
+//! - [`remote`] — the `herald` commands that talk to a running Herald over HTTP.
 //!
 //! Every state change is one Lua script in `lua/` (see `lua/README.md`), so any number of
 //! api and worker processes can run against one Redis, Sentinel or Redis Cluster.
@@ -34,6 +36,8 @@ pub mod delivery;
 pub mod dev;
 pub mod domain;
 pub mod error;
+pub mod history;
+pub mod remote;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -40,6 +40,9 @@ pub struct Waiter {
     /// Per-waiter override of the retry count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// W3C `traceparent` of the registration, for the timeout delivery's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deadline: i64,
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -14,6 +14,7 @@
 pub mod fairness;
 pub mod http;
 pub mod ip_policy;
+mod record;
 pub mod retry;
 pub mod signing;
 
@@ -28,6 +29,7 @@ use redis::AsyncCommands;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use self::fairness::{defer_delay, TenantSlots};
 use self::http::{Attempt, Sender};
@@ -41,9 +43,9 @@ use crate::waiter::Job;
 const SIGNING_KEY_TTL: Duration = Duration::from_secs(5);
 
 pub struct Deliverer {
-    redis: RedisPool,
-    keys: Keys,
-    settings: Settings,
+    pub(crate) redis: RedisPool,
+    pub(crate) keys: Keys,
+    pub(crate) settings: Settings,
     sender: Sender,
     /// Bounds concurrent attempts of this process.
     slots: Arc<Semaphore>,
@@ -288,7 +290,7 @@ impl Deliverer {
     async fn deliver(&self, partition: &Partition, entry: StreamId) {
         let job_json: Option<String> = entry.get("j");
         let body: Vec<u8> = entry.get("b").unwrap_or_default();
-        let Some(mut job) = job_json
+        let Some(job) = job_json
             .as_deref()
             .and_then(|j| serde_json::from_str::<Job>(j).ok())
         else {
@@ -310,7 +312,16 @@ impl Deliverer {
             self.defer(partition, &entry.id, job, &body).await;
             return;
         };
+        let span = crate::telemetry::trace::delivery_span(&job);
+        self.attempt(partition, &entry.id, job, body)
+            .instrument(span)
+            .await;
+    }
+
+    /// One attempt of a decoded job, inside its span, and its outcome written back.
+    async fn attempt(&self, partition: &Partition, entry_id: &str, mut job: Job, body: Vec<u8>) {
         let mut outbound = http::build(&job, &body);
+        record::trace_header(&mut outbound, &job);
         if let Some(key) = self.signing_key(&job.t).await {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -328,12 +339,13 @@ impl Deliverer {
         let started = Instant::now();
         let attempt = self.sender.send(outbound).await;
         let elapsed_ms = started.elapsed().as_millis();
+        let summary = record::Summary::of(&job, &attempt, started.elapsed());
         let max_retries = job.w.retries.unwrap_or(self.settings.delivery.max_retries);
         let mut conn = self.redis.get();
         let result = match attempt {
             Attempt::Delivered { status } => {
-                tracing::debug!(tenant = %job.t, event = %job.e, message = %job.m, status, elapsed_ms, "delivered");
-                scripts::ack(&mut conn, partition, &entry.id)
+                tracing::debug!(tenant = %job.t, event_id = %job.e, message_id = %job.m, status, elapsed_ms, "delivered");
+                scripts::ack(&mut conn, partition, entry_id)
                     .await
                     .map(|_| ())
             }
@@ -357,7 +369,7 @@ impl Deliverer {
                 job.a += 1;
                 let out_of_attempts = job.a > max_retries;
                 tracing::info!(
-                    tenant = %job.t, event = %job.e, message = %job.m, attempt = job.a, status,
+                    tenant = %job.t, event_id = %job.e, message_id = %job.m, attempt = job.a, status,
                     error = %truncate(&error, 200), "delivery attempt failed"
                 );
                 let job_json = serde_json::to_string(&job).unwrap_or_default();
@@ -368,7 +380,7 @@ impl Deliverer {
                         &DeadLetterArgs {
                             partition,
                             tenant: &tenant,
-                            entry_id: &entry.id,
+                            entry_id,
                             job_json: &job_json,
                             body: &body,
                             last_status: status,
@@ -377,7 +389,7 @@ impl Deliverer {
                     )
                     .await
                     .map(|id| {
-                        tracing::warn!(tenant = %job.t, event = %job.e, message = %job.m, dead_letter = ?id, "delivery dead-lettered");
+                        tracing::warn!(tenant = %job.t, event_id = %job.e, message_id = %job.m, dead_letter = ?id, "delivery dead-lettered");
                     })
                 } else {
                     let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
@@ -388,7 +400,7 @@ impl Deliverer {
                         &mut conn,
                         &RetryLaterArgs {
                             partition,
-                            entry_id: &entry.id,
+                            entry_id,
                             message_id: &job.m,
                             job_json: &job_json,
                             body: &body,
@@ -400,10 +412,11 @@ impl Deliverer {
                 }
             }
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             // The entry stays pending and is reclaimed later: a duplicate, never a loss.
-            tracing::warn!(message = %job.m, error = %e, "could not record the delivery outcome");
+            tracing::warn!(message_id = %job.m, error = %e, "could not record the delivery outcome");
         }
+        record::finished(self, &job, summary, max_retries, result.is_ok()).await;
     }
 }
 

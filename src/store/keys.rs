@@ -15,6 +15,7 @@
 //! | `<prefix>:{p<n>}:retries` | ZSET | message id by due time (ms) |
 //! | `<prefix>:{p<n>}:retry-jobs` | HASH | message id → job JSON, `<id>#b` → body |
 //! | `<prefix>:{p<n>}:dlq:<tenant>` | STREAM | the tenant's dead letters |
+//! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
 //!
 //! Global keys (single-key commands only): `<prefix>:meta` (HASH: partitions),
 //! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING).
@@ -196,6 +197,18 @@ impl Keys {
     pub fn token(&self, token_sha256_hex: &str) -> String {
         format!("{}:token:{}", self.prefix, token_sha256_hex)
     }
+
+    /// SCAN pattern matching the saved-notification lists of every partition.
+    pub fn saved_pattern(&self) -> String {
+        format!("{}:{{p*}}:saved:*", self.prefix)
+    }
+
+    /// The partition number of a partition key (`<prefix>:{p<n>}:…`).
+    pub fn partition_of_key(&self, key: &str) -> Option<u16> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{p")?;
+        let (number, _) = rest.split_once('}')?;
+        number.parse().ok()
+    }
 }
 
 impl Partition {
@@ -243,6 +256,11 @@ impl Partition {
 
     pub fn dead_letters(&self, tenant: &TenantName) -> String {
         format!("{}dlq:{}", self.base, tenant)
+    }
+
+    /// Recent outcomes of (tenant, event), newest first (see [`crate::history`]).
+    pub fn history(&self, tenant: &TenantName, event: &EventId) -> String {
+        format!("{}history:{}:{}", self.base, tenant, event)
     }
 }
 
@@ -323,12 +341,25 @@ mod tests {
                 p.retries(),
                 p.retry_jobs(),
                 p.dead_letters(&tenant),
+                p.history(&tenant, &event),
             ];
             let slot = key_slot(&all[0]);
             for k in &all {
                 assert_eq!(key_slot(k), slot, "{k} is in another slot than {}", all[0]);
             }
         }
+    }
+
+    #[test]
+    fn partition_keys_name_their_partition() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("order-42").unwrap();
+        let p = keys.partition_of(&tenant, &event);
+        let saved = p.saved(&tenant, &RunId::parse("wfr_1").unwrap(), &event);
+        assert_eq!(keys.partition_of_key(&saved), Some(p.index));
+        assert_eq!(keys.partition_of_key("other:{p3}:saved:x"), None);
+        assert_eq!(keys.saved_pattern(), "herald:{p*}:saved:*");
     }
 
     #[test]

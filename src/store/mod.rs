@@ -51,6 +51,7 @@ impl From<RedisError> for StoreError {
             )
             // A write refused inside a script reports the script error with OOM inside.
             || e.to_string().contains("OOM command not allowed");
+        crate::telemetry::metrics::redis_error(unavailable);
         if unavailable {
             StoreError::Unavailable(e)
         } else {

@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 
 use redis::streams::StreamId;
 use redis::{Script, ScriptInvocation, Value};
+use tracing::Instrument;
 
 use super::keys::{Partition, GROUP};
 use super::redis::Conn;
@@ -50,9 +51,28 @@ pub fn all() -> [(&'static str, &'static Script); 11] {
     ]
 }
 
-async fn invoke(conn: &mut Conn, invocation: ScriptInvocation<'_>) -> Result<Value, StoreError> {
+/// Runs one script inside its own span, a child of the request or delivery span. Calls
+/// outside both (the scheduler's periodic scripts) get no span: they would be a stream
+/// of root spans, several per partition and tick, that explain nothing.
+async fn invoke(
+    conn: &mut Conn,
+    name: &'static str,
+    invocation: ScriptInvocation<'_>,
+) -> Result<Value, StoreError> {
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "redis script",
+            otel.name = %format_args!("EVALSHA {name}"),
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation = name,
+        )
+    };
     invocation
         .invoke_async(conn)
+        .instrument(span)
         .await
         .map_err(StoreError::from)
 }
@@ -172,7 +192,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.run_ttl_ms)
         .arg(a.max_waiters)
         .arg(a.trace);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "wait", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
             waiter_json: text(w)?,
@@ -219,7 +239,7 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .arg(a.message_id_base)
         .arg(a.limit)
         .arg(a.trace);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "notify", inv).await?)?;
     let remaining = items.first().map(int).transpose()?.unwrap_or(0);
     Ok(NotifyReply {
         taken: taken_triplets(items.get(1..).unwrap_or(&[]))?,
@@ -273,7 +293,7 @@ pub async fn notify_run(
         .arg(a.op_ttl_secs)
         .arg(a.max_saved)
         .arg(a.trace);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),
         (Some("saved"), [_, m]) => Ok(NotifyRunReply::Saved {
@@ -315,7 +335,7 @@ pub async fn cancel(
             .key(partition.saved(tenant, run, event))
             .arg(event.as_str());
     }
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "cancel", inv).await?)?;
     Ok(CancelReply {
         waiters: items.first().map(int).transpose()?.unwrap_or(0),
         saved: items.get(1).map(int).transpose()?.unwrap_or(0),
@@ -357,7 +377,7 @@ pub async fn expire_due(
             .arg(c.event.as_str())
             .arg(&c.trace);
     }
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "expire_due", inv).await?)?;
     items
         .chunks(2)
         .map(|c| match c {
@@ -374,7 +394,7 @@ pub async fn ack(
 ) -> Result<bool, StoreError> {
     let mut inv = ACK.prepare_invoke();
     inv.key(partition.deliveries()).arg(GROUP).arg(entry_id);
-    Ok(int(&invoke(conn, inv).await?)? == 1)
+    Ok(int(&invoke(conn, "ack", inv).await?)? == 1)
 }
 
 pub struct RetryLaterArgs<'a> {
@@ -398,7 +418,7 @@ pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool
         .arg(a.job_json)
         .arg(a.body)
         .arg(a.delay_ms);
-    Ok(int(&invoke(conn, inv).await?)? == 1)
+    Ok(int(&invoke(conn, "retry_later", inv).await?)? == 1)
 }
 
 pub async fn promote_due(
@@ -411,7 +431,7 @@ pub async fn promote_due(
         .key(partition.retries())
         .key(partition.retry_jobs())
         .arg(limit);
-    int(&invoke(conn, inv).await?)
+    int(&invoke(conn, "promote_due", inv).await?)
 }
 
 pub struct DeadLetterArgs<'a> {
@@ -439,7 +459,7 @@ pub async fn dead_letter(
         .arg(a.body)
         .arg(a.last_status)
         .arg(a.last_error);
-    match invoke(conn, inv).await? {
+    match invoke(conn, "dead_letter", inv).await? {
         Value::Nil => Ok(None),
         v => Ok(Some(text(&v)?)),
     }
@@ -498,7 +518,7 @@ pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimRepl
         };
         inv.arg(c.entry_id).arg(index);
     }
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "reclaim", inv).await?)?;
     let [claimed, dead, gone] = <[Value; 3]>::try_from(items)
         .map_err(|items| StoreError::Reply(format!("reclaim: unexpected reply {items:?}")))?;
     let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(claimed)
@@ -534,7 +554,7 @@ pub async fn redrive(
         .key(partition.deliveries())
         .arg(dead_letter_id)
         .arg(job_json);
-    match invoke(conn, inv).await? {
+    match invoke(conn, "redrive", inv).await? {
         Value::Nil => Ok(None),
         v => Ok(Some(text(&v)?)),
     }

@@ -75,7 +75,7 @@ fn dev_names_the_package_when_redis_server_is_missing() {
 fn tenant_create_prints_a_working_token() {
     let redis = RedisServer::start();
     let output = Command::new(HERALD)
-        .args(["tenant", "create", "hooli"])
+        .args(["tenant", "--redis", "create", "hooli"])
         .env("HERALD_REDIS__URL", redis.url())
         .output()
         .unwrap();
@@ -90,7 +90,7 @@ fn tenant_create_prints_a_working_token() {
     assert!(stdout.contains("current signing key: sig_"), "{stdout}");
     // The same name again is refused.
     let again = Command::new(HERALD)
-        .args(["tenant", "create", "hooli"])
+        .args(["tenant", "--redis", "create", "hooli"])
         .env("HERALD_REDIS__URL", redis.url())
         .output()
         .unwrap();

@@ -458,7 +458,7 @@ fn rediss_urls_connect_with_tls_and_check_the_certificate() {
     ]);
     let herald = |ca: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["tenant", "create", "tls-tenant"])
+            .args(["tenant", "--redis", "create", "tls-tenant"])
             .env(
                 "HERALD_REDIS__URL",
                 format!("rediss://localhost:{tls_port}"),

@@ -3,6 +3,7 @@
 //! and a recording receiver.
 
 pub mod cluster;
+pub mod process;
 pub mod receiver;
 pub mod redis;
 pub mod sentinel;
@@ -18,6 +19,12 @@ use serde_json::Value;
 
 pub use self::receiver::Receiver;
 pub use self::redis::RedisServer;
+
+/// A response's JSON body.
+pub async fn json_body(response: reqwest::Response) -> Value {
+    let text = response.text().await.expect("a body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
 
 /// Polls `check` every 10 ms until it holds or `limit` passes; returns whether it held.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {

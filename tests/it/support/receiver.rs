@@ -9,7 +9,9 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    pub method: String,
     pub path: String,
+    pub query: String,
     pub headers: HashMap<String, Vec<String>>,
     pub body: Vec<u8>,
 }
@@ -60,7 +62,9 @@ async fn record(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     }
     let path = req.path().to_owned();
     shared.recorded.lock().unwrap().push(Recorded {
+        method: req.method().as_str().to_owned(),
         path: path.clone(),
+        query: req.query_string().to_owned(),
         headers,
         body: body.to_vec(),
     });

@@ -116,8 +116,11 @@ impl RedisProcess {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
+                // A server with --requirepass answers NOAUTH: it is up all the same.
+                match redis::cmd("PING").query::<String>(&mut c) {
+                    Ok(_) => return,
+                    Err(e) if e.code() == Some("NOAUTH") => return,
+                    Err(_) => {}
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
