@@ -99,22 +99,27 @@ impl Deliverer {
                     }
                 },
             };
-            // Take only as many entries as there are free attempt slots.
-            let Some(permits) = self.take_slots(&shutdown).await else {
-                break;
-            };
+            // Read without holding attempt slots: a reader blocked on a quiet partition
+            // must not keep the slots another partition's entries are waiting for (that
+            // delayed deliveries by up to `block_ms`). Each entry read then waits for a
+            // slot, so a reader holds at most `read_batch` entries not yet started.
+            let batch = self.settings.delivery.read_batch;
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
-                self.reclaim(c, &partition, permits.len()).await
+                self.reclaim(c, &partition, batch).await
             } else {
-                self.read(c, &partition, permits.len(), block).await
+                self.read(c, &partition, batch, block).await
             };
             match result {
                 Ok(entries) => {
                     failures = 0;
-                    let mut permits = permits.into_iter();
                     for entry in entries {
-                        let Some(permit) = permits.next() else { break };
+                        let permit = tokio::select! {
+                            p = self.slots.clone().acquire_owned() => p,
+                            // Entries not started stay pending and are reclaimed later.
+                            _ = shutdown.cancelled() => break,
+                        };
+                        let Ok(permit) = permit else { break };
                         let this = self.clone();
                         let partition = partition.clone();
                         self.tasks.spawn(async move {
@@ -136,24 +141,6 @@ impl Deliverer {
                 }
             }
         }
-    }
-
-    async fn take_slots(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
-        let first = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok()?,
-            _ = shutdown.cancelled() => return None,
-        };
-        let mut permits = vec![first];
-        while permits.len() < self.settings.delivery.read_batch {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        Some(permits)
     }
 
     async fn read(
