@@ -624,7 +624,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         event: &event,
                         run: None,
                         field: &waiter_field(None, &id),
-                        op_id: &format!("w:{id}"),
+                        op_id: None,
                         waiter_json: &serde_json::to_string(&waiter)?,
                         timeout_ms: 3_600_000,
                         op_ttl_secs: 86_400,

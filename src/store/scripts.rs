@@ -110,7 +110,9 @@ pub struct WaitArgs<'a> {
     pub event: &'a EventId,
     pub run: Option<&'a RunId>,
     pub field: &'a str,
-    pub op_id: &'a str,
+    /// The registration's idempotency id, when a client retry can repeat it (a workflow
+    /// step, or an Idempotency-Key); None keeps no record.
+    pub op_id: Option<&'a str>,
     /// Waiter JSON object without `deadline`/`createdAt` (the script adds them from TIME).
     pub waiter_json: &'a str,
     pub timeout_ms: u64,
@@ -138,6 +140,10 @@ pub enum WaitReply {
 
 pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreError> {
     let p = a.partition;
+    let (op_key, op_ttl_secs) = match a.op_id {
+        Some(id) => (p.op(a.tenant, id), a.op_ttl_secs),
+        None => (p.no_run(), 0),
+    };
     let mut inv = WAIT.prepare_invoke();
     match a.run {
         Some(run) => inv
@@ -145,7 +151,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
             .key(p.saved(a.tenant, run, a.event))
             .key(p.deadlines())
             .key(p.deliveries())
-            .key(p.op(a.tenant, a.op_id))
+            .key(&op_key)
             .key(p.run_events(a.tenant, run))
             .key(p.cancelled(a.tenant, run)),
         None => inv
@@ -153,7 +159,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
             .key(p.no_run())
             .key(p.deadlines())
             .key(p.deliveries())
-            .key(p.op(a.tenant, a.op_id))
+            .key(&op_key)
             .key(p.no_run())
             .key(p.no_run()),
     };
@@ -163,7 +169,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.tenant.as_str())
         .arg(a.event.as_str())
         .arg(a.run.map(RunId::as_str).unwrap_or(""))
-        .arg(a.op_ttl_secs)
+        .arg(op_ttl_secs)
         .arg(a.run_ttl_ms)
         .arg(a.max_waiters)
         .arg(a.trace);
