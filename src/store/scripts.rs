@@ -368,14 +368,18 @@ pub async fn expire_due(
         .collect()
 }
 
+/// Acknowledges delivered entries (one or more); returns how many were still pending.
 pub async fn ack(
     conn: &mut Conn,
     partition: &Partition,
-    entry_id: &str,
-) -> Result<bool, StoreError> {
+    entry_ids: &[String],
+) -> Result<i64, StoreError> {
     let mut inv = ACK.prepare_invoke();
-    inv.key(partition.deliveries()).arg(GROUP).arg(entry_id);
-    Ok(int(&invoke(conn, inv).await?)? == 1)
+    inv.key(partition.deliveries()).arg(GROUP);
+    for id in entry_ids {
+        inv.arg(id);
+    }
+    int(&invoke(conn, inv).await?)
 }
 
 pub struct RetryLaterArgs<'a> {
