@@ -40,7 +40,7 @@ use crate::client::Api;
 use crate::receiver::Receiver;
 use crate::scenarios::{Ctx, Params};
 
-const ALL: &str = "baseline,notify,notify_at_rate,lookback,fanout,timeouts,memory";
+const ALL: &str = "baseline,notify_api_only,notify,notify_at_rate,lookback,fanout,timeouts,memory";
 
 #[derive(Parser, Debug)]
 #[command(name = "load", about = "Herald's load generator")]
@@ -147,12 +147,22 @@ fn machine(redis_version: &str, args: &Args) -> Value {
         "redis_version": redis_version,
         "redis_appendfsync": args.appendfsync,
         "herald_commit": commit,
+        "loadavg_1m": loadavg_1m(),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "unix_time": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
     })
+}
+
+fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 struct Output(Option<std::fs::File>);
@@ -168,28 +178,38 @@ impl Output {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
-    let (_redis, redis_url) = procs::start_redis(dir.path(), &args.appendfsync).await?;
+    let (redis_process, redis_url) = procs::start_redis(dir.path(), &args.appendfsync).await?;
     let receiver = Receiver::start()?;
-    let port = procs::free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let prefix = "bench";
-    let config = dir.path().join("herald.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\npartitions = {}\n\
-             [delivery]\nallow_cidrs = [\"127.0.0.0/8\"]\n\
-             [log]\nfilter = \"warn\"\n",
-            args.partitions
-        ),
-    )?;
     let binary = args
         .herald_bin
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")));
-    let probe = reqwest::Client::builder().no_proxy().build()?;
-    let _herald = procs::start_herald(&binary, &config, &base, &probe).await?;
+    let start_herald = |role: &'static str, prefix: &'static str| {
+        let (binary, dir, redis_url) = (binary.clone(), dir.path().to_owned(), redis_url.clone());
+        async move {
+            let port = procs::free_port()?;
+            let base = format!("http://127.0.0.1:{port}");
+            let config = dir.join(format!("herald-{role}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+                     [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\npartitions = {}\n\
+                     [delivery]\nallow_cidrs = [\"127.0.0.0/8\"]\n\
+                     [log]\nfilter = \"warn\"\n",
+                    args.partitions
+                ),
+            )?;
+            let process = procs::start_herald(&binary, role, &config, &base).await?;
+            anyhow::Ok((process, base))
+        }
+    };
+    let prefix = "bench";
+    let (herald_process, base) = start_herald("all", prefix).await?;
+    // A second Herald serving the API only, on keys of its own that no worker reads: its
+    // notifies are measured without deliveries competing for the cores.
+    let api_prefix = "benchapi";
+    let (api_process, api_base) = start_herald("api", api_prefix).await?;
 
     let mut redis_settings = Settings::defaults().redis;
     redis_settings.url = redis_url.clone();
@@ -199,6 +219,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let created = tenants::create(&mut redis.get(), &keys, &tenant)
         .await
         .context("creating the bench tenant")?;
+    let api_keys = Keys::new(api_prefix, args.partitions);
+    let api_tenant = tenants::create(&mut redis.get(), &api_keys, &tenant)
+        .await
+        .context("creating the bench tenant of the API-only Herald")?;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut redis.get())
@@ -228,6 +252,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         redis,
         keys,
         tenant,
+        herald_pid: herald_process.pid(),
+        redis_pid: redis_process.pid(),
+        api_only: Api::new(api_base, api_tenant.token, args.concurrency)?,
+        api_only_pid: api_process.pid(),
         p: Params {
             waiters: args.waiters,
             concurrency: args.concurrency,
@@ -249,6 +277,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 report
             }
             "notify" => scenarios::notify(&ctx, baseline_per_s).await,
+            "notify_api_only" => scenarios::notify_api_only(&ctx, baseline_per_s).await,
             "notify_at_rate" => scenarios::notify_at_rate(&ctx).await,
             "lookback" => scenarios::lookback(&ctx).await,
             "fanout" => scenarios::fanout(&ctx).await,
@@ -257,6 +286,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             other => anyhow::bail!("unknown scenario {other:?}; known: {ALL}"),
         };
         all_ok &= report["ok"] == true;
+        let mut report = report;
+        // Other work on the machine shows here (the run shares its cores with everything).
+        report["loadavg_1m"] = json!(loadavg_1m());
         out.line(&report);
     }
     ctx.receiver.stop().await;

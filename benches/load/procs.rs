@@ -33,12 +33,13 @@ impl Drop for Process {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        // SIGTERM first so Herald shuts down in order; the wait is bounded.
+        // SIGTERM first so Herald shuts down in order (and a profiler wrapping it writes
+        // its output); the wait is bounded by Herald's default shutdown grace and a margin.
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
+        while started.elapsed() < Duration::from_secs(30) {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }
@@ -47,6 +48,16 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system, all threads) a process has used so far, in milliseconds.
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the first, utime
+    // and stime the 12th and 13th, in clock ticks of 1/100 s (USER_HZ).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 * 10.0)
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
@@ -105,15 +116,18 @@ pub async fn start_redis(dir: &Path, appendfsync: &str) -> anyhow::Result<(Proce
     bail!("redis-server did not answer on port {port} within 5 s")
 }
 
-/// Starts `herald serve --role all` with `config` (a TOML file) and waits until /readyz
+/// Starts `herald serve --role ROLE` with `config` (a TOML file) and waits until /readyz
 /// answers 200. HERALD_* variables of the caller's environment are not passed on, so
 /// the run is configured by the file alone.
 pub async fn start_herald(
     binary: &Path,
+    role: &str,
     config: &Path,
     base: &str,
-    http: &reqwest::Client,
 ) -> anyhow::Result<Process> {
+    // Dropped once Herald is ready: an idle keep-alive connection would make Herald's
+    // graceful stop wait its whole grace time at the end of the run.
+    let http = reqwest::Client::builder().no_proxy().build()?;
     let mut command = Command::new(binary);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("HERALD_") || name == "REDIS_URL" {
@@ -123,7 +137,7 @@ pub async fn start_herald(
     let child = command
         .arg("--config")
         .arg(config)
-        .args(["serve", "--role", "all"])
+        .args(["serve", "--role", role])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::client::{run_concurrently, Api};
 use crate::clock::{self, ms_between};
+use crate::procs;
 use crate::receiver::{Arrival, Receiver};
 use crate::stats::{rate, summary};
 
@@ -41,6 +42,46 @@ pub struct Ctx {
     pub keys: Keys,
     pub tenant: TenantName,
     pub p: Params,
+    /// Process ids of Herald and Redis, for their CPU time.
+    pub herald_pid: u32,
+    pub redis_pid: u32,
+    /// A Herald serving the API only (no delivery workers), on keys of its own.
+    pub api_only: Api,
+    pub api_only_pid: u32,
+}
+
+/// CPU time used by Herald, Redis and the load generator (with its receiver) since
+/// `start`, per operation: where the machine's cores went.
+struct CpuMeter {
+    herald_pid: u32,
+    start: [Option<f64>; 3],
+}
+
+impl CpuMeter {
+    fn start(ctx: &Ctx, herald_pid: u32) -> Self {
+        Self {
+            herald_pid,
+            start: Self::now(ctx, herald_pid),
+        }
+    }
+
+    fn now(ctx: &Ctx, herald_pid: u32) -> [Option<f64>; 3] {
+        [
+            procs::cpu_ms(herald_pid),
+            procs::cpu_ms(ctx.redis_pid),
+            procs::cpu_ms(std::process::id()),
+        ]
+    }
+
+    /// Microseconds of CPU per operation, by process.
+    fn per_op(&self, ctx: &Ctx, ops: usize) -> Value {
+        let now = Self::now(ctx, self.herald_pid);
+        let per = |i: usize| match (self.start[i], now[i]) {
+            (Some(a), Some(b)) if ops > 0 => json!(((b - a) * 1000.0 / ops as f64).round()),
+            _ => Value::Null,
+        };
+        json!({ "herald": per(0), "redis": per(1), "load_generator": per(2) })
+    }
 }
 
 /// Problems found by a scenario; an empty list means correct.
@@ -115,12 +156,13 @@ fn wait_body(url: &str, timeout: &str) -> Arc<String> {
 /// itself when `same_event`); returns the results (waiter ids) by index.
 async fn register(
     ctx: &Ctx,
+    api: &Api,
     prefix: &str,
     n: usize,
     body: Arc<String>,
     same_event: bool,
 ) -> (Vec<anyhow::Result<String>>, f64) {
-    let api = ctx.api.clone();
+    let api = api.clone();
     let prefix = prefix.to_owned();
     let started = Instant::now();
     let results = run_concurrently(n, ctx.p.concurrency, move |i| {
@@ -148,11 +190,12 @@ pub async fn notify(ctx: &Ctx, baseline_per_s: Option<f64>) -> Value {
     let mut check = Check::default();
     let prefix = format!("n{}-", random_id(6));
     let body = wait_body(&ctx.receiver.url("/notify"), "1h");
-    let (registered, register_s) = register(ctx, &prefix, w, body, false).await;
+    let (registered, register_s) = register(ctx, &ctx.api, &prefix, w, body, false).await;
     check.failures("waits", &registered);
 
     ctx.receiver.take();
     let sent = send_times(w);
+    let cpu = CpuMeter::start(ctx, ctx.herald_pid);
     let started = Instant::now();
     let results = {
         let (api, sent, prefix) = (ctx.api.clone(), sent.clone(), prefix.clone());
@@ -170,6 +213,7 @@ pub async fn notify(ctx: &Ctx, baseline_per_s: Option<f64>) -> Value {
     let notify_s = started.elapsed().as_secs_f64();
     check.failures("notifies", &results);
     let all = ctx.receiver.wait_for(w, delivery_limit(w)).await;
+    let cpu_us_per_notify = cpu.per_op(ctx, w);
     ctx.receiver.settle(Duration::from_millis(200)).await;
     let arrivals = ctx.receiver.take();
     let delivered = distinct_messages(&arrivals);
@@ -177,6 +221,15 @@ pub async fn notify(ctx: &Ctx, baseline_per_s: Option<f64>) -> Value {
         format!("{delivered} of {w} notifications delivered")
     });
     let notify_per_s = rate(w, notify_s);
+    // Notifies and deliveries share the cores: a Herald that delivers while it is notified
+    // answers notifies more slowly than one that lets deliveries pile up. The end-to-end
+    // rate (first notify to last delivery) compares both fairly.
+    let last_ns = arrivals.iter().map(|a| a.at_ns).max().unwrap_or(0);
+    let first_ns = sent
+        .iter()
+        .map(|t| t.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0);
     check.finish(json!({
         "scenario": "notify",
         "waiters": w,
@@ -185,10 +238,52 @@ pub async fn notify(ctx: &Ctx, baseline_per_s: Option<f64>) -> Value {
         "notify_per_s": notify_per_s,
         "baseline_evalsha_per_s": baseline_per_s,
         "ratio_to_baseline": baseline_per_s.map(|b| (notify_per_s / b * 1000.0).round() / 1000.0),
+        "end_to_end_per_s": rate(delivered, ms_between(first_ns, last_ns) / 1000.0),
+        "cpu_us_per_notify_and_delivery": cpu_us_per_notify,
         "latency_ms": summary(latencies(&arrivals, &prefix, &sent)),
         "delivered": delivered,
         "lost": w.saturating_sub(delivered),
         "duplicates": arrivals.len() - delivered,
+    }))
+}
+
+/// W waiters, then one notify each at concurrency C, on a Herald serving the API only:
+/// the HTTP notify path alone (the deliveries it enqueues are not sent), the figure to
+/// set beside the EVALSHA rate of the same script.
+pub async fn notify_api_only(ctx: &Ctx, baseline_per_s: Option<f64>) -> Value {
+    let (w, c) = (ctx.p.waiters, ctx.p.concurrency);
+    let mut check = Check::default();
+    let prefix = format!("a{}-", random_id(6));
+    let body = wait_body(&ctx.receiver.url("/api-only"), "1h");
+    let (registered, register_s) = register(ctx, &ctx.api_only, &prefix, w, body, false).await;
+    check.failures("waits", &registered);
+    let cpu = CpuMeter::start(ctx, ctx.api_only_pid);
+    let started = Instant::now();
+    let results = {
+        let (api, prefix) = (ctx.api_only.clone(), prefix.clone());
+        run_concurrently(w, c, move |i| {
+            let (api, event) = (api.clone(), format!("{prefix}{i}"));
+            async move {
+                let notified = api.notify(&event, NOTIFY_BODY).await?;
+                anyhow::ensure!(notified == 1, "notify {event} reached {notified} waiters");
+                Ok(())
+            }
+        })
+        .await
+    };
+    let notify_s = started.elapsed().as_secs_f64();
+    let cpu_us_per_notify = cpu.per_op(ctx, w);
+    check.failures("notifies", &results);
+    let notify_per_s = rate(w, notify_s);
+    check.finish(json!({
+        "scenario": "notify_api_only",
+        "waiters": w,
+        "concurrency": c,
+        "wait_per_s": rate(w, register_s),
+        "notify_per_s": notify_per_s,
+        "baseline_evalsha_per_s": baseline_per_s,
+        "ratio_to_baseline": baseline_per_s.map(|b| (notify_per_s / b * 1000.0).round() / 1000.0),
+        "cpu_us_per_notify": cpu_us_per_notify,
     }))
 }
 
@@ -199,7 +294,7 @@ pub async fn notify_at_rate(ctx: &Ctx) -> Value {
     let mut check = Check::default();
     let prefix = format!("r{}-", random_id(6));
     let body = wait_body(&ctx.receiver.url("/rate"), "1h");
-    let (registered, _) = register(ctx, &prefix, n, body, false).await;
+    let (registered, _) = register(ctx, &ctx.api, &prefix, n, body, false).await;
     check.failures("waits", &registered);
 
     ctx.receiver.take();
@@ -327,7 +422,7 @@ pub async fn fanout(ctx: &Ctx) -> Value {
     let mut check = Check::default();
     let event = format!("fan{}", random_id(6));
     let body = wait_body(&ctx.receiver.url("/fanout"), "1h");
-    let (registered, _) = register(ctx, &event, f, body, true).await;
+    let (registered, _) = register(ctx, &ctx.api, &event, f, body, true).await;
     check.failures("waits", &registered);
 
     ctx.receiver.take();
@@ -646,6 +741,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
     let wait_s = started.elapsed().as_secs_f64();
     check.failures("EVALSHA waits", &waits);
 
+    let cpu = CpuMeter::start(ctx, ctx.herald_pid);
     let started = Instant::now();
     let notifies = {
         let shared = shared.clone();
@@ -679,6 +775,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
         .await
     };
     let notify_s = started.elapsed().as_secs_f64();
+    let cpu_us_per_notify = cpu.per_op(ctx, w);
     check.failures("EVALSHA notifies", &notifies);
     let per_s = rate(w, notify_s);
     (
@@ -688,6 +785,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
             "concurrency": c,
             "evalsha_wait_per_s": rate(w, wait_s),
             "evalsha_notify_per_s": per_s,
+            "cpu_us_per_notify": cpu_us_per_notify,
         })),
         Some(per_s),
     )
