@@ -233,7 +233,9 @@ pub struct NotifyRunArgs<'a> {
     pub tenant: &'a TenantName,
     pub event: &'a EventId,
     pub run: &'a RunId,
-    pub op_id: &'a str,
+    /// The notify's idempotency id when the client sent an Idempotency-Key; None keeps
+    /// no record (a retry without a key is a new notify anyway).
+    pub op_id: Option<&'a str>,
     pub body: &'a [u8],
     pub content_type_json: &'a str,
     pub message_id_base: &'a str,
@@ -256,12 +258,16 @@ pub async fn notify_run(
     a: &NotifyRunArgs<'_>,
 ) -> Result<NotifyRunReply, StoreError> {
     let p = a.partition;
+    let (op_key, op_ttl_secs) = match a.op_id {
+        Some(id) => (p.op(a.tenant, id), a.op_ttl_secs),
+        None => (p.no_run(), 0),
+    };
     let mut inv = NOTIFY_RUN.prepare_invoke();
     inv.key(p.event_waiters(a.tenant, a.event))
         .key(p.saved(a.tenant, a.run, a.event))
         .key(p.deadlines())
         .key(p.deliveries())
-        .key(p.op(a.tenant, a.op_id))
+        .key(op_key)
         .key(p.run_events(a.tenant, a.run))
         .key(p.cancelled(a.tenant, a.run))
         .arg(a.tenant.as_str())
@@ -271,7 +277,7 @@ pub async fn notify_run(
         .arg(a.content_type_json)
         .arg(a.message_id_base)
         .arg(a.saved_ttl_ms)
-        .arg(a.op_ttl_secs)
+        .arg(op_ttl_secs)
         .arg(a.max_saved)
         .arg(a.trace);
     let items = array(invoke(conn, inv).await?)?;
