@@ -5,7 +5,7 @@ KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
 KEYS[2] saved          (LIST)   lookback notifications of (tenant, run, event), FIFO
 KEYS[3] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
 KEYS[4] deliveries     (STREAM) delivery jobs of the partition
-KEYS[5] op             (STRING) idempotency record of this registration
+KEYS[5] op             (STRING) idempotency record of this registration (unused when ARGV[7] is 0)
 KEYS[6] run events     (SET)    event ids the run has state for in this partition
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run (exists = cancelled)
 
@@ -15,7 +15,8 @@ ARGV[3] timeout          milliseconds until the deadline
 ARGV[4] tenant
 ARGV[5] event id
 ARGV[6] run id           "" for none
-ARGV[7] op ttl           seconds the idempotency record is kept
+ARGV[7] op ttl           seconds the idempotency record is kept; 0 = keep none (the waiter id
+                         is random, so no client retry can name this registration again)
 ARGV[8] run ttl          milliseconds the run-events set is kept at least
 ARGV[9] max waiters      per event id (0 = unlimited)
 ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with the delivery
@@ -38,8 +39,10 @@ local tenant, event, run = ARGV[4], ARGV[5], ARGV[6]
 local op_ttl, run_ttl, max_waiters = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local trace = ARGV[10]
 
-local prev = rcall('GET', op_key)
-if prev then return cjson.decode(prev) end
+if op_ttl > 0 then
+  local prev = rcall('GET', op_key)
+  if prev then return cjson.decode(prev) end
+end
 if run ~= '' and rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
 
 local t = rcall('TIME')
@@ -49,7 +52,7 @@ local full = string.sub(waiter, 1, -2) .. ',"deadline":' .. math.floor(deadline_
   .. ',"createdAt":' .. now_ms .. '}'
 
 local function remember(reply)
-  rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl)
+  if op_ttl > 0 then rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl) end
   return reply
 end
 
