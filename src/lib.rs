@@ -19,6 +19,7 @@
 //!   connections, one typed wrapper per Lua script ([`store::scripts`]), tenants.
 //! - [`delivery`] — stream consumers, the guarded HTTP client, signing, retry schedule.
 //! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
+//! - [`limits`] — per-tenant rate limits and quotas, and how a request is admitted.
 //! - [`telemetry`] — logging.
 //!
 //! Every state change is one Lua script in `lua/` (see `lua/README.md`), so any number of
@@ -32,6 +33,7 @@ pub mod delivery;
 pub mod dev;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //! script ([`scripts`]) and tenant records ([`tenants`]).
 
 pub mod keys;
+pub mod limits;
 pub mod redis;
 pub mod scripts;
 pub mod tenants;
