@@ -8,6 +8,7 @@ mod availability;
 mod bad_input;
 mod delivery;
 mod docs;
+mod limits;
 mod lookback;
 mod notify;
 mod races;
