@@ -1,0 +1,356 @@
+//! Limits benchmark: what the rate and quota checks cost, and the noisy-neighbour scenario.
+//! Starts its own `redis-server` (stopped by PID at the end) and Herald in-process, and
+//! prints one JSON object.
+//!
+//! ```sh
+//! cargo bench --bench limits                 # everything
+//! cargo bench --bench limits -- scripts      # or: http, noisy
+//! ```
+//!
+//! - `scripts`: the operation scripts against Redis directly, per request shape:
+//!   no limit checks, checks folded into the script (standalone Redis), and the Redis
+//!   Cluster way (`rate_limit.lua` and the other partitions' counts, then the script).
+//! - `http`: notify through Herald's API with limits off and on (set so high that every
+//!   request is admitted: the cost of checking, not of refusing).
+//! - `noisy`: a quiet tenant at a steady rate, alone and while a noisy tenant floods far
+//!   over its limit (see `noisy.rs`).
+
+// The integration tests' harness: real redis-server, Herald on port 0 (what this
+// benchmark uses of it, not all of it).
+#[allow(dead_code, unused_imports)]
+#[path = "../../tests/it/support/mod.rs"]
+mod support;
+
+mod noisy;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{join_all, try_join_all};
+use herald::app::Role;
+use herald::domain::{EventId, TenantName};
+use herald::limits::RateClass;
+use herald::store::scripts::{self, ActiveQuota, NotifyArgs, RateCheck, WaitArgs};
+use herald::store::{Keys, RedisPool};
+use serde_json::{json, Value};
+
+use support::{test_settings, RedisServer, TestApp};
+
+/// Runs `op` from `concurrency` tasks until `total` ops are done; returns
+/// `{"ops_per_sec", "mean_us", "p99_us"}`.
+async fn measure<F, Fut>(total: usize, concurrency: usize, op: F) -> Value
+where
+    F: Fn(usize) -> Fut + Clone,
+    Fut: Future<Output = ()>,
+{
+    let started = Instant::now();
+    let per_task = total / concurrency;
+    let tasks = (0..concurrency).map(|t| {
+        let op = op.clone();
+        async move {
+            let mut latencies = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let at = Instant::now();
+                op(t * per_task + i).await;
+                latencies.push(at.elapsed().as_secs_f64() * 1e6);
+            }
+            latencies
+        }
+    });
+    let mut latencies: Vec<f64> = join_all(tasks).await.into_iter().flatten().collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
+    let p99 = latencies[(latencies.len() as f64 * 0.99) as usize - 1];
+    json!({
+        "ops": latencies.len(),
+        "ops_per_sec": (latencies.len() as f64 / elapsed).round(),
+        "mean_us": mean.round(),
+        "p99_us": p99.round(),
+    })
+}
+
+/// Redis' own time per script call (`INFO commandstats`, EVALSHA) while `run` runs:
+/// the server-side cost, whatever the client's machine is doing.
+async fn with_redis_time(pool: &RedisPool, run: impl Future<Output = Value>) -> Value {
+    let mut conn = pool.get();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut result = run.await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let per_call = |cmd: &str| -> f64 {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split(',').find(|f| f.starts_with("usec_per_call=")))
+            .and_then(|f| f["usec_per_call=".len()..].parse().ok())
+            .unwrap_or(0.0)
+    };
+    let calls = |cmd: &str| -> f64 {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split(',').find(|f| f.contains("calls=")))
+            .and_then(|f| f.split('=').nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let ops = result["ops"].as_f64().unwrap_or(1.0);
+    // Redis time per request: every script call and command the request made.
+    let total: f64 = ["evalsha", "get"]
+        .iter()
+        .map(|c| per_call(c) * calls(c))
+        .sum();
+    result["redis_us_per_request"] = json!((total / ops * 10.0).round() / 10.0);
+    result
+}
+
+fn ratio(with: &Value, without: &Value) -> Value {
+    let r = with["ops_per_sec"].as_f64().unwrap() / without["ops_per_sec"].as_f64().unwrap();
+    json!((r * 1000.0).round() / 1000.0)
+}
+
+const OPS: usize = 40_000;
+const CONCURRENCY: usize = 32;
+
+async fn scripts_cost(redis: &RedisServer) -> Value {
+    let settings = test_settings(&redis.url());
+    let pool = RedisPool::open(&settings.redis).unwrap();
+    let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    herald::store::prepare(&mut pool.get(), &keys)
+        .await
+        .unwrap();
+    let tenant = TenantName::parse("bench").unwrap();
+    let wide_open = |class| RateCheck {
+        bucket: keys.rate_bucket(&tenant, class),
+        per_sec: 1_000_000,
+        burst: 1_000_000,
+    };
+    let notify_rate = wide_open(RateClass::Notify);
+    let wait_rate = wide_open(RateClass::Wait);
+    let all: Vec<_> = keys.all_partitions().collect();
+
+    // Notify of an event nobody waits for: the script does the least, so the check's
+    // share is the largest.
+    let notify = |folded: bool, separate: bool| {
+        let (pool, keys, tenant, rate) = (&pool, &keys, &tenant, &notify_rate);
+        move |i: usize| async move {
+            let mut conn = pool.get();
+            let event = EventId::parse(&format!("n-{}", i % 1000)).unwrap();
+            let partition = keys.partition_of(tenant, &event);
+            if separate {
+                let verdict =
+                    scripts::rate_limit(&mut conn, &rate.bucket, rate.per_sec, rate.burst);
+                assert!(verdict.await.unwrap().is_ok());
+            }
+            let args = NotifyArgs {
+                partition: &partition,
+                tenant,
+                event: &event,
+                body: b"x",
+                content_type_json: "null",
+                message_id_base: "m_",
+                limit: 500,
+                trace: "",
+                rate: folded.then_some(rate),
+            };
+            scripts::notify(&mut conn, &args).await.unwrap();
+        }
+    };
+    // Wait: registers a new waiter each time; the tenant's quota sums 16 partitions.
+    let wait = |mode: &'static str| {
+        let (pool, keys, tenant, rate, all) = (&pool, &keys, &tenant, &wait_rate, &all);
+        move |i: usize| async move {
+            let mut conn = pool.get();
+            let event = EventId::parse(&format!("w-{mode}-{i}")).unwrap();
+            let partition = keys.partition_of(tenant, &event);
+            let others: Vec<_> = all
+                .iter()
+                .filter(|p| p.index != partition.index)
+                .cloned()
+                .collect();
+            let mut counted_elsewhere = 0;
+            if mode == "separate" {
+                let check = async {
+                    let mut c = pool.get();
+                    scripts::rate_limit(&mut c, &rate.bucket, rate.per_sec, rate.burst).await
+                };
+                let count = try_join_all(others.iter().map(|p| {
+                    let mut c = pool.get();
+                    async move {
+                        redis::cmd("GET")
+                            .arg(p.waiter_count(tenant))
+                            .query_async::<Option<u64>>(&mut c)
+                            .await
+                    }
+                }));
+                let (verdict, counts) = futures_util::join!(check, count);
+                assert!(verdict.unwrap().is_ok());
+                counted_elsewhere = counts.unwrap().into_iter().flatten().sum();
+            }
+            let id = format!("b{i}");
+            let waiter = format!(
+                r#"{{"id":"{id}","url":"http://127.0.0.1:9/","timeoutUrl":"http://127.0.0.1:9/","eventId":"{event}","timeout":"1h"}}"#
+            );
+            let limited = mode != "none";
+            let args = WaitArgs {
+                partition: &partition,
+                tenant,
+                event: &event,
+                run: None,
+                field: &format!("|{id}"),
+                op_id: &id,
+                waiter_json: &waiter,
+                timeout_ms: 3_600_000,
+                op_ttl_secs: 60,
+                run_ttl_ms: 60_000,
+                max_waiters: if limited { 10_000 } else { 0 },
+                trace: "",
+                rate: (mode == "folded").then_some(rate),
+                active: ActiveQuota {
+                    max: if limited { 100_000_000 } else { 0 },
+                    summed: if mode == "folded" { &others } else { &[] },
+                    counted_elsewhere,
+                },
+            };
+            scripts::wait(&mut conn, &args).await.unwrap();
+        }
+    };
+    let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
+    let notify_none = run(notify(false, false)).await;
+    let notify_folded = run(notify(true, false)).await;
+    let notify_separate = run(notify(false, true)).await;
+    let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
+    let wait_none = run(wait("none")).await;
+    let wait_folded = run(wait("folded")).await;
+    let wait_separate = run(wait("separate")).await;
+    json!({
+        "ops": OPS,
+        "concurrency": CONCURRENCY,
+        "notify": {
+            "no_checks": notify_none,
+            "folded_standalone": notify_folded,
+            "separate_cluster_way": notify_separate,
+            "throughput_ratio_folded": ratio(&notify_folded, &notify_none),
+            "throughput_ratio_separate": ratio(&notify_separate, &notify_none),
+        },
+        "wait": {
+            "no_checks": wait_none,
+            "folded_standalone": wait_folded,
+            "separate_cluster_way": wait_separate,
+            "throughput_ratio_folded": ratio(&wait_folded, &wait_none),
+            "throughput_ratio_separate": ratio(&wait_separate, &wait_none),
+        },
+    })
+}
+
+async fn http_cost(redis: &RedisServer) -> Value {
+    let mut results = Vec::new();
+    for limited in [false, true] {
+        let mut settings = test_settings(&redis.url());
+        settings.server.auth_cache_ms = 5000;
+        let d = &mut settings.limits.defaults;
+        for (per_sec, burst) in [
+            (&mut d.wait_per_sec, &mut d.wait_burst),
+            (&mut d.notify_per_sec, &mut d.notify_burst),
+            (&mut d.read_per_sec, &mut d.read_burst),
+        ] {
+            *per_sec = if limited { 1_000_000 } else { 0 };
+            *burst = 1_000_000;
+        }
+        let app = TestApp::start_role(settings, Role::Api).await;
+        let op = |i: usize| {
+            let app = &app;
+            async move {
+                let (status, _) = app.notify(&format!("h-{}", i % 1000), "x").await;
+                assert_eq!(status, 201);
+            }
+        };
+        measure(2_000, CONCURRENCY, op).await; // warm up connections and caches
+        results.push(measure(20_000, CONCURRENCY, op).await);
+        app.stop().await;
+    }
+    json!({
+        "requests": 20_000,
+        "concurrency": CONCURRENCY,
+        "notify_limits_off": results[0],
+        "notify_limits_on": results[1],
+        "throughput_ratio": ratio(&results[1], &results[0]),
+    })
+}
+
+async fn noisy_neighbour(redis: &RedisServer) -> Value {
+    let mut settings = test_settings(&redis.url());
+    settings.server.auth_cache_ms = 5000;
+    let app = TestApp::start_role(settings, Role::Api).await;
+    let quiet_token = app.tenant_token("quiet").await;
+    let (limit, burst) = (200, 50);
+    let (status, body) = app
+        .send(
+            app.http
+                .put(app.url("/admin/tenants/acme/limits"))
+                .bearer_auth("test-admin-token")
+                .body(json!({"notify_per_sec": limit, "notify_burst": burst}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let duration = Duration::from_secs(5);
+    let quiet = noisy::Load {
+        token: quiet_token,
+        per_sec: 200,
+        duration,
+    };
+    let flood = noisy::Load {
+        token: app.token.clone(),
+        per_sec: 2000,
+        duration,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Warm up the client's connections and Herald's caches.
+    noisy::send(
+        &client,
+        &app.base,
+        &noisy::Load {
+            duration: Duration::from_secs(1),
+            ..quiet.clone()
+        },
+        "warm",
+    )
+    .await;
+    let report = noisy::run(&client, &app.base, &quiet, &flood, (limit, burst)).await;
+    app.stop().await;
+    let mut value = serde_json::to_value(report).unwrap();
+    value["noisy_limit"] = json!({"per_sec": limit, "burst": burst});
+    value
+}
+
+#[tokio::main]
+async fn main() {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let redis = RedisServer::start();
+    let mut out = json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    if wanted("scripts") {
+        out["scripts"] = scripts_cost(&redis).await;
+    }
+    if wanted("http") {
+        out["http"] = http_cost(&redis).await;
+    }
+    if wanted("noisy") {
+        out["noisy_neighbour"] = noisy_neighbour(&redis).await;
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
