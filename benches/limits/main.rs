@@ -26,7 +26,7 @@ mod noisy;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::{join_all, try_join_all, BoxFuture};
 use herald::app::Role;
 use herald::domain::{EventId, TenantName};
 use herald::limits::RateClass;
@@ -115,8 +115,33 @@ fn ratio(with: &Value, without: &Value) -> Value {
     json!((r * 1000.0).round() / 1000.0)
 }
 
+/// The best of several rounds: the run with the highest throughput, and the lowest Redis
+/// time per request. On a shared machine other work only ever slows a round down, so the
+/// best round is the closest to the code's own cost. Every round's figures are kept.
+fn best(runs: &[Value]) -> Value {
+    let throughput = |r: &Value| r["ops_per_sec"].as_f64().unwrap_or(0.0);
+    let mut best = runs
+        .iter()
+        .max_by(|a, b| throughput(a).total_cmp(&throughput(b)))
+        .cloned()
+        .unwrap_or_default();
+    let all = |field: &str| -> Value { runs.iter().map(|r| r[field].clone()).collect() };
+    if runs.iter().all(|r| r.get("redis_us_per_request").is_some()) {
+        let least = runs
+            .iter()
+            .filter_map(|r| r["redis_us_per_request"].as_f64())
+            .fold(f64::INFINITY, f64::min);
+        best["redis_us_per_request"] = json!(least);
+        best["rounds_redis_us_per_request"] = all("redis_us_per_request");
+    }
+    best["rounds_ops_per_sec"] = all("ops_per_sec");
+    best
+}
+
 const OPS: usize = 40_000;
 const CONCURRENCY: usize = 32;
+/// Every measurement is repeated, interleaved with the others.
+const ROUNDS: usize = 5;
 
 async fn scripts_cost(redis: &RedisServer) -> Value {
     let settings = test_settings(&redis.url());
@@ -221,14 +246,19 @@ async fn scripts_cost(redis: &RedisServer) -> Value {
             scripts::wait(&mut conn, &args).await.unwrap();
         }
     };
-    let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
-    let notify_none = run(notify(false, false)).await;
-    let notify_folded = run(notify(true, false)).await;
-    let notify_separate = run(notify(false, true)).await;
-    let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
-    let wait_none = run(wait("none")).await;
-    let wait_folded = run(wait("folded")).await;
-    let wait_separate = run(wait("separate")).await;
+    let (mut notifies, mut waits) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
+    for _ in 0..ROUNDS {
+        let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
+        notifies[0].push(run(notify(false, false)).await);
+        notifies[1].push(run(notify(true, false)).await);
+        notifies[2].push(run(notify(false, true)).await);
+        let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
+        waits[0].push(run(wait("none")).await);
+        waits[1].push(run(wait("folded")).await);
+        waits[2].push(run(wait("separate")).await);
+    }
+    let [notify_none, notify_folded, notify_separate] = notifies.map(|r| best(&r));
+    let [wait_none, wait_folded, wait_separate] = waits.map(|r| best(&r));
     json!({
         "ops": OPS,
         "concurrency": CONCURRENCY,
@@ -250,7 +280,7 @@ async fn scripts_cost(redis: &RedisServer) -> Value {
 }
 
 async fn http_cost(redis: &RedisServer) -> Value {
-    let mut results = Vec::new();
+    let mut apps = Vec::new();
     for limited in [false, true] {
         let mut settings = test_settings(&redis.url());
         settings.server.auth_cache_ms = 5000;
@@ -263,24 +293,35 @@ async fn http_cost(redis: &RedisServer) -> Value {
             *per_sec = if limited { 1_000_000 } else { 0 };
             *burst = 1_000_000;
         }
-        let app = TestApp::start_role(settings, Role::Api).await;
-        let op = |i: usize| {
-            let app = &app;
-            async move {
+        apps.push(TestApp::start_role(settings, Role::Api).await);
+    }
+    fn op<'a>(app: &'a TestApp) -> impl Fn(usize) -> BoxFuture<'a, ()> + Clone + 'a {
+        move |i| {
+            Box::pin(async move {
                 let (status, _) = app.notify(&format!("h-{}", i % 1000), "x").await;
                 assert_eq!(status, 201);
+            })
+        }
+    }
+    let mut results = [vec![], vec![]];
+    for round in 0..ROUNDS {
+        for (app, runs) in apps.iter().zip(results.iter_mut()) {
+            if round == 0 {
+                measure(2_000, CONCURRENCY, op(app)).await; // warm up connections, caches
             }
-        };
-        measure(2_000, CONCURRENCY, op).await; // warm up connections and caches
-        results.push(measure(20_000, CONCURRENCY, op).await);
+            runs.push(measure(20_000, CONCURRENCY, op(app)).await);
+        }
+    }
+    for app in apps {
         app.stop().await;
     }
+    let [off, on] = results.map(|r| best(&r));
     json!({
         "requests": 20_000,
         "concurrency": CONCURRENCY,
-        "notify_limits_off": results[0],
-        "notify_limits_on": results[1],
-        "throughput_ratio": ratio(&results[1], &results[0]),
+        "notify_limits_off": off,
+        "notify_limits_on": on,
+        "throughput_ratio": ratio(&on, &off),
     })
 }
 
@@ -288,48 +329,60 @@ async fn noisy_neighbour(redis: &RedisServer) -> Value {
     let mut settings = test_settings(&redis.url());
     settings.server.auth_cache_ms = 5000;
     let app = TestApp::start_role(settings, Role::Api).await;
-    let quiet_token = app.tenant_token("quiet").await;
     let (limit, burst) = (200, 50);
-    let (status, body) = app
-        .send(
-            app.http
-                .put(app.url("/admin/tenants/acme/limits"))
-                .bearer_auth("test-admin-token")
-                .body(json!({"notify_per_sec": limit, "notify_burst": burst}).to_string()),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let duration = Duration::from_secs(5);
-    let quiet = noisy::Load {
-        token: quiet_token,
-        per_sec: 200,
-        duration,
-    };
-    let flood = noisy::Load {
-        token: app.token.clone(),
-        per_sec: 2000,
-        duration,
-    };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    // Warm up the client's connections and Herald's caches.
-    noisy::send(
-        &client,
-        &app.base,
-        &noisy::Load {
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        // Fresh tenants each round: full buckets.
+        let quiet_token = app.tenant_token(&format!("quiet{round}")).await;
+        let noisy_tenant = format!("noisy{round}");
+        let noisy_token = app.tenant_token(&noisy_tenant).await;
+        let (status, body) = app
+            .send(
+                app.http
+                    .put(app.url(&format!("/admin/tenants/{noisy_tenant}/limits")))
+                    .bearer_auth("test-admin-token")
+                    .body(json!({"notify_per_sec": limit, "notify_burst": burst}).to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let duration = Duration::from_secs(5);
+        let quiet = noisy::Load {
+            token: quiet_token,
+            per_sec: 200,
+            duration,
+        };
+        let flood = noisy::Load {
+            token: noisy_token,
+            per_sec: 2000,
+            duration,
+        };
+        // Warm up the client's connections and Herald's caches.
+        let warm = noisy::Load {
             duration: Duration::from_secs(1),
             ..quiet.clone()
-        },
-        "warm",
-    )
-    .await;
-    let report = noisy::run(&client, &app.base, &quiet, &flood, (limit, burst)).await;
+        };
+        noisy::send(&client, &app.base, &warm, "warm").await;
+        let report = noisy::run(&client, &app.base, &quiet, &flood, (limit, burst)).await;
+        rounds.push(serde_json::to_value(report).unwrap());
+    }
     app.stop().await;
-    let mut value = serde_json::to_value(report).unwrap();
-    value["noisy_limit"] = json!({"per_sec": limit, "burst": burst});
-    value
+    let sorted = |field: &str| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| r[field].as_f64().unwrap()).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let p99_ratios = sorted("p99_ratio");
+    let rate_ratios = sorted("admitted_rate_ratio");
+    json!({
+        "noisy_limit": {"per_sec": limit, "burst": burst},
+        "median_p99_ratio": p99_ratios[p99_ratios.len() / 2],
+        "lowest_admitted_rate_ratio": rate_ratios[0],
+        "rounds": rounds,
+    })
 }
 
 #[tokio::main]
@@ -342,6 +395,10 @@ async fn main() {
     let redis = RedisServer::start();
     let mut out = json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        // Other work on the machine while this ran (1, 5, 15 minutes).
+        "load_average": std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
     });
     if wanted("scripts") {
         out["scripts"] = scripts_cost(&redis).await;

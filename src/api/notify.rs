@@ -89,6 +89,7 @@ pub async fn broadcast(
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let mut conn = state.redis.get();
     let limits = state.limits_of(&mut conn, &tenant).await?;
+    admission::still_refused(&state.limits, &tenant, RateClass::Notify, &limits)?;
     let body = read_notify_body(&state, &req, payload, &limits).await?;
     let partition = state.keys.partition_of(&tenant, &event);
     let ct = content_type_json(&req);
@@ -154,6 +155,7 @@ pub async fn lookback(
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let mut conn = state.redis.get();
     let limits = state.limits_of(&mut conn, &tenant).await?;
+    admission::still_refused(&state.limits, &tenant, RateClass::Notify, &limits)?;
     let body = read_notify_body(&state, &req, payload, &limits).await?;
     let settings = &state.settings;
     let partition = state.keys.partition_of(&tenant, &event);

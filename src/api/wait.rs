@@ -169,6 +169,9 @@ pub async fn wait(
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let settings = &state.settings;
+    let mut conn = state.redis.get();
+    let limits = state.limits_of(&mut conn, &tenant).await?;
+    admission::still_refused(&state.limits, &tenant, RateClass::Wait, &limits)?;
     let raw = read_body(&req, payload, settings.server.max_body_bytes).await?;
     let json: Value = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
@@ -191,8 +194,6 @@ pub async fn wait(
         body.get("timeoutHeaders").unwrap_or(&Value::Null),
     )?;
     let mut headers = HeaderMap::from_json("headers", body.get("headers").unwrap_or(&Value::Null))?;
-    let mut conn = state.redis.get();
-    let limits = state.limits_of(&mut conn, &tenant).await?;
     let (timeout_ms, timeout_text) = timeout_ms(
         body,
         settings.default_timeout_ms(),

@@ -64,8 +64,9 @@ pub fn refused(
     LimitError::rate_limited(tenant, class, rate, refusal)
 }
 
-/// A refusal this process remembers (see [`LimitsCache::refusal`]).
-fn still_refused(
+/// A refusal this process remembers (see [`LimitsCache::refusal`]): handlers check it
+/// first, so a flood over its limit is refused before its body is even read.
+pub fn still_refused(
     cache: &LimitsCache,
     tenant: &TenantName,
     class: RateClass,
