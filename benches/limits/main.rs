@@ -7,6 +7,8 @@
 //! cargo bench --bench limits -- scripts      # or: http, noisy
 //! ```
 //!
+//! `cargo test --all-targets` runs it too, as a quick smoke run (see [`Size`]).
+//!
 //! - `scripts`: the operation scripts against Redis directly, per request shape:
 //!   no limit checks, checks folded into the script (standalone Redis), and the Redis
 //!   Cluster way (`rate_limit.lua` and the other partitions' counts, then the script).
@@ -138,12 +140,38 @@ fn best(runs: &[Value]) -> Value {
     best
 }
 
-const OPS: usize = 40_000;
 const CONCURRENCY: usize = 32;
-/// Every measurement is repeated, interleaved with the others.
-const ROUNDS: usize = 5;
 
-async fn scripts_cost(redis: &RedisServer) -> Value {
+/// How much to run: `cargo bench` passes `--bench` (the full run); `cargo test
+/// --all-targets` runs this binary without it, and then a small smoke run only checks
+/// that the benchmark still works.
+#[derive(Clone, Copy)]
+struct Size {
+    /// Script calls per measurement.
+    ops: usize,
+    /// HTTP requests per measurement.
+    requests: usize,
+    /// Every measurement is repeated, interleaved with the others.
+    rounds: usize,
+    /// Length of each noisy-neighbour phase.
+    phase: Duration,
+}
+
+const FULL: Size = Size {
+    ops: 40_000,
+    requests: 20_000,
+    rounds: 5,
+    phase: Duration::from_secs(5),
+};
+
+const SMOKE: Size = Size {
+    ops: 320,
+    requests: 320,
+    rounds: 1,
+    phase: Duration::from_millis(500),
+};
+
+async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
     let settings = test_settings(&redis.url());
     let pool = RedisPool::open(&settings.redis).unwrap();
     let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
@@ -247,12 +275,12 @@ async fn scripts_cost(redis: &RedisServer) -> Value {
         }
     };
     let (mut notifies, mut waits) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
-    for _ in 0..ROUNDS {
-        let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
+    for _ in 0..size.rounds {
+        let run = |op| with_redis_time(&pool, measure(size.ops, CONCURRENCY, op));
         notifies[0].push(run(notify(false, false)).await);
         notifies[1].push(run(notify(true, false)).await);
         notifies[2].push(run(notify(false, true)).await);
-        let run = |op| with_redis_time(&pool, measure(OPS, CONCURRENCY, op));
+        let run = |op| with_redis_time(&pool, measure(size.ops, CONCURRENCY, op));
         waits[0].push(run(wait("none")).await);
         waits[1].push(run(wait("folded")).await);
         waits[2].push(run(wait("separate")).await);
@@ -260,7 +288,7 @@ async fn scripts_cost(redis: &RedisServer) -> Value {
     let [notify_none, notify_folded, notify_separate] = notifies.map(|r| best(&r));
     let [wait_none, wait_folded, wait_separate] = waits.map(|r| best(&r));
     json!({
-        "ops": OPS,
+        "ops": size.ops,
         "concurrency": CONCURRENCY,
         "notify": {
             "no_checks": notify_none,
@@ -279,7 +307,7 @@ async fn scripts_cost(redis: &RedisServer) -> Value {
     })
 }
 
-async fn http_cost(redis: &RedisServer) -> Value {
+async fn http_cost(redis: &RedisServer, size: Size) -> Value {
     let mut apps = Vec::new();
     for limited in [false, true] {
         let mut settings = test_settings(&redis.url());
@@ -304,12 +332,12 @@ async fn http_cost(redis: &RedisServer) -> Value {
         }
     }
     let mut results = [vec![], vec![]];
-    for round in 0..ROUNDS {
+    for round in 0..size.rounds {
         for (app, runs) in apps.iter().zip(results.iter_mut()) {
             if round == 0 {
-                measure(2_000, CONCURRENCY, op(app)).await; // warm up connections, caches
+                measure(size.requests / 10, CONCURRENCY, op(app)).await; // warm up
             }
-            runs.push(measure(20_000, CONCURRENCY, op(app)).await);
+            runs.push(measure(size.requests, CONCURRENCY, op(app)).await);
         }
     }
     for app in apps {
@@ -317,7 +345,7 @@ async fn http_cost(redis: &RedisServer) -> Value {
     }
     let [off, on] = results.map(|r| best(&r));
     json!({
-        "requests": 20_000,
+        "requests": size.requests,
         "concurrency": CONCURRENCY,
         "notify_limits_off": off,
         "notify_limits_on": on,
@@ -325,7 +353,7 @@ async fn http_cost(redis: &RedisServer) -> Value {
     })
 }
 
-async fn noisy_neighbour(redis: &RedisServer) -> Value {
+async fn noisy_neighbour(redis: &RedisServer, size: Size) -> Value {
     let mut settings = test_settings(&redis.url());
     settings.server.auth_cache_ms = 5000;
     let app = TestApp::start_role(settings, Role::Api).await;
@@ -335,7 +363,7 @@ async fn noisy_neighbour(redis: &RedisServer) -> Value {
         .build()
         .unwrap();
     let mut rounds = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..size.rounds {
         // Fresh tenants each round: full buckets.
         let quiet_token = app.tenant_token(&format!("quiet{round}")).await;
         let noisy_tenant = format!("noisy{round}");
@@ -349,7 +377,7 @@ async fn noisy_neighbour(redis: &RedisServer) -> Value {
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        let duration = Duration::from_secs(5);
+        let duration = size.phase;
         let quiet = noisy::Load {
             token: quiet_token,
             per_sec: 200,
@@ -362,7 +390,7 @@ async fn noisy_neighbour(redis: &RedisServer) -> Value {
         };
         // Warm up the client's connections and Herald's caches.
         let warm = noisy::Load {
-            duration: Duration::from_secs(1),
+            duration: size.phase / 5,
             ..quiet.clone()
         };
         noisy::send(&client, &app.base, &warm, "warm").await;
@@ -387,13 +415,17 @@ async fn noisy_neighbour(redis: &RedisServer) -> Value {
 
 #[tokio::main]
 async fn main() {
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let size = if args.iter().any(|a| a == "--bench") {
+        FULL
+    } else {
+        SMOKE
+    };
+    let only: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o.as_str() == name);
     let redis = RedisServer::start();
     let mut out = json!({
+        "smoke_run_only": size.rounds == SMOKE.rounds,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         // Other work on the machine while this ran (1, 5, 15 minutes).
         "load_average": std::fs::read_to_string("/proc/loadavg")
@@ -401,13 +433,13 @@ async fn main() {
             .unwrap_or_default(),
     });
     if wanted("scripts") {
-        out["scripts"] = scripts_cost(&redis).await;
+        out["scripts"] = scripts_cost(&redis, size).await;
     }
     if wanted("http") {
-        out["http"] = http_cost(&redis).await;
+        out["http"] = http_cost(&redis, size).await;
     }
     if wanted("noisy") {
-        out["noisy_neighbour"] = noisy_neighbour(&redis).await;
+        out["noisy_neighbour"] = noisy_neighbour(&redis, size).await;
     }
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }

@@ -109,6 +109,30 @@ async fn the_rate_limit_holds_across_two_api_replicas() {
 }
 
 #[tokio::test]
+async fn the_waiter_quota_holds_across_two_api_replicas() {
+    let redis = RedisServer::start();
+    let first = TestApp::start_role(settings(&redis), Role::Api).await;
+    let second = first.replica(Role::Api).await;
+    set_limits(&first, "acme", json!({"active_waiters": 20})).await;
+    // 60 waits at once on 60 events (spread over the partitions), half on each replica.
+    let waits = (0..60).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        async move {
+            app.wait(&format!("q-{i}"), json!({"url": "http://127.0.0.1:9/w"}))
+                .await
+        }
+    });
+    let replies = join_all(waits).await;
+    let admitted = replies.iter().filter(|(s, _)| *s == 200).count();
+    let refused = replies.iter().filter(|(s, _)| *s == 422).count();
+    assert_eq!((admitted, refused), (20, 40), "{replies:?}");
+    let usage = first.get("/admin/tenants/acme/usage", ADMIN).await.1;
+    assert_eq!(usage["activeWaiters"], 20, "{usage}");
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_request_changes_nothing_and_leaves_other_classes_and_tenants_alone() {
     let redis = RedisServer::start();
     let app = TestApp::start(settings(&redis)).await;
