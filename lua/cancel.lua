@@ -8,7 +8,8 @@ of those events (removes their state). The tombstone closes the race with a conc
 KEYS[1] run events     (SET)    event ids the run has state for in this partition
 KEYS[2] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
 KEYS[3] cancelled      (STRING) tombstone of the run
-KEYS[4..] pairs: event waiters (HASH), saved (LIST), one pair per ARGV event id
+KEYS[4] waiter count   (STRING) the tenant's waiters registered in this partition
+KEYS[5..] pairs: event waiters (HASH), saved (LIST), one pair per ARGV event id
 
 ARGV[1] tenant
 ARGV[2] run id
@@ -17,17 +18,19 @@ ARGV[4..] event ids matching the KEYS pairs
 
 Returns {waitersRemoved, savedRemoved, eventId1, eventId2, ...} where the event ids are the
 run's remaining events in this partition (the second call returns none).
+
+Invariants: the waiters removed leave the tenant's count (KEYS[4]) in the same script.
 ]]
 local rcall = redis.call
-local run_key, deadlines_key, cancelled_key = KEYS[1], KEYS[2], KEYS[3]
+local run_key, deadlines_key, cancelled_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local tenant, run, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 rcall('SET', cancelled_key, '1', 'PX', ttl)
 local waiters, saved = 0, 0
 for i = 4, #ARGV do
   local event = ARGV[i]
-  local ev_key = KEYS[4 + (i - 4) * 2]
-  local saved_key = KEYS[5 + (i - 4) * 2]
+  local ev_key = KEYS[5 + (i - 4) * 2]
+  local saved_key = KEYS[6 + (i - 4) * 2]
   local cursor = '0'
   for _ = 1, 10000 do
     local res = rcall('HSCAN', ev_key, cursor, 'MATCH', run .. '|*', 'COUNT', 1000)
@@ -44,6 +47,7 @@ for i = 4, #ARGV do
   rcall('DEL', saved_key)
   rcall('SREM', run_key, event)
 end
+count_waiters(count_key, -waiters)
 local out = {waiters, saved}
 local rest = rcall('SMEMBERS', run_key)
 for i = 1, #rest do out[#out + 1] = rest[i] end

@@ -7,7 +7,8 @@ notified meanwhile, or whose deadline is not reached by Redis' clock, is left al
 
 KEYS[1] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
 KEYS[2] deliveries     (STREAM) delivery jobs of the partition
-KEYS[3..] event waiters (HASH) of each candidate, in ARGV order
+KEYS[3..] per candidate, in ARGV order, 2 keys: event waiters (HASH), and the count of
+          its tenant's waiters in this partition (STRING)
 
 ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
 ARGV[2..] per candidate, 5 values: member, field, tenant, event id, trace context
@@ -17,7 +18,8 @@ Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed 
 
 Invariants: ZREM decides: a waiter is timed out only if it was still in the deadline set,
 and notify removes it from that set in its own atomic script, so event xor timeout (I1).
-Two schedulers running this for the same candidates fire each waiter once.
+Two schedulers running this for the same candidates fire each waiter once. A waiter timed
+out leaves its tenant's count in the same script.
 ]]
 local rcall = redis.call
 local deadlines_key, stream_key = KEYS[1], KEYS[2]
@@ -30,13 +32,14 @@ for i = 1, n do
   local base = 1 + (i - 1) * 5
   local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local trace = ARGV[base + 5]
-  local ev_key = KEYS[2 + i]
+  local ev_key, count_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   local score = rcall('ZSCORE', deadlines_key, member)
   if score and tonumber(score) <= now_ms then
     rcall('ZREM', deadlines_key, member)
     local waiter = rcall('HGET', ev_key, field)
     if waiter then
       rcall('HDEL', ev_key, field)
+      count_waiters(count_key, -1)
       local job = '{"m":"' .. msg_base .. i .. '","k":"timeout","t":"' .. tenant .. '","e":"' .. event
         .. '","n":' .. score .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":null,"w":' .. waiter .. '}'
       rcall('XADD', stream_key, '*', 'j', job, 'b', '')

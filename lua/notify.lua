@@ -4,6 +4,8 @@ notify: broadcast an event to the waiters present now (take them, enqueue one de
 KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
 KEYS[2] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
 KEYS[3] deliveries     (STREAM) delivery jobs of the partition
+KEYS[4] waiter count   (STRING) the tenant's waiters registered in this partition
+KEYS[5] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[8] > 0
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -12,18 +14,30 @@ ARGV[4] content type     as a JSON string literal (e.g. "\"text/plain\"" or null
 ARGV[5] message id base  unique per call; the i-th delivery gets "<base><i>"
 ARGV[6] limit            most waiters taken by this call
 ARGV[7] trace context    W3C traceparent of the request ("" for none), kept with each delivery
+ARGV[8] rate             the tenant's notify requests per second (0 = not checked here; a
+                         broadcast checks it in its first call only)
+ARGV[9] burst            notify requests allowed at once
 
 Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
 how many were left for a further call (large fan-outs are taken in bounded batches).
+Or {"limited", remaining, resetMs, retryAfterMs}: over the notify rate limit, nothing taken.
 
 Invariants: each waiter taken is removed from the hash and the deadline set in the same
-script that enqueues its delivery, so it can never also time out (I1). Running the script
-again after a lost reply finds the taken waiters gone and enqueues nothing twice.
+script that enqueues its delivery, so it can never also time out (I1), and leaves the
+tenant's count (KEYS[4]). Running the script again after a lost reply finds the taken
+waiters gone and enqueues nothing twice.
 ]]
 local rcall = redis.call
 local ev_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
 local tenant, event, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local msg_base, limit, trace = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local count_key, bucket_key = KEYS[4], KEYS[5]
+local rate, burst = tonumber(ARGV[8]), tonumber(ARGV[9])
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local refused = rate_refusal(bucket_key, rate, burst, t)
+if refused then return refused end
 
 local count = rcall('HLEN', ev_key)
 if count == 0 then return {0} end
@@ -44,8 +58,6 @@ else
   until cursor == '0' or #pairs_list >= 2 * limit
 end
 
-local t = rcall('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {0}
 local taken = 0
 for i = 1, #pairs_list, 2 do
@@ -61,5 +73,6 @@ for i = 1, #pairs_list, 2 do
   out[#out + 1] = waiter
   out[#out + 1] = msg
 end
+count_waiters(count_key, -taken)
 out[1] = count - taken
 return out

@@ -8,6 +8,8 @@ KEYS[4] deliveries     (STREAM) delivery jobs of the partition
 KEYS[5] op             (STRING) idempotency record of this notify (unused when ARGV[8] is 0)
 KEYS[6] run events     (SET)    event ids the run has state for in this partition
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run
+KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
+KEYS[9] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[11] > 0
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -20,12 +22,15 @@ ARGV[8] op ttl           seconds the idempotency record is kept; 0 = keep none (
                          no Idempotency-Key, so no client retry can name it again)
 ARGV[9] max saved        most saved notifications per (run, event) (0 = unlimited)
 ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with each delivery
+ARGV[11] rate            the tenant's notify requests per second (0 = not checked here)
+ARGV[12] burst           notify requests allowed at once
 
 Returns one of
   {"delivered", field1, waiterJSON1, messageId1, ...}   the run's waiters were taken
   {"saved", messageId}                                  nobody of the run waits: saved FIFO
   {"cancelled"}                                         the run was cancelled; nothing written
   {"full", count}                                       the saved quota is reached; nothing written
+  {"limited", remaining, resetMs, retryAfterMs}         over the notify rate limit; nothing written
 
 Invariants: delivered xor saved, in one script, so a concurrent wait of the run either sees
 the saved item or is notified (no lost event in either order). A retried call (same op
@@ -38,6 +43,13 @@ local tenant, event, run, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local msg_base, saved_ttl = ARGV[6], tonumber(ARGV[7])
 local op_ttl, max_saved = tonumber(ARGV[8]), tonumber(ARGV[9])
 local trace = ARGV[10]
+local count_key, bucket_key = KEYS[8], KEYS[9]
+local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local refused = rate_refusal(bucket_key, rate, burst, t)
+if refused then return refused end
 
 if op_ttl > 0 then
   local prev = rcall('GET', op_key)
@@ -49,9 +61,6 @@ local function remember(reply)
   if op_ttl > 0 then rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl) end
   return reply
 end
-
-local t = rcall('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- The run's waiters: fields "<run>|*". Run ids are restricted to [A-Za-z0-9._:-], so
 -- they hold no glob characters.
@@ -81,6 +90,7 @@ if #found > 0 then
     out[#out + 1] = waiter
     out[#out + 1] = msg
   end
+  count_waiters(count_key, -(#found / 2))
   return remember(out)
 end
 

@@ -8,6 +8,10 @@ KEYS[4] deliveries     (STREAM) delivery jobs of the partition
 KEYS[5] op             (STRING) idempotency record of this registration (unused when ARGV[7] is 0)
 KEYS[6] run events     (SET)    event ids the run has state for in this partition
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run (exists = cancelled)
+KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
+KEYS[9] rate bucket    (STRING) the tenant's wait rate limit (GCRA); only read when ARGV[11] > 0
+KEYS[10..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
+                                (standalone Redis; on a cluster the caller counts them: ARGV[14])
 
 ARGV[1] field            "<runId>|<waiterId>" (runId empty for plain waiters)
 ARGV[2] waiter JSON      object without "deadline"/"createdAt" (appended here, from TIME)
@@ -20,16 +24,23 @@ ARGV[7] op ttl           seconds the idempotency record is kept; 0 = keep none (
 ARGV[8] run ttl          milliseconds the run-events set is kept at least
 ARGV[9] max waiters      per event id (0 = unlimited)
 ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with the delivery
+ARGV[11] rate            the tenant's wait requests per second (0 = not checked here)
+ARGV[12] burst           wait requests allowed at once
+ARGV[13] max active      waiters per tenant in all partitions (0 = unlimited)
+ARGV[14] active elsewhere waiters the caller counted in other partitions (cluster), else 0
 
 Returns one of
   {"waiting",  waiterJSON}                  registered (or already registered: same reply)
   {"consumed", messageId, waiterJSON}       a saved notification was taken and a delivery enqueued
   {"cancelled"}                             the run was cancelled; nothing written
   {"full", count}                           the event already has max waiters; nothing written
+  {"tenant_full", count}                    the tenant already has max active waiters; nothing written
+  {"limited", remaining, resetMs, retryAfterMs}  over the wait rate limit; nothing written
 
-Invariants: a saved notification is taken by at most one wait (LPOP, I3); a registration
-and its deadline are written together; a retried call (same op key) changes nothing and
-returns the first reply.
+Invariants: a saved notification is taken by at most one wait (LPOP, I3); a registration,
+its deadline and its count in KEYS[8] are written together; a retried call (same op key)
+changes nothing and returns the first reply; a refused call writes nothing but the rate
+bucket of an admitted request.
 ]]
 local rcall = redis.call
 local ev_key, saved_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -38,15 +49,20 @@ local field, waiter, timeout_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tenant, event, run = ARGV[4], ARGV[5], ARGV[6]
 local op_ttl, run_ttl, max_waiters = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local trace = ARGV[10]
+local count_key, bucket_key = KEYS[8], KEYS[9]
+local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
+local max_active, active_elsewhere = tonumber(ARGV[13]), tonumber(ARGV[14])
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local refused = rate_refusal(bucket_key, rate, burst, t)
+if refused then return refused end
 
 if op_ttl > 0 then
   local prev = rcall('GET', op_key)
   if prev then return cjson.decode(prev) end
 end
 if run ~= '' and rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
-
-local t = rcall('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline_ms = now_ms + timeout_ms
 local full = string.sub(waiter, 1, -2) .. ',"deadline":' .. math.floor(deadline_ms / 1000)
   .. ',"createdAt":' .. now_ms .. '}'
@@ -79,12 +95,21 @@ if run ~= '' then
   end
 end
 
-if max_waiters > 0 and rcall('HEXISTS', ev_key, field) == 0 then
-  local count = rcall('HLEN', ev_key)
-  if count >= max_waiters then return {'full', count} end
+if rcall('HEXISTS', ev_key, field) == 0 then
+  if max_waiters > 0 then
+    local count = rcall('HLEN', ev_key)
+    if count >= max_waiters then return {'full', count} end
+  end
+  if max_active > 0 then
+    local total = active_elsewhere
+    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 10))) do
+      total = total + (tonumber(n) or 0)
+    end
+    if total >= max_active then return {'tenant_full', total} end
+  end
 end
 
-rcall('HSET', ev_key, field, full)
+count_waiters(count_key, rcall('HSET', ev_key, field, full))
 rcall('ZADD', deadlines_key, deadline_ms, tenant .. '|' .. field .. '|' .. event)
 if run ~= '' then
   rcall('SADD', run_key, event)

@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::delivery::http::Sender;
 use crate::delivery::ip_policy::IpPolicy;
 use crate::delivery::Deliverer;
+use crate::limits::cache::LimitsCache;
 use crate::scheduler::Scheduler;
 use crate::store::{self, Keys, RedisPool};
 
@@ -81,6 +82,7 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     crate::telemetry::metrics::handle();
     let state = Arc::new(AppState {
         auth: TokenCache::new(Duration::from_millis(settings.server.auth_cache_ms)),
+        limits: LimitsCache::new(Duration::from_millis(settings.limits.cache_ms)),
         settings: settings.clone(),
         redis: redis.clone(),
         keys: keys.clone(),

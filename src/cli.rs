@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, Role};
 use crate::config::Settings;
 use crate::domain::TenantName;
+use crate::limits::{Limits, Overrides};
+use crate::store::limits as stored_limits;
 use crate::store::tenants;
 
 #[derive(Parser)]
@@ -71,6 +73,18 @@ pub enum TenantCommand {
     RotateToken { name: String },
     /// Revoke a tenant's token (through /admin only).
     RevokeToken { name: String },
+    /// Show a tenant's limits (default or overridden), or change its overrides.
+    Limits {
+        name: String,
+        /// Override a limit for this tenant (repeatable), e.g. --set notify_per_sec=50.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Remove an override: the limit goes back to the configured default (repeatable).
+        #[arg(long = "unset", value_name = "NAME")]
+        unset: Vec<String>,
+    },
+    /// Show what a tenant uses now: its active waiters and what is left of each rate.
+    Usage { name: String },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -84,12 +98,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             use crate::remote::TenantAction;
             let action = match &command {
-                TenantCommand::Create { name } => TenantAction::Create(name),
-                TenantCommand::List => TenantAction::List,
-                TenantCommand::RotateToken { name } => TenantAction::RotateToken(name),
-                TenantCommand::RevokeToken { name } => TenantAction::RevokeToken(name),
+                TenantCommand::Create { name } => Some(TenantAction::Create(name)),
+                TenantCommand::List => Some(TenantAction::List),
+                TenantCommand::RotateToken { name } => Some(TenantAction::RotateToken(name)),
+                TenantCommand::RevokeToken { name } => Some(TenantAction::RevokeToken(name)),
+                // Limits and usage are read and written in the configured Redis directly.
+                TenantCommand::Limits { .. } | TenantCommand::Usage { .. } => None,
             };
-            return Ok(crate::remote::tenant(action, &target).await?);
+            match action {
+                Some(action) => return Ok(crate::remote::tenant(action, &target).await?),
+                None => Cli {
+                    command: Command::Tenant {
+                        redis: true,
+                        target,
+                        command,
+                    },
+                    ..cli
+                },
+            }
         }
         command => Cli { command, ..cli },
     };
@@ -161,6 +187,62 @@ async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<(
                 TenantCommand::RevokeToken { .. } => anyhow::bail!(
                     "revoke-token works through /admin only: drop --redis and set HERALD_ADMIN_TOKEN"
                 ),
+                TenantCommand::Limits { name, set, unset } => {
+                    let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!(e.0))?;
+                    let defaults = &settings.limits.defaults;
+                    let caps = settings.limit_caps();
+                    let set = Overrides::from_pairs(&set, defaults, &caps)
+                        .map_err(|e| anyhow::anyhow!(e.0))?;
+                    if let Some(bad) = unset.iter().find(|n| !Limits::NAMES.contains(&n.as_str())) {
+                        anyhow::bail!(
+                            "unknown limit {bad:?}; the limits are {}",
+                            Limits::NAMES.join(", ")
+                        );
+                    }
+                    if !set.0.is_empty() || !unset.is_empty() {
+                        stored_limits::update_overrides(&mut conn, &keys, &name, &set, &unset)
+                            .await
+                            .context("changing the limits")?;
+                    }
+                    stored_limits::require_tenant(&mut conn, &keys, &name).await?;
+                    let overrides = stored_limits::overrides(&mut conn, &keys, &name).await?;
+                    let limits = defaults.with_overrides(&overrides, &caps);
+                    for limit in Limits::NAMES {
+                        let origin = if overrides.0.contains_key(limit) {
+                            "override"
+                        } else {
+                            "default"
+                        };
+                        println!("{limit:<20} {:<12} {origin}", limits.text(limit));
+                    }
+                }
+                TenantCommand::Usage { name } => {
+                    let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!(e.0))?;
+                    let usage = stored_limits::usage(&mut conn, &keys, &name).await?;
+                    let overrides = stored_limits::overrides(&mut conn, &keys, &name).await?;
+                    let limits = settings
+                        .limits
+                        .defaults
+                        .with_overrides(&overrides, &settings.limit_caps());
+                    println!(
+                        "active_waiters       {} of {}",
+                        usage.active_waiters, limits.active_waiters
+                    );
+                    for (class, tat) in usage.buckets {
+                        match limits.rate(class) {
+                            Some(rate) => {
+                                let (remaining, _) = rate.state_at(tat, usage.now_us);
+                                println!(
+                                    "{:<20} {remaining} of {} left ({}/s)",
+                                    format!("{class}_rate"),
+                                    rate.burst,
+                                    rate.per_sec
+                                );
+                            }
+                            None => println!("{:<20} unlimited", format!("{class}_rate")),
+                        }
+                    }
+                }
             }
             Ok(())
         }

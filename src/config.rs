@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::delivery::ip_policy::Cidr;
 use crate::domain::parse_duration;
+use crate::limits::Limits;
 
 /// The documented defaults, the base layer of every configuration.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -24,6 +25,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub history: HistorySettings,
     pub telemetry: TelemetrySettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +94,14 @@ pub struct DeliverySettings {
 pub struct SchedulerSettings {
     pub tick_ms: u64,
     pub batch: usize,
+}
+
+/// Every tenant's limits unless overridden (`/admin/tenants/{name}/limits`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    #[serde(flatten)]
+    pub defaults: Limits,
+    pub cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +212,9 @@ impl Settings {
         if let Err(e) = self.allow_cidrs() {
             return invalid("delivery.allow_cidrs", e);
         }
+        if let Err(e) = self.limits.defaults.validate(&self.limit_caps()) {
+            return invalid("limits", e.to_string());
+        }
         Ok(())
     }
 
@@ -240,6 +253,14 @@ impl Settings {
 
     pub fn max_timeout_ms(&self) -> u64 {
         parse_duration(&self.waiters.max_timeout).unwrap_or(365 * 86_400_000)
+    }
+
+    /// The server-wide caps no tenant limit may exceed.
+    pub fn limit_caps(&self) -> crate::limits::Caps {
+        crate::limits::Caps {
+            max_body_bytes: self.server.max_body_bytes as u64,
+            max_timeout_ms: self.max_timeout_ms(),
+        }
     }
 
     pub fn allow_cidrs(&self) -> Result<Vec<Cidr>, String> {

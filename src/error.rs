@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::InvalidInput;
+use crate::limits::LimitError;
 use crate::store::tenants::TenantError;
 use crate::store::StoreError;
 
@@ -26,6 +27,20 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     Unprocessable(String),
+    /// A tenant quota on the body size (the server-wide cap is `PayloadTooLarge`).
+    #[error("{0}")]
+    BodyQuota(String),
+    /// Over a tenant rate limit: 429 with the headers the Upstash SDKs read.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// Requests allowed at once (`Burst-RateLimit-Limit`).
+        limit: u32,
+        remaining: u64,
+        /// When the bucket is full again, unix seconds (`Burst-RateLimit-Reset`).
+        reset_secs: u64,
+        retry_after_secs: u64,
+    },
     #[error("storage is unavailable, try again")]
     Unavailable,
     /// Details go to the log only.
@@ -49,6 +64,8 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BodyQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -56,8 +73,24 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable) {
-            response.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::Unavailable => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            ApiError::RateLimited {
+                limit,
+                remaining,
+                reset_secs,
+                retry_after_secs,
+                ..
+            } => {
+                response
+                    .insert_header(("Burst-RateLimit-Limit", limit.to_string()))
+                    .insert_header(("Burst-RateLimit-Remaining", remaining.to_string()))
+                    .insert_header(("Burst-RateLimit-Reset", reset_secs.to_string()))
+                    .insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            _ => {}
         }
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
             response.insert_header(("Allow", allowed.as_str()));
@@ -83,6 +116,24 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %other, "storage error");
                 ApiError::Internal(other.to_string())
             }
+        }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::RateLimited { burst, refusal, .. } => ApiError::RateLimited {
+                message: e.to_string(),
+                limit: burst,
+                remaining: refusal.remaining,
+                reset_secs: refusal.reset_ms.div_ceil(1000),
+                // Whole seconds, rounded up: a client waiting this long is admitted.
+                retry_after_secs: refusal.retry_after_ms.div_ceil(1000).max(1),
+            },
+            LimitError::Quota { .. } => ApiError::Unprocessable(e.to_string()),
+            LimitError::BodyTooLarge { .. } => ApiError::BodyQuota(e.to_string()),
+            LimitError::Store(s) => s.into(),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`delivery`] — stream consumers and crash recovery, the guarded HTTP client, signing,
 //!   retry schedule, per-tenant fairness ([`delivery::fairness`]).
 //! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
+//! - [`limits`] — per-tenant rate limits and quotas, and how a request is admitted.
 //! - [`telemetry`] — logs, OpenTelemetry traces (OTLP) and Prometheus metrics.
 //! - [`history`] — the recent outcomes of each event, for "why did my run not resume?".
 //! - [`remote`] — the `herald` commands that talk to a running Herald over HTTP.
@@ -37,6 +38,7 @@ pub mod dev;
 pub mod domain;
 pub mod error;
 pub mod history;
+pub mod limits;
 pub mod remote;
 pub mod scheduler;
 pub mod store;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use herald::api::wait::random_id;
 use herald::domain::{EventId, HeaderMap, TenantName};
 use herald::store::keys::{deadline_member, waiter_field};
-use herald::store::scripts::{self, NotifyArgs, WaitArgs, WaitReply};
+use herald::store::scripts::{self, ActiveQuota, NotifyArgs, NotifyReply, WaitArgs, WaitReply};
 use herald::store::{Keys, RedisPool};
 use herald::waiter::Waiter;
 use serde_json::{json, Value};
@@ -727,6 +727,12 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         run_ttl_ms: 0,
                         max_waiters: 0,
                         trace: "",
+                        rate: None,
+                        active: ActiveQuota {
+                            max: 0,
+                            summed: &[],
+                            counted_elsewhere: 0,
+                        },
                     },
                 )
                 .await?;
@@ -762,14 +768,14 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         message_id_base: &format!("msg_{}_", random_id(20)),
                         limit: 500,
                         trace: "",
+                        rate: None,
                     },
                 )
                 .await?;
-                anyhow::ensure!(
-                    reply.taken.len() == 1,
-                    "notify took {} waiters",
-                    reply.taken.len()
-                );
+                let NotifyReply::Taken { taken, .. } = reply else {
+                    anyhow::bail!("notify was rate limited");
+                };
+                anyhow::ensure!(taken.len() == 1, "notify took {} waiters", taken.len());
                 Ok(())
             }
         })

@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod health;
 pub mod history;
 pub mod keys;
+pub mod limits;
 pub mod notify;
 pub mod observe;
 pub mod openapi;
@@ -30,6 +31,34 @@ pub struct AppState {
     pub redis: RedisPool,
     pub keys: Keys,
     pub auth: auth::TokenCache,
+    pub limits: crate::limits::cache::LimitsCache,
+}
+
+impl AppState {
+    /// The tenant's effective limits (cached for `limits.cache_ms`).
+    pub async fn limits_of(
+        &self,
+        conn: &mut crate::store::Conn,
+        tenant: &crate::domain::TenantName,
+    ) -> Result<Arc<crate::limits::Limits>, ApiError> {
+        Ok(self
+            .limits
+            .get(conn, &self.keys, &self.settings, tenant)
+            .await?)
+    }
+
+    /// Checks a request's rate limit on its own (routes without a script of their own).
+    pub async fn check_rate(
+        &self,
+        conn: &mut crate::store::Conn,
+        tenant: &crate::domain::TenantName,
+        class: crate::limits::RateClass,
+    ) -> Result<(), ApiError> {
+        let limits = self.limits_of(conn, tenant).await?;
+        crate::limits::admission::check_now(conn, &self.keys, &self.limits, tenant, &limits, class)
+            .await?;
+        Ok(())
+    }
 }
 
 pub type State = web::Data<Arc<AppState>>;
@@ -91,6 +120,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/admin/tenants/{name}/token",
             web::delete().to(admin::revoke_token),
         )
+        .route(
+            "/admin/tenants/{name}/limits",
+            web::get().to(limits::get_limits),
+        )
+        .route(
+            "/admin/tenants/{name}/limits",
+            web::put().to(limits::put_limits),
+        )
+        .route("/admin/tenants/{name}/usage", web::get().to(limits::usage))
         .default_service(web::to(not_found));
 }
 

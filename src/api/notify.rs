@@ -9,7 +9,8 @@ use super::{path_param, read_body, State};
 use crate::domain::{EventId, RunId, TenantName};
 use crate::error::ApiError;
 use crate::history::{Entry, Outcome};
-use crate::store::scripts::{self, NotifyArgs, NotifyRunArgs, NotifyRunReply, Taken};
+use crate::limits::{admission, LimitError, Limits, RateClass};
+use crate::store::scripts::{self, NotifyArgs, NotifyReply, NotifyRunArgs, NotifyRunReply, Taken};
 use crate::telemetry::metrics::{self, NotifyOutcome};
 use crate::waiter::{NotifyResponse, Waiter};
 
@@ -93,6 +94,27 @@ fn responses(taken: &[Taken], waiters: &[Waiter]) -> Result<HttpResponse, ApiErr
         .json(body))
 }
 
+/// Reads a notify body up to the server's cap and the tenant's `notify_body_bytes`.
+async fn read_notify_body(
+    state: &State,
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: &Limits,
+) -> Result<web::Bytes, ApiError> {
+    let server_max = state.settings.server.max_body_bytes;
+    let quota = usize::try_from(limits.notify_body_bytes).unwrap_or(usize::MAX);
+    if quota >= server_max {
+        return read_body(req, payload, server_max).await;
+    }
+    read_body(req, payload, quota).await.map_err(|e| match e {
+        ApiError::PayloadTooLarge(_) => LimitError::BodyTooLarge {
+            limit: limits.notify_body_bytes,
+        }
+        .into(),
+        other => other,
+    })
+}
+
 pub async fn broadcast(
     state: State,
     Tenant(tenant): Tenant,
@@ -100,13 +122,25 @@ pub async fn broadcast(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
-    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let mut conn = state.redis.get();
+    let limits = state.limits_of(&mut conn, &tenant).await?;
+    admission::still_refused(&state.limits, &tenant, RateClass::Notify, &limits)?;
+    let body = read_notify_body(&state, &req, payload, &limits).await?;
     let partition = state.keys.partition_of(&tenant, &event);
     let ct = content_type_json(&req);
     let traceparent = super::observe::job_traceparent(&req);
-    let mut conn = state.redis.get();
+    let admitted = admission::admit(
+        &mut conn,
+        &state.keys,
+        &state.limits,
+        &tenant,
+        &limits,
+        RateClass::Notify,
+        None,
+    )
+    .await?;
     let mut taken = Vec::new();
-    for _ in 0..MAX_BATCHES {
+    for batch in 0..MAX_BATCHES {
         let base = message_id_base();
         let reply = scripts::notify(
             &mut conn,
@@ -119,12 +153,27 @@ pub async fn broadcast(
                 message_id_base: &base,
                 limit: state.settings.waiters.notify_batch,
                 trace: &traceparent,
+                // The request is admitted once, by its first call.
+                rate: admitted.rate.as_ref().filter(|_| batch == 0),
             },
         )
         .await?;
-        let progressed = !reply.taken.is_empty();
-        taken.extend(reply.taken);
-        if reply.remaining <= 0 || !progressed {
+        let (batch_taken, remaining) = match reply {
+            NotifyReply::Taken { taken, remaining } => (taken, remaining),
+            NotifyReply::Limited(refusal) => {
+                return Err(admission::refused(
+                    &state.limits,
+                    &tenant,
+                    RateClass::Notify,
+                    &limits,
+                    refusal,
+                )
+                .into())
+            }
+        };
+        let progressed = !batch_taken.is_empty();
+        taken.extend(batch_taken);
+        if remaining <= 0 || !progressed {
             break;
         }
     }
@@ -142,7 +191,10 @@ pub async fn lookback(
 ) -> Result<HttpResponse, ApiError> {
     let run = RunId::parse(path_param(&req, "runId"))?;
     let event = EventId::parse(path_param(&req, "eventId"))?;
-    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let mut conn = state.redis.get();
+    let limits = state.limits_of(&mut conn, &tenant).await?;
+    admission::still_refused(&state.limits, &tenant, RateClass::Notify, &limits)?;
+    let body = read_notify_body(&state, &req, payload, &limits).await?;
     let settings = &state.settings;
     let partition = state.keys.partition_of(&tenant, &event);
     // A client retry with the same Idempotency-Key (or Upstash-Deduplication-Id) gets the
@@ -161,7 +213,16 @@ pub async fn lookback(
             )
         });
     let base = message_id_base();
-    let mut conn = state.redis.get();
+    let admitted = admission::admit(
+        &mut conn,
+        &state.keys,
+        &state.limits,
+        &tenant,
+        &limits,
+        RateClass::Notify,
+        None,
+    )
+    .await?;
     let reply = scripts::notify_run(
         &mut conn,
         &NotifyRunArgs {
@@ -175,8 +236,9 @@ pub async fn lookback(
             message_id_base: &base,
             saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
             op_ttl_secs: settings.waiters.idempotency_ttl_secs,
-            max_saved: 0,
+            max_saved: limits.saved_per_run_event,
             trace: &super::observe::job_traceparent(&req),
+            rate: admitted.rate.as_ref(),
         },
     )
     .await?;
@@ -200,8 +262,17 @@ pub async fn lookback(
         NotifyRunReply::Cancelled => Err(ApiError::Conflict(format!(
             "run {run} was cancelled; its notifications are not kept"
         ))),
-        NotifyRunReply::Full { count } => Err(ApiError::Unprocessable(format!(
-            "quota: run {run} already has {count} saved notifications for event {event}"
-        ))),
+        NotifyRunReply::Full { count } => Err(LimitError::Quota {
+            name: "saved_per_run_event",
+            limit: limits.saved_per_run_event.to_string(),
+            detail: format!("run {run} already has {count} saved notifications for event {event}"),
+        }
+        .into()),
+        NotifyRunReply::Limited(refusal) => {
+            Err(
+                admission::refused(&state.limits, &tenant, RateClass::Notify, &limits, refusal)
+                    .into(),
+            )
+        }
     }
 }

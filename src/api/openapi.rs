@@ -57,6 +57,10 @@ fn tenant_errors(mut responses: Map<String, Value>) -> Value {
     responses.insert("401".into(), error("Missing or invalid token."));
     responses.insert("404".into(), error("Unknown route or resource."));
     responses.insert(
+        "429".into(),
+        error("The tenant's rate limit; Burst-RateLimit-* and Retry-After say when to retry."),
+    );
+    responses.insert(
         "503".into(),
         error("Redis is unavailable; retry (Retry-After)."),
     );
@@ -306,6 +310,32 @@ fn build() -> Value {
                 "security": admin_security(),
                 "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
                 "responses": admin_errors(responses(&[("204", json!({ "description": "Revoked." }))]))
+            }
+        },
+        "/admin/tenants/{name}/limits": {
+            "get": {
+                "operationId": "getTenantLimits", "tags": ["admin"],
+                "summary": "The tenant's effective limits, and which are overridden.",
+                "security": admin_security(),
+                "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
+                "responses": admin_errors(responses(&[("200", ok_json("The limits.", json!({ "type": "object" })))]))
+            },
+            "put": {
+                "operationId": "putTenantLimits", "tags": ["admin"],
+                "summary": "Set or remove (null) per-tenant overrides of limits; see the README, Limits.",
+                "security": admin_security(),
+                "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } },
+                "responses": admin_errors(responses(&[("200", ok_json("The limits now in force.", json!({ "type": "object" })))]))
+            }
+        },
+        "/admin/tenants/{name}/usage": {
+            "get": {
+                "operationId": "getTenantUsage", "tags": ["admin"],
+                "summary": "What the tenant uses now: active waiters, and what is left of each rate.",
+                "security": admin_security(),
+                "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
+                "responses": admin_errors(responses(&[("200", ok_json("The usage.", json!({ "type": "object" })))]))
             }
         }
     });

@@ -7,6 +7,7 @@ use super::auth::Tenant;
 use super::{path_param, State};
 use crate::domain::{EventId, RunId};
 use crate::error::ApiError;
+use crate::limits::RateClass;
 use crate::store::scripts;
 
 pub async fn cancel(
@@ -17,6 +18,9 @@ pub async fn cancel(
     let run = RunId::parse(path_param(&req, "runId"))?;
     let ttl_ms = state.settings.waiters.saved_ttl_secs * 1000;
     let mut conn = state.redis.get();
+    state
+        .check_rate(&mut conn, &tenant, RateClass::Wait)
+        .await?;
     let (mut waiters, mut saved) = (0, 0);
     for partition in state.keys.all_partitions() {
         // First call: tombstone (no new state for the run from now on) + list its events.

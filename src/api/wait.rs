@@ -11,6 +11,7 @@ use super::{json_ok, path_param, read_body, State};
 use crate::domain::{parse_duration, EventId, HeaderMap, RunId};
 use crate::error::ApiError;
 use crate::history::{Entry, Outcome};
+use crate::limits::{admission, LimitError, Limits, RateClass};
 use crate::store::keys::waiter_field;
 use crate::store::scripts::{self, WaitArgs, WaitReply};
 use crate::waiter::Waiter;
@@ -68,14 +69,19 @@ pub fn run_id_of(
         .transpose()
 }
 
+/// The wait's timeout: at most `waiters.max_timeout` (400 beyond) and the tenant's
+/// `max_timeout` quota (422 beyond); a wait naming none gets the default, shortened to
+/// the tenant's quota.
 fn timeout_ms(
     body: &Map<String, Value>,
     default_ms: u64,
     max_ms: u64,
     max_text: &str,
+    limits: &Limits,
 ) -> Result<(u64, String), ApiError> {
+    let quota_ms = limits.max_timeout_ms();
     let (ms, text) = match body.get("timeout") {
-        None | Some(Value::Null) => (default_ms, None),
+        None | Some(Value::Null) => (default_ms.min(quota_ms), None),
         Some(Value::String(s)) => (parse_duration(s)?, Some(s.clone())),
         Some(Value::Number(n)) => {
             let secs = n.as_u64().ok_or_else(|| {
@@ -96,6 +102,17 @@ fn timeout_ms(
         return Err(ApiError::bad(format!(
             "timeout is longer than the maximum of {max_text}"
         )));
+    }
+    if ms > quota_ms {
+        return Err(LimitError::Quota {
+            name: "max_timeout",
+            limit: limits.max_timeout.clone(),
+            detail: format!(
+                "the timeout {} is longer",
+                text.as_deref().unwrap_or_default()
+            ),
+        }
+        .into());
     }
     Ok((ms, text.unwrap_or_else(|| format!("{}s", ms / 1000))))
 }
@@ -153,6 +170,9 @@ pub async fn wait(
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
     let settings = &state.settings;
+    let mut conn = state.redis.get();
+    let limits = state.limits_of(&mut conn, &tenant).await?;
+    admission::still_refused(&state.limits, &tenant, RateClass::Wait, &limits)?;
     let raw = read_body(&req, payload, settings.server.max_body_bytes).await?;
     let json: Value = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
@@ -180,6 +200,7 @@ pub async fn wait(
         settings.default_timeout_ms(),
         settings.max_timeout_ms(),
         &settings.waiters.max_timeout,
+        &limits,
     )?;
     let step = match body.get("step") {
         None | Some(Value::Null) => None,
@@ -257,7 +278,16 @@ pub async fn wait(
     // idempotency record: a random waiter id is never sent twice. Keeping none saves a
     // key per waiter (about a third of an idle waiter's memory) and two commands.
     let op_id = repeatable.then(|| format!("w:{waiter_id}"));
-    let mut conn = state.redis.get();
+    let admitted = admission::admit(
+        &mut conn,
+        &state.keys,
+        &state.limits,
+        &tenant,
+        &limits,
+        RateClass::Wait,
+        Some(&partition),
+    )
+    .await?;
     let reply = scripts::wait(
         &mut conn,
         &WaitArgs {
@@ -271,8 +301,10 @@ pub async fn wait(
             timeout_ms,
             op_ttl_secs: settings.waiters.idempotency_ttl_secs,
             run_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
-            max_waiters: 0,
+            max_waiters: limits.waiters_per_event,
             trace: &traceparent,
+            rate: admitted.rate.as_ref(),
+            active: admitted.active_quota(),
         },
     )
     .await?;
@@ -319,8 +351,23 @@ pub async fn wait(
             "run {} was cancelled; it cannot wait any more",
             run.map(|r| r.to_string()).unwrap_or_default()
         ))),
-        WaitReply::Full { count } => Err(ApiError::Unprocessable(format!(
-            "quota: event {event} already has {count} waiters"
-        ))),
+        WaitReply::Full { count } => Err(LimitError::Quota {
+            name: "waiters_per_event",
+            limit: limits.waiters_per_event.to_string(),
+            detail: format!("event {event} already has {count} waiters"),
+        }
+        .into()),
+        WaitReply::TenantFull { count } => Err(LimitError::Quota {
+            name: "active_waiters",
+            limit: limits.active_waiters.to_string(),
+            detail: format!("tenant {tenant} already has {count} active waiters"),
+        }
+        .into()),
+        WaitReply::Limited(refusal) => {
+            Err(
+                admission::refused(&state.limits, &tenant, RateClass::Wait, &limits, refusal)
+                    .into(),
+            )
+        }
     }
 }

@@ -6,6 +6,7 @@ use super::auth::Tenant;
 use super::{path_param, State};
 use crate::domain::EventId;
 use crate::error::ApiError;
+use crate::limits::RateClass;
 use crate::store::StoreError;
 use crate::waiter::{Waiter, WaiterView};
 
@@ -23,6 +24,9 @@ pub async fn list(
         .partition_of(&tenant, &event)
         .event_waiters(&tenant, &event);
     let mut conn = state.redis.get();
+    state
+        .check_rate(&mut conn, &tenant, RateClass::Read)
+        .await?;
     let mut values: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {

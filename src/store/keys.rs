@@ -16,14 +16,18 @@
 //! | `<prefix>:{p<n>}:retry-jobs` | HASH | message id → job JSON, `<id>#b` → body |
 //! | `<prefix>:{p<n>}:dlq:<tenant>` | STREAM | the tenant's dead letters |
 //! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
+//! | `<prefix>:{p<n>}:waiters:<tenant>` | STRING | the tenant's waiters registered in the partition (quota) |
+//! | `<prefix>:{p<h>}:rate:<tenant>:<class>` | STRING | GCRA state of a tenant's rate limit, in its home partition `h` |
 //!
 //! Global keys (single-key commands only): `<prefix>:meta` (HASH: partitions),
-//! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING).
+//! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING),
+//! `<prefix>:limits:<name>` (HASH: the tenant's limit overrides).
 //!
 //! Tenant names hold no `:`/`|`/`{`/`}`; event and run ids hold no `|`/`{`/`}` (see
 //! [`crate::domain`]), so no tenant can name another tenant's key or choose a slot.
 
 use crate::domain::{EventId, RunId, TenantName};
+use crate::limits::RateClass;
 
 /// The consumer group of every delivery stream.
 pub const GROUP: &str = "herald";
@@ -182,6 +186,23 @@ impl Keys {
         Some(parsed)
     }
 
+    /// The tenant's home partition: where its rate-limit state lives (one slot per tenant,
+    /// so tenants' buckets spread over the cluster).
+    pub fn tenant_home(&self, tenant: &TenantName) -> Partition {
+        let h = fnv1a64(&[tenant.as_str().as_bytes()]);
+        self.partition((h % u64::from(self.partitions)) as u16)
+    }
+
+    /// The GCRA state of one of the tenant's rate limits.
+    pub fn rate_bucket(&self, tenant: &TenantName, class: RateClass) -> String {
+        format!("{}rate:{}:{}", self.tenant_home(tenant).base, tenant, class)
+    }
+
+    /// The tenant's limit overrides (HASH: limit name → value).
+    pub fn tenant_limits(&self, name: &TenantName) -> String {
+        format!("{}:limits:{}", self.prefix, name)
+    }
+
     pub fn meta(&self) -> String {
         format!("{}:meta", self.prefix)
     }
@@ -261,6 +282,11 @@ impl Partition {
     /// Recent outcomes of (tenant, event), newest first (see [`crate::history`]).
     pub fn history(&self, tenant: &TenantName, event: &EventId) -> String {
         format!("{}history:{}:{}", self.base, tenant, event)
+    }
+
+    /// How many waiters the tenant has registered in this partition.
+    pub fn waiter_count(&self, tenant: &TenantName) -> String {
+        format!("{}waiters:{}", self.base, tenant)
     }
 }
 
@@ -342,6 +368,7 @@ mod tests {
                 p.retry_jobs(),
                 p.dead_letters(&tenant),
                 p.history(&tenant, &event),
+                p.waiter_count(&tenant),
             ];
             let slot = key_slot(&all[0]);
             for k in &all {
@@ -360,6 +387,24 @@ mod tests {
         assert_eq!(keys.partition_of_key(&saved), Some(p.index));
         assert_eq!(keys.partition_of_key("other:{p3}:saved:x"), None);
         assert_eq!(keys.saved_pattern(), "herald:{p*}:saved:*");
+    }
+
+    #[test]
+    fn rate_buckets_live_in_the_tenant_home_partition() {
+        let keys = Keys::new("herald", 16);
+        let mut homes = std::collections::HashSet::new();
+        for i in 0..100 {
+            let tenant = TenantName::parse(&format!("t{i}")).unwrap();
+            let home = keys.tenant_home(&tenant);
+            homes.insert(home.index);
+            for class in RateClass::ALL {
+                assert_eq!(
+                    key_slot(&keys.rate_bucket(&tenant, class)),
+                    key_slot(&home.deliveries())
+                );
+            }
+        }
+        assert!(homes.len() > 8, "tenants spread over partitions: {homes:?}");
     }
 
     #[test]

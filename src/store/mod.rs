@@ -4,6 +4,7 @@
 
 pub mod dead_letters;
 pub mod keys;
+pub mod limits;
 pub mod redis;
 pub mod repartition;
 pub mod scripts;

@@ -3,6 +3,9 @@
 //!
 //! Scripts run with EVALSHA; on `NOSCRIPT` (Redis restarted, failed over, or flushed its
 //! script cache) the client loads the script and retries.
+//!
+//! Scripts that check a rate limit or count a tenant's waiters are joined with
+//! `lua/shared/quota.lua` (the functions they share) into one source.
 
 use std::sync::LazyLock;
 
@@ -20,13 +23,22 @@ macro_rules! script {
         pub static $name: LazyLock<Script> =
             LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file))));
     };
+    ($name:ident, $file:literal, with_quota) => {
+        pub static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../../lua/shared/quota.lua"),
+                include_str!(concat!("../../lua/", $file))
+            ))
+        });
+    };
 }
 
-script!(WAIT, "wait.lua");
-script!(NOTIFY, "notify.lua");
-script!(NOTIFY_RUN, "notify_run.lua");
-script!(CANCEL, "cancel.lua");
-script!(EXPIRE_DUE, "expire_due.lua");
+script!(WAIT, "wait.lua", with_quota);
+script!(NOTIFY, "notify.lua", with_quota);
+script!(NOTIFY_RUN, "notify_run.lua", with_quota);
+script!(CANCEL, "cancel.lua", with_quota);
+script!(EXPIRE_DUE, "expire_due.lua", with_quota);
+script!(RATE_LIMIT, "rate_limit.lua", with_quota);
 script!(ACK, "ack.lua");
 script!(RETRY_LATER, "retry_later.lua");
 script!(PROMOTE_DUE, "promote_due.lua");
@@ -35,7 +47,7 @@ script!(RECLAIM, "reclaim.lua");
 script!(REDRIVE, "redrive.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 11] {
+pub fn all() -> [(&'static str, &'static Script); 12] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -48,6 +60,7 @@ pub fn all() -> [(&'static str, &'static Script); 11] {
         ("dead_letter", &DEAD_LETTER),
         ("reclaim", &RECLAIM),
         ("redrive", &REDRIVE),
+        ("rate_limit", &RATE_LIMIT),
     ]
 }
 
@@ -129,6 +142,86 @@ fn taken_triplets(items: &[Value]) -> Result<Vec<Taken>, StoreError> {
         .collect()
 }
 
+/// A rate-limit check made inside an operation's script (folded: no extra round trip).
+#[derive(Debug, Clone)]
+pub struct RateCheck {
+    /// The bucket key ([`super::Keys::rate_bucket`]).
+    pub bucket: String,
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// A request refused by a rate limit: what the 429 reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateRefusal {
+    /// Requests still allowed at once (0 when refused).
+    pub remaining: u64,
+    /// When the bucket is full again, unix ms.
+    pub reset_ms: u64,
+    /// How long until a request is admitted, ms.
+    pub retry_after_ms: u64,
+}
+
+/// Parses `{"limited", remaining, resetMs, retryAfterMs}` (the tail after the tag).
+fn refusal(rest: &[Value]) -> Result<RateRefusal, StoreError> {
+    match rest {
+        [remaining, reset, retry] => Ok(RateRefusal {
+            remaining: int(remaining)?.max(0) as u64,
+            reset_ms: int(reset)?.max(0) as u64,
+            retry_after_ms: int(retry)?.max(0) as u64,
+        }),
+        _ => Err(StoreError::Reply(format!(
+            "a rate refusal has 3 values, got {rest:?}"
+        ))),
+    }
+}
+
+/// Adds the folded rate check's KEY (or a placeholder of the partition) to an invocation;
+/// its ARGV are added by [`rate_args`].
+fn rate_key(inv: &mut ScriptInvocation<'_>, partition: &Partition, rate: Option<&RateCheck>) {
+    match rate {
+        Some(r) => inv.key(&r.bucket),
+        None => inv.key(partition.no_run()),
+    };
+}
+
+fn rate_args(inv: &mut ScriptInvocation<'_>, rate: Option<&RateCheck>) {
+    let (per_sec, burst) = rate.map(|r| (r.per_sec, r.burst)).unwrap_or((0, 0));
+    inv.arg(per_sec).arg(burst);
+}
+
+/// Checks (and takes from) one of a tenant's rate limits on its own (`rate_limit.lua`):
+/// where the check cannot be folded into the operation's script. Returns the requests
+/// still allowed at once, or the refusal.
+pub async fn rate_limit(
+    conn: &mut Conn,
+    bucket: &str,
+    per_sec: u32,
+    burst: u32,
+) -> Result<Result<u64, RateRefusal>, StoreError> {
+    let mut inv = RATE_LIMIT.prepare_invoke();
+    inv.key(bucket).arg(per_sec).arg(burst);
+    let items = array(invoke(conn, "rate_limit", inv).await?)?;
+    match &items[..] {
+        [admitted, rest @ ..] if int(admitted)? == 1 => Ok(Ok(refusal(rest)?.remaining)),
+        [_, rest @ ..] => Ok(Err(refusal(rest)?)),
+        _ => Err(StoreError::Reply(format!(
+            "rate_limit: unexpected reply {items:?}"
+        ))),
+    }
+}
+
+/// The tenant's active-waiters quota, as the wait script checks it.
+pub struct ActiveQuota<'a> {
+    /// Most waiters of the tenant in all partitions (0 = unlimited).
+    pub max: u64,
+    /// The other partitions, whose counts the script sums (standalone Redis: exact).
+    pub summed: &'a [Partition],
+    /// Waiters the caller counted in the other partitions just before (Redis Cluster,
+    /// where the script cannot read other slots).
+    pub counted_elsewhere: u64,
+}
+
 pub struct WaitArgs<'a> {
     pub partition: &'a Partition,
     pub tenant: &'a TenantName,
@@ -146,6 +239,8 @@ pub struct WaitArgs<'a> {
     pub max_waiters: u64,
     /// W3C `traceparent` of the request (empty for none); validated by the caller.
     pub trace: &'a str,
+    pub rate: Option<&'a RateCheck>,
+    pub active: ActiveQuota<'a>,
 }
 
 #[derive(Debug)]
@@ -161,6 +256,10 @@ pub enum WaitReply {
     Full {
         count: i64,
     },
+    TenantFull {
+        count: i64,
+    },
+    Limited(RateRefusal),
 }
 
 pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreError> {
@@ -188,6 +287,11 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
             .key(p.no_run())
             .key(p.no_run()),
     };
+    inv.key(p.waiter_count(a.tenant));
+    rate_key(&mut inv, p, a.rate);
+    for other in a.active.summed {
+        inv.key(other.waiter_count(a.tenant));
+    }
     inv.arg(a.field)
         .arg(a.waiter_json)
         .arg(a.timeout_ms)
@@ -198,6 +302,8 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.run_ttl_ms)
         .arg(a.max_waiters)
         .arg(a.trace);
+    rate_args(&mut inv, a.rate);
+    inv.arg(a.active.max).arg(a.active.counted_elsewhere);
     let items = array(invoke(conn, "wait", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
@@ -209,6 +315,8 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         }),
         (Some("cancelled"), _) => Ok(WaitReply::Cancelled),
         (Some("full"), [_, n]) => Ok(WaitReply::Full { count: int(n)? }),
+        (Some("tenant_full"), [_, n]) => Ok(WaitReply::TenantFull { count: int(n)? }),
+        (Some("limited"), [_, rest @ ..]) => Ok(WaitReply::Limited(refusal(rest)?)),
         _ => Err(StoreError::Reply(format!(
             "wait: unexpected reply {items:?}"
         ))),
@@ -225,11 +333,17 @@ pub struct NotifyArgs<'a> {
     pub message_id_base: &'a str,
     pub limit: usize,
     pub trace: &'a str,
+    /// Checked by the first call of a broadcast only.
+    pub rate: Option<&'a RateCheck>,
 }
 
-pub struct NotifyReply {
-    pub taken: Vec<Taken>,
-    pub remaining: i64,
+pub enum NotifyReply {
+    /// The waiters taken, and how many are left for a further call.
+    Taken {
+        taken: Vec<Taken>,
+        remaining: i64,
+    },
+    Limited(RateRefusal),
 }
 
 pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, StoreError> {
@@ -238,16 +352,24 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
     inv.key(p.event_waiters(a.tenant, a.event))
         .key(p.deadlines())
         .key(p.deliveries())
-        .arg(a.tenant.as_str())
+        .key(p.waiter_count(a.tenant));
+    rate_key(&mut inv, p, a.rate);
+    inv.arg(a.tenant.as_str())
         .arg(a.event.as_str())
         .arg(a.body)
         .arg(a.content_type_json)
         .arg(a.message_id_base)
         .arg(a.limit)
         .arg(a.trace);
+    rate_args(&mut inv, a.rate);
     let items = array(invoke(conn, "notify", inv).await?)?;
+    if let [Value::BulkString(tag), rest @ ..] = &items[..] {
+        if tag.as_slice() == b"limited" {
+            return Ok(NotifyReply::Limited(refusal(rest)?));
+        }
+    }
     let remaining = items.first().map(int).transpose()?.unwrap_or(0);
-    Ok(NotifyReply {
+    Ok(NotifyReply::Taken {
         taken: taken_triplets(items.get(1..).unwrap_or(&[]))?,
         remaining,
     })
@@ -268,6 +390,7 @@ pub struct NotifyRunArgs<'a> {
     pub op_ttl_secs: u64,
     pub max_saved: u64,
     pub trace: &'a str,
+    pub rate: Option<&'a RateCheck>,
 }
 
 #[derive(Debug)]
@@ -276,6 +399,7 @@ pub enum NotifyRunReply {
     Saved { message_id: String },
     Cancelled,
     Full { count: i64 },
+    Limited(RateRefusal),
 }
 
 pub async fn notify_run(
@@ -295,7 +419,9 @@ pub async fn notify_run(
         .key(op_key)
         .key(p.run_events(a.tenant, a.run))
         .key(p.cancelled(a.tenant, a.run))
-        .arg(a.tenant.as_str())
+        .key(p.waiter_count(a.tenant));
+    rate_key(&mut inv, p, a.rate);
+    inv.arg(a.tenant.as_str())
         .arg(a.event.as_str())
         .arg(a.run.as_str())
         .arg(a.body)
@@ -305,6 +431,7 @@ pub async fn notify_run(
         .arg(op_ttl_secs)
         .arg(a.max_saved)
         .arg(a.trace);
+    rate_args(&mut inv, a.rate);
     let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),
@@ -313,6 +440,7 @@ pub async fn notify_run(
         }),
         (Some("cancelled"), _) => Ok(NotifyRunReply::Cancelled),
         (Some("full"), [_, n]) => Ok(NotifyRunReply::Full { count: int(n)? }),
+        (Some("limited"), [_, rest @ ..]) => Ok(NotifyRunReply::Limited(refusal(rest)?)),
         _ => Err(StoreError::Reply(format!(
             "notify_run: unexpected reply {items:?}"
         ))),
@@ -339,6 +467,7 @@ pub async fn cancel(
     inv.key(partition.run_events(tenant, run))
         .key(partition.deadlines())
         .key(partition.cancelled(tenant, run))
+        .key(partition.waiter_count(tenant))
         .arg(tenant.as_str())
         .arg(run.as_str())
         .arg(tombstone_ttl_ms);
@@ -383,6 +512,7 @@ pub async fn expire_due(
         .arg(message_id_base);
     for c in candidates {
         inv.key(partition.event_waiters(&c.tenant, &c.event))
+            .key(partition.waiter_count(&c.tenant))
             .arg(&c.member)
             .arg(&c.field)
             .arg(c.tenant.as_str())

@@ -13,6 +13,7 @@ mod docs;
 mod fairness;
 mod faults;
 mod history;
+mod limits;
 mod logs;
 mod lookback;
 mod metrics;

@@ -81,6 +81,11 @@ pub fn test_settings(redis_url: &str) -> Settings {
     s.delivery.block_ms = 200;
     s.delivery.request_timeout_secs = 5;
     s.scheduler.tick_ms = 50;
+    // No rate limits unless a test sets them (tests/it/limits.rs): a bucket expiring
+    // mid-test would change the dataset digests some tests compare.
+    s.limits.defaults.wait_per_sec = 0;
+    s.limits.defaults.notify_per_sec = 0;
+    s.limits.defaults.read_per_sec = 0;
     s
 }
 
@@ -118,6 +123,19 @@ impl TestApp {
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
+        }
+    }
+
+    /// Another Herald process (in-process) with the same settings and Redis: a replica
+    /// serving the same tenants (same token).
+    pub async fn replica(&self, role: Role) -> TestApp {
+        let settings = self.running.as_ref().unwrap().state.settings.clone();
+        let running = app::start(settings, role).await.expect("replica starts");
+        TestApp {
+            base: format!("http://{}", running.addr),
+            running: Some(running),
+            token: self.token.clone(),
+            http: reqwest::Client::new(),
         }
     }
 

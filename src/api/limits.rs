@@ -1,0 +1,83 @@
+//! `/admin/tenants/{name}/limits` and `/usage`: the operator's view and control of a
+//! tenant's rate limits and quotas (admin token only).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::auth::Admin;
+use super::{path_param, read_body, State};
+use crate::domain::TenantName;
+use crate::error::ApiError;
+use crate::limits::Overrides;
+use crate::store::limits as stored;
+
+/// `{"tenant", "limits": effective, "overrides": what differs from the defaults}`.
+async fn limits_view(state: &State, name: &TenantName) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.redis.get();
+    stored::require_tenant(&mut conn, &state.keys, name).await?;
+    let overrides = stored::overrides(&mut conn, &state.keys, name).await?;
+    let defaults = &state.settings.limits.defaults;
+    let caps = state.settings.limit_caps();
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant": name,
+        "limits": defaults.with_overrides(&overrides, &caps),
+        "overrides": overrides.to_json(defaults, &caps),
+    })))
+}
+
+pub async fn get_limits(
+    state: State,
+    _: Admin,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let name = TenantName::parse(path_param(&req, "name"))?;
+    limits_view(&state, &name).await
+}
+
+/// Replaces the tenant's overrides with the body's (limits it does not name go back to
+/// the defaults). All are validated before anything is written.
+pub async fn put_limits(
+    state: State,
+    _: Admin,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = TenantName::parse(path_param(&req, "name"))?;
+    let raw = read_body(&req, payload, 64 * 1024).await?;
+    let body: Value = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+    let overrides = Overrides::from_json(
+        &body,
+        &state.settings.limits.defaults,
+        &state.settings.limit_caps(),
+    )?;
+    stored::replace_overrides(&mut state.redis.get(), &state.keys, &name, &overrides).await?;
+    state.limits.invalidate(&name);
+    tracing::info!(tenant = %name, overrides = ?overrides.0, "tenant limits changed");
+    limits_view(&state, &name).await
+}
+
+/// What the tenant uses now: its active waiters and what is left of each rate.
+pub async fn usage(state: State, _: Admin, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let name = TenantName::parse(path_param(&req, "name"))?;
+    let mut conn = state.redis.get();
+    let usage = stored::usage(&mut conn, &state.keys, &name).await?;
+    let limits = state.limits_of(&mut conn, &name).await?;
+    let mut rates = Map::new();
+    for (class, tat) in &usage.buckets {
+        let view = match limits.rate(*class) {
+            Some(rate) => {
+                let (remaining, reset) = rate.state_at(*tat, usage.now_us);
+                json!({"perSec": rate.per_sec, "burst": rate.burst, "remaining": remaining, "reset": reset})
+            }
+            None => json!({"perSec": 0, "burst": null, "remaining": null, "reset": null}),
+        };
+        rates.insert(class.as_str().to_owned(), view);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant": name,
+        "activeWaiters": usage.active_waiters,
+        "maxActiveWaiters": limits.active_waiters,
+        "rates": rates,
+    })))
+}
