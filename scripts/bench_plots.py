@@ -66,11 +66,22 @@ def median_runs(runs):
 
 
 TABLE = [
-    ("EVALSHA notify, no HTTP (ops/s)", ("baseline", "evalsha_notify_per_s"), "up"),
-    ("HTTP notify (req/s), C=64", ("notify", "notify_per_s"), "up"),
-    ("HTTP notify / EVALSHA notify", ("notify", "ratio_to_baseline"), "up"),
+    # The same script and client in both runs: its spread is the machine's noise.
+    ("EVALSHA notify, no HTTP (ops/s)", ("baseline", "evalsha_notify_per_s"), None),
+    ("HTTP notify, API-only Herald (req/s), C=64", ("notify_api_only", "notify_per_s"), "up"),
+    ("… / EVALSHA notify", ("notify_api_only", "ratio_to_baseline"), "up"),
+    ("HTTP notify while delivering (req/s), C=64", ("notify", "notify_per_s"), "up"),
+    ("… / EVALSHA notify", ("notify", "ratio_to_baseline"), "up"),
     ("notify end to end, first notify → last delivery (/s)", ("notify", "end_to_end_per_s"), "up"),
     ("HTTP wait (req/s)", ("notify", "wait_per_s"), "up"),
+    ("CPU µs per EVALSHA notify: Redis", ("baseline", "cpu_us_per_notify", "redis"), None),
+    ("CPU µs per EVALSHA notify: load generator", ("baseline", "cpu_us_per_notify", "load_generator"), None),
+    ("CPU µs per HTTP notify (API only): Herald", ("notify_api_only", "cpu_us_per_notify", "herald"), "down"),
+    ("CPU µs per HTTP notify (API only): Redis", ("notify_api_only", "cpu_us_per_notify", "redis"), "down"),
+    ("CPU µs per HTTP notify (API only): load generator", ("notify_api_only", "cpu_us_per_notify", "load_generator"), None),
+    ("CPU µs per notify + delivery: Herald", ("notify", "cpu_us_per_notify_and_delivery", "herald"), "down"),
+    ("CPU µs per notify + delivery: Redis", ("notify", "cpu_us_per_notify_and_delivery", "redis"), "down"),
+    ("CPU µs per notify + delivery: load generator + receiver", ("notify", "cpu_us_per_notify_and_delivery", "load_generator"), None),
     ("notify→delivery p50 at saturation (ms)", ("notify", "latency_ms", "p50"), "down"),
     ("notify→delivery p99 at saturation (ms)", ("notify", "latency_ms", "p99"), "down"),
     ("notify→delivery p50 at 1,000/s (ms)", ("notify_at_rate", "latency_ms", "p50"), "down"),
@@ -95,7 +106,8 @@ TABLE = [
 ]
 
 
-SCENARIOS = {"baseline", "notify", "notify_at_rate", "lookback", "fanout", "timeouts", "memory"}
+SCENARIOS = {"baseline", "notify_api_only", "notify", "notify_at_rate", "lookback", "fanout",
+             "timeouts", "memory"}
 
 
 def fmt(v):
@@ -177,7 +189,9 @@ def main():
 
     throughput = [
         ("EVALSHA notify\n(no HTTP)", ("baseline", "evalsha_notify_per_s")),
-        ("HTTP notify", ("notify", "notify_per_s")),
+        ("HTTP notify\n(API only)", ("notify_api_only", "notify_per_s")),
+        ("HTTP notify\n(delivering)", ("notify", "notify_per_s")),
+        ("notify end to end", ("notify", "end_to_end_per_s")),
         ("HTTP wait", ("notify", "wait_per_s")),
         ("lookback save", ("lookback", "save_per_s")),
         ("lookback consume", ("lookback", "consume_per_s")),
@@ -220,6 +234,34 @@ def main():
     ax.set_title("Redis memory per entry (INFO used_memory delta / entries)")
     fig.tight_layout()
     fig.savefig(out / "memory.png", dpi=110)
+
+    kinds = [
+        ("EVALSHA notify", ("baseline", "cpu_us_per_notify")),
+        ("HTTP notify\n(API only)", ("notify_api_only", "cpu_us_per_notify")),
+        ("notify + delivery", ("notify", "cpu_us_per_notify_and_delivery")),
+    ]
+    processes = [("herald", "Herald"), ("redis", "Redis"), ("load_generator", "load generator + receiver")]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(1, len(runs))
+    colors = ["tab:blue", "tab:red", "tab:gray"]
+    for r, (label, run) in enumerate(runs):
+        bottoms = [0.0] * len(kinds)
+        for (key, name), color in zip(processes, colors):
+            values = [get(run, *path, key) or 0 for _, path in kinds]
+            xs = [k + r * width - 0.4 + width / 2 for k in range(len(kinds))]
+            ax.bar(xs, values, width, bottom=bottoms, color=color, alpha=1.0 - 0.35 * r,
+                   label=f"{name} ({label})", edgecolor="white")
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+        for x, total in zip(xs, bottoms):
+            ax.annotate(f"{label}\n{total:.0f}", (x, total), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(kinds)))
+    ax.set_xticklabels([name for name, _ in kinds])
+    ax.set_ylabel("CPU microseconds per operation")
+    ax.set_title("Where the cores go, per operation (from /proc/<pid>/stat)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "cpu.png", dpi=110)
 
     fanout_runs = [(label, r["fanout"]) for label, r in runs if "fanout" in r]
     if fanout_runs:

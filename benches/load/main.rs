@@ -43,7 +43,11 @@ use crate::scenarios::{Ctx, Params};
 const ALL: &str = "baseline,notify_api_only,notify,notify_at_rate,lookback,fanout,timeouts,memory";
 
 #[derive(Parser, Debug)]
-#[command(name = "load", about = "Herald's load generator")]
+#[command(
+    name = "load",
+    about = "Herald's load generator",
+    args_override_self = true
+)]
 struct Args {
     /// Passed by `cargo bench`; without it the program does the smoke run.
     #[arg(long, hide = true)]
