@@ -179,6 +179,11 @@ fn cluster_settings(cluster: &RedisCluster) -> herald::config::Settings {
     let mut settings = test_settings(&cluster.url());
     settings.redis.response_timeout_ms = 1000;
     settings.delivery.concurrency = 128;
+    // A failover can drop the reply of an XREADGROUP whose entries the old master already
+    // moved to the pending list: such an entry is delivered once it is reclaimed as idle.
+    // Keep that wait well inside the tests' bounded checks.
+    settings.delivery.request_timeout_secs = 2;
+    settings.delivery.reclaim_idle_secs = 3;
     settings
 }
 
