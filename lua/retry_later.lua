@@ -1,5 +1,6 @@
 --[[
-retry_later: a delivery attempt failed: schedule the next attempt and release the entry.
+retry_later: a delivery attempt failed, or was deferred (its tenant was at its concurrency
+bound on the worker): schedule the next attempt and release the entry.
 
 The next attempt is a new scheduled job (retry ZSET + job HASH), not a pending entry, so a
 long backoff never sits in the consumer group's pending list.
@@ -11,7 +12,7 @@ KEYS[3] retry jobs  (HASH)   "<messageId>" -> job JSON, "<messageId>#b" -> body
 ARGV[1] consumer group
 ARGV[2] entry id
 ARGV[3] message id
-ARGV[4] job JSON       with the attempt count already increased
+ARGV[4] job JSON       with the attempt (or deferral) count already increased
 ARGV[5] body
 ARGV[6] delay          milliseconds from now (Redis TIME)
 

@@ -79,6 +79,7 @@ pub async fn prepare_redis(
 
 pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let (redis, keys) = prepare_redis(&settings, Duration::from_secs(60)).await?;
+    crate::telemetry::metrics::handle();
     let state = Arc::new(AppState {
         auth: TokenCache::new(Duration::from_millis(settings.server.auth_cache_ms)),
         limits: LimitsCache::new(Duration::from_millis(settings.limits.cache_ms)),
@@ -108,7 +109,9 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let data = web::Data::new(state.clone());
     let serves_api = role.serves_api();
     let mut server = HttpServer::new(move || {
-        let app = App::new().app_data(data.clone());
+        let app = App::new()
+            .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(api::observe::observe));
         if serves_api {
             app.configure(api::configure)
         } else {

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, Role};
 use crate::config::Settings;
 use crate::domain::TenantName;
-use crate::limits::{Limits, Overrides};
+use crate::limits::{self, Limits, Overrides};
 use crate::store::limits as stored_limits;
 use crate::store::tenants;
 
@@ -41,11 +41,26 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
-    /// Manage tenants directly in Redis.
+    /// Change the number of partitions (offline: stop every api and worker first; see
+    /// docs/operating.md). Moves all data, then records the new number.
+    Repartition {
+        /// The new number of partitions.
+        #[arg(long)]
+        to: u16,
+    },
+    /// Manage tenants: through Herald's /admin API (HERALD_URL, HERALD_ADMIN_TOKEN), or
+    /// with --redis directly in the configured Redis (bootstrap, no admin token needed).
     Tenant {
+        /// Write the configured Redis directly instead of calling /admin.
+        #[arg(long)]
+        redis: bool,
+        #[command(flatten)]
+        target: crate::remote::AdminTarget,
         #[command(subcommand)]
         command: TenantCommand,
     },
+    #[command(flatten)]
+    Remote(crate::remote::Command),
 }
 
 #[derive(Subcommand)]
@@ -56,6 +71,8 @@ pub enum TenantCommand {
     List,
     /// Issue a new token for a tenant and revoke the old one.
     RotateToken { name: String },
+    /// Revoke a tenant's token (through /admin only).
+    RevokeToken { name: String },
     /// Show a tenant's limits (default or overridden), or change its overrides.
     Limits {
         name: String,
@@ -71,9 +88,41 @@ pub enum TenantCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    crate::telemetry::init(&settings.log);
-    match cli.command {
+    // Commands that talk to a running Herald need no configuration and write no logs.
+    let cli = match cli.command {
+        Command::Remote(command) => return Ok(crate::remote::run(command).await?),
+        Command::Tenant {
+            redis: false,
+            target,
+            command,
+        } => {
+            use crate::remote::TenantAction;
+            let action = match &command {
+                TenantCommand::Create { name } => TenantAction::Create(name),
+                TenantCommand::List => TenantAction::List,
+                TenantCommand::RotateToken { name } => TenantAction::RotateToken(name),
+                TenantCommand::RevokeToken { name } => TenantAction::RevokeToken(name),
+                TenantCommand::Limits { name, set, unset } => {
+                    TenantAction::Limits { name, set, unset }
+                }
+                TenantCommand::Usage { name } => TenantAction::Usage(name),
+            };
+            return Ok(crate::remote::tenant(action, &target).await?);
+        }
+        command => Cli { command, ..cli },
+    };
+    let settings = Settings::load(cli.config.as_deref())?;
+    let telemetry = crate::telemetry::init(&settings.log, &settings.telemetry);
+    let result = run_local(cli.command, settings).await;
+    // Flushes the spans of the last requests and deliveries.
+    telemetry.shutdown();
+    result
+}
+
+/// The commands that run Herald or write its Redis.
+async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Remote(_) => unreachable!("handled by run"),
         Command::Serve { role } => {
             let running = app::start(settings, role).await?;
             app::termination_signal().await;
@@ -87,7 +136,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.server.listen = listen;
             crate::dev::run(settings, explicit_redis).await
         }
-        Command::Tenant { command } => {
+        Command::Repartition { to } => {
+            let redis =
+                crate::store::RedisPool::open(&settings.redis).context("invalid redis settings")?;
+            // A worker reads its streams every `delivery.block_ms`: 30 s of silence means none runs.
+            let moved = crate::store::repartition::repartition(
+                &mut redis.get(),
+                &settings.redis.key_prefix,
+                to,
+                std::time::Duration::from_secs(30),
+            )
+            .await?;
+            println!("repartitioned to {to} partitions; moved: {moved:?}");
+            println!("now set redis.partitions = {to} and start Herald");
+            Ok(())
+        }
+        Command::Tenant { command, .. } => {
             let (redis, keys) =
                 app::prepare_redis(&settings, std::time::Duration::from_secs(5)).await?;
             let mut conn = redis.get();
@@ -112,6 +176,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .context("rotating the token")?;
                     println!("{token}");
                 }
+                TenantCommand::RevokeToken { .. } => anyhow::bail!(
+                    "revoke-token works through /admin only: drop --redis and set HERALD_ADMIN_TOKEN"
+                ),
                 TenantCommand::Limits { name, set, unset } => {
                     let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!(e.0))?;
                     let defaults = &settings.limits.defaults;
@@ -131,15 +198,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     stored_limits::require_tenant(&mut conn, &keys, &name).await?;
                     let overrides = stored_limits::overrides(&mut conn, &keys, &name).await?;
-                    let limits = defaults.with_overrides(&overrides, &caps);
-                    for limit in Limits::NAMES {
-                        let origin = if overrides.0.contains_key(limit) {
-                            "override"
-                        } else {
-                            "default"
-                        };
-                        println!("{limit:<20} {:<12} {origin}", limits.text(limit));
-                    }
+                    crate::remote::print_limits(&limits::limits_view(
+                        &name, defaults, &overrides, &caps,
+                    ));
                 }
                 TenantCommand::Usage { name } => {
                     let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!(e.0))?;
@@ -149,24 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .limits
                         .defaults
                         .with_overrides(&overrides, &settings.limit_caps());
-                    println!(
-                        "active_waiters       {} of {}",
-                        usage.active_waiters, limits.active_waiters
-                    );
-                    for (class, tat) in usage.buckets {
-                        match limits.rate(class) {
-                            Some(rate) => {
-                                let (remaining, _) = rate.state_at(tat, usage.now_us);
-                                println!(
-                                    "{:<20} {remaining} of {} left ({}/s)",
-                                    format!("{class}_rate"),
-                                    rate.burst,
-                                    rate.per_sec
-                                );
-                            }
-                            None => println!("{:<20} unlimited", format!("{class}_rate")),
-                        }
-                    }
+                    crate::remote::print_usage(&limits::usage_view(&name, &usage, &limits));
                 }
             }
             Ok(())

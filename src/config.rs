@@ -23,6 +23,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub scheduler: SchedulerSettings,
     pub log: LogSettings,
+    pub history: HistorySettings,
+    pub telemetry: TelemetrySettings,
     pub limits: LimitSettings,
 }
 
@@ -38,12 +40,29 @@ pub struct ServerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
+    pub mode: RedisMode,
     pub url: String,
+    pub nodes: Vec<String>,
+    pub sentinel_master: String,
+    pub username: String,
+    pub password: String,
     pub key_prefix: String,
     pub partitions: u16,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
+}
+
+/// How Herald finds its Redis.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at `redis.url`.
+    Standalone,
+    /// The master named `redis.sentinel_master`, found through the sentinels in `redis.nodes`.
+    Sentinel,
+    /// A Redis Cluster, discovered from the seed nodes in `redis.nodes`.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +85,8 @@ pub struct DeliverySettings {
     pub max_backoff_secs: u64,
     pub backoff_factor: f64,
     pub reclaim_idle_secs: u64,
+    pub max_deliveries: u32,
+    pub tenant_concurrency: usize,
     pub allow_cidrs: Vec<String>,
 }
 
@@ -87,6 +108,18 @@ pub struct LimitSettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistorySettings {
+    pub ttl_secs: u64,
+    pub max_entries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub traces: bool,
+    pub gauge_sample_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -132,6 +165,9 @@ impl Settings {
         if self.redis.partitions == 0 || self.redis.partitions > 1024 {
             return invalid("redis.partitions", "must be between 1 and 1024".into());
         }
+        if let Err(message) = self.validate_redis_topology() {
+            return invalid("redis.mode", message);
+        }
         if !crate::domain::is_valid_prefix(&self.redis.key_prefix) {
             return invalid(
                 "redis.key_prefix",
@@ -158,6 +194,15 @@ impl Settings {
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be at least 1".into());
         }
+        if self.delivery.tenant_concurrency == 0 {
+            return invalid("delivery.tenant_concurrency", "must be at least 1".into());
+        }
+        if self.delivery.max_deliveries < 2 {
+            return invalid(
+                "delivery.max_deliveries",
+                "must be at least 2 (the first hand-out and one takeover)".into(),
+            );
+        }
         if self.delivery.reclaim_idle_secs <= self.delivery.request_timeout_secs {
             return invalid(
                 "delivery.reclaim_idle_secs",
@@ -169,6 +214,35 @@ impl Settings {
         }
         if let Err(e) = self.limits.defaults.validate(&self.limit_caps()) {
             return invalid("limits", e.to_string());
+        }
+        Ok(())
+    }
+
+    fn validate_redis_topology(&self) -> Result<(), String> {
+        let r = &self.redis;
+        let urls: &[String] = match r.mode {
+            RedisMode::Standalone => std::slice::from_ref(&r.url),
+            RedisMode::Sentinel | RedisMode::Cluster if r.nodes.is_empty() => {
+                return Err(format!(
+                    "{:?} mode needs redis.nodes (the {} addresses)",
+                    r.mode,
+                    if r.mode == RedisMode::Sentinel {
+                        "sentinels'"
+                    } else {
+                        "cluster seed nodes'"
+                    }
+                ))
+            }
+            RedisMode::Sentinel | RedisMode::Cluster => &r.nodes,
+        };
+        if r.mode == RedisMode::Sentinel && r.sentinel_master.is_empty() {
+            return Err("sentinel mode needs redis.sentinel_master (the master's name)".into());
+        }
+        for url in urls {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                return Err(format!("{url:?} is not a redis:// or rediss:// URL"));
+            }
         }
         Ok(())
     }

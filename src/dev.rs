@@ -119,7 +119,8 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
          curl -s -X POST \"$HERALD_URL/v2/wait/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\" \\\n  \
            -d '{{\"url\":\"http://127.0.0.1:9000/resume\",\"timeout\":\"10m\"}}'\n\
          curl -s \"$HERALD_URL/v2/waiters/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\"\n\
-         curl -s -X POST \"$HERALD_URL/v2/notify/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\" -d '{{\"paid\":true}}'\n\n\
+         curl -s -X POST \"$HERALD_URL/v2/notify/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\" -d '{{\"paid\":true}}'\n\
+         herald history order-42    # what happened to the event (also: herald waiters, herald notify)\n\n\
          Press Ctrl-C to stop.\n",
         redis = settings.redis.url,
         token = tenant.token,

@@ -96,6 +96,12 @@ impl TenantName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The owner of undecodable delivery entries. `parse` refuses names starting with `-`,
+    /// so no tenant can be (or authenticate as) this one.
+    pub fn reserved_undecodable() -> Self {
+        Self("-undecodable".to_owned())
+    }
 }
 
 impl TryFrom<String> for TenantName {

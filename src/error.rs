@@ -18,6 +18,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    /// A known path asked with a method it does not take; `allowed` goes in `Allow`.
+    #[error("{method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed { method: String, allowed: String },
     #[error("{0}")]
     Conflict(String),
     #[error("request body is larger than {0} bytes")]
@@ -57,6 +60,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,6 +91,9 @@ impl ResponseError for ApiError {
                     .insert_header(("Retry-After", retry_after_secs.to_string()));
             }
             _ => {}
+        }
+        if let ApiError::MethodNotAllowed { allowed, .. } = self {
+            response.insert_header(("Allow", allowed.as_str()));
         }
         response.json(serde_json::json!({ "error": self.to_string() }))
     }

@@ -16,11 +16,15 @@
 //! - [`domain`] — validated values (event/run ids, tenants, durations, header maps).
 //! - [`waiter`] — the stored waiter and delivery-job shapes and their Upstash views.
 //! - [`store`] — Redis: key names ([`store::keys`], the only place they are built),
-//!   connections, one typed wrapper per Lua script ([`store::scripts`]), tenants.
-//! - [`delivery`] — stream consumers, the guarded HTTP client, signing, retry schedule.
+//!   connections, one typed wrapper per Lua script ([`store::scripts`]), tenants, dead
+//!   letters ([`store::dead_letters`]).
+//! - [`delivery`] — stream consumers and crash recovery, the guarded HTTP client, signing,
+//!   retry schedule, per-tenant fairness ([`delivery::fairness`]).
 //! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
+//! - [`telemetry`] — logs, OpenTelemetry traces (OTLP) and Prometheus metrics.
+//! - [`history`] — the recent outcomes of each event, for "why did my run not resume?".
+//! - [`remote`] — the `herald` commands that talk to a running Herald over HTTP.
 //! - [`limits`] — per-tenant rate limits and quotas, and how a request is admitted.
-//! - [`telemetry`] — logging.
 //!
 //! Every state change is one Lua script in `lua/` (see `lua/README.md`), so any number of
 //! api and worker processes can run against one Redis, Sentinel or Redis Cluster.
@@ -33,7 +37,9 @@ pub mod delivery;
 pub mod dev;
 pub mod domain;
 pub mod error;
+pub mod history;
 pub mod limits;
+pub mod remote;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -7,7 +7,11 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {e:#}");
-            std::process::ExitCode::FAILURE
+            // `herald notify`, `history`, … tell refusals, usage and outages apart.
+            match e.downcast_ref::<herald::remote::RemoteError>() {
+                Some(remote) => std::process::ExitCode::from(remote.exit_code()),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

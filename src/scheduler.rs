@@ -5,15 +5,20 @@
 //! waiter times out once and a retry is promoted once. "Due" is decided by Redis TIME, so
 //! a pod whose clock is off cannot fire a timeout early or late.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::api::wait::random_id;
 use crate::config::Settings;
+use crate::history::{self, Entry, Outcome};
 use crate::store::keys::parse_deadline_member;
 use crate::store::scripts::{self, DueCandidate};
 use crate::store::{Conn, Keys, Partition, RedisPool, StoreError};
+use crate::telemetry::metrics;
+use crate::telemetry::trace::{format_traceparent, parse_traceparent};
+use crate::waiter::Waiter;
 
 pub struct Scheduler {
     redis: RedisPool,
@@ -32,8 +37,17 @@ impl Scheduler {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.settings.scheduler.tick_ms);
+        let sample_every = Duration::from_secs(self.settings.telemetry.gauge_sample_secs.max(1));
+        let mut last_sample: Option<Instant> = None;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            if last_sample.is_none_or(|at| at.elapsed() >= sample_every) {
+                last_sample = Some(Instant::now());
+                if let Err(e) = metrics::sample_partitions(&mut self.redis.get(), &self.keys).await
+                {
+                    tracing::debug!(error = %e, "sampling the partition gauges failed");
+                }
+            }
             match self.tick().await {
                 Ok(busy) => {
                     failures = 0;
@@ -80,7 +94,7 @@ impl Scheduler {
             .query_async(conn)
             .await?;
         let now_ms = (time.0 * 1000 + time.1 / 1000) as f64;
-        let candidates: Vec<DueCandidate> = earliest
+        let mut candidates: Vec<DueCandidate> = earliest
             .into_iter()
             .take_while(|(_, score)| *score <= now_ms)
             .filter_map(|(member, _)| {
@@ -97,11 +111,60 @@ impl Scheduler {
         if candidates.is_empty() {
             return Ok(false);
         }
+        // The waiters' records: their registration's traceparent continues into the
+        // timeout delivery, and the event history names the waiter.
+        let waiters = self.due_waiters(conn, partition, &candidates).await?;
+        for (candidate, waiter) in candidates.iter_mut().zip(&waiters) {
+            candidate.trace = waiter
+                .as_ref()
+                .and_then(|w| w.traceparent.as_deref())
+                .and_then(parse_traceparent)
+                .map(|c| format_traceparent(&c))
+                .unwrap_or_default();
+        }
         let base = format!("msg_{}_t", random_id(20));
         let fired = scripts::expire_due(conn, partition, &base, &candidates).await?;
+        let index: HashMap<&str, usize> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.member.as_str(), i))
+            .collect();
+        let mut timed_out = Vec::with_capacity(fired.len());
         for (member, lateness_ms) in &fired {
             tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
+            metrics::timed_out(*lateness_ms);
+            let Some(&i) = index.get(member.as_str()) else {
+                continue;
+            };
+            // expire_due names the i-th candidate's delivery "<base><i>" (1-based).
+            let mut entry = Entry::new(Outcome::TimedOut).message(&format!("{base}{}", i + 1));
+            if let Some(w) = &waiters[i] {
+                entry = entry.waiter(w, true);
+                entry.deadline = Some(w.deadline);
+            }
+            timed_out.push((&candidates[i].tenant, &candidates[i].event, entry));
         }
+        history::record_each(conn, &self.keys, &self.settings.history, &timed_out).await;
         Ok(candidates.len() >= batch)
+    }
+
+    /// The stored waiter of each candidate (None when it is gone or does not decode).
+    async fn due_waiters(
+        &self,
+        conn: &mut Conn,
+        partition: &Partition,
+        candidates: &[DueCandidate],
+    ) -> Result<Vec<Option<Waiter>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for c in candidates {
+            pipe.cmd("HGET")
+                .arg(partition.event_waiters(&c.tenant, &c.event))
+                .arg(&c.field);
+        }
+        let raw: Vec<Option<String>> = pipe.query_async(conn).await?;
+        Ok(raw
+            .into_iter()
+            .map(|r| r.and_then(|json| serde_json::from_str(&json).ok()))
+            .collect())
     }
 }

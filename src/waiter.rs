@@ -9,6 +9,10 @@ fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
 /// A registered waiter, as stored. `deadline` (unix seconds) and `createdAt` (unix ms)
 /// are appended by the `wait` script from Redis TIME, so they are never serialized from a
 /// fresh registration.
@@ -36,6 +40,9 @@ pub struct Waiter {
     /// Per-waiter override of the retry count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// W3C `traceparent` of the registration, for the timeout delivery's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deadline: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -105,6 +112,10 @@ pub struct Job {
     pub q: i64,
     /// Attempts made so far.
     pub a: u32,
+    /// Times the delivery was put back because its tenant was at its concurrency bound
+    /// (not attempts: they change neither `a` nor `Upstash-Retried`).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub d: u32,
     /// W3C `traceparent` of the request that caused the delivery (empty for none).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub p: String,

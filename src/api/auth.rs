@@ -92,6 +92,7 @@ impl FromRequest for Tenant {
                 .ok_or(ApiError::Unauthorized)?;
             let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             if let Some(tenant) = state.auth.get(&cache_key) {
+                super::observe::record_tenant(tenant.as_str());
                 return Ok(Tenant(tenant));
             }
             let mut conn = state.redis.get();
@@ -99,6 +100,7 @@ impl FromRequest for Tenant {
                 .await?
                 .ok_or(ApiError::Unauthorized)?;
             state.auth.put(cache_key, tenant.clone());
+            super::observe::record_tenant(tenant.as_str());
             Ok(Tenant(tenant))
         })
     }

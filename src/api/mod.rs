@@ -3,10 +3,15 @@
 
 pub mod admin;
 pub mod auth;
+pub mod dlq;
 pub mod health;
+pub mod history;
 pub mod keys;
 pub mod limits;
 pub mod notify;
+pub mod observe;
+pub mod openapi;
+pub mod prometheus;
 pub mod runs;
 pub mod wait;
 pub mod waiters;
@@ -58,16 +63,39 @@ impl AppState {
 
 pub type State = web::Data<Arc<AppState>>;
 
+impl AppState {
+    /// Appends to an event's history (best effort, see [`crate::history`]).
+    pub async fn record_history(
+        &self,
+        tenant: &crate::domain::TenantName,
+        event: &crate::domain::EventId,
+        entries: &[crate::history::Entry],
+    ) {
+        crate::history::record(
+            &mut self.redis.get(),
+            &self.keys,
+            &self.settings.history,
+            tenant,
+            event,
+            entries,
+        )
+        .await;
+    }
+}
+
 /// Worker processes serve only the operator probes.
 pub fn configure_health_only(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(prometheus::metrics))
         .default_service(web::to(not_found));
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(prometheus::metrics))
+        .route("/openapi.json", web::get().to(openapi::document))
         .route("/v2/wait/{eventId}", web::post().to(wait::wait))
         .route("/v2/notify/{eventId}", web::post().to(notify::broadcast))
         .route(
@@ -75,9 +103,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(notify::lookback),
         )
         .route("/v2/waiters/{eventId}", web::get().to(waiters::list))
+        .route("/v2/events/{eventId}/history", web::get().to(history::get))
         .route("/v2/workflows/runs/{runId}", web::delete().to(runs::cancel))
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
+        .route("/v2/dlq", web::get().to(dlq::list))
+        .route("/v2/dlq/retry/{dlqId}", web::post().to(dlq::retry))
+        .route("/v2/dlq/{dlqId}", web::delete().to(dlq::delete))
         .route("/admin/tenants", web::post().to(admin::create_tenant))
         .route("/admin/tenants", web::get().to(admin::list_tenants))
         .route(
@@ -101,6 +133,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // A registered path asked with another method: 405 and the methods it takes.
+    if let Some(pattern) = req.match_pattern() {
+        let allowed = openapi::methods_of(&pattern);
+        if !allowed.is_empty() {
+            return Err(ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                allowed: allowed.join(", "),
+            });
+        }
+    }
     Err(ApiError::NotFound(format!(
         "no route for {} {}",
         req.method(),
@@ -135,6 +177,18 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// A percent-decoded query parameter (the first one of that name).
+pub fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    req.query_string().split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 /// A percent-decoded path segment, as the route matched it.

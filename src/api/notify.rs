@@ -6,10 +6,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::auth::Tenant;
 use super::wait::{hash_id, random_id};
 use super::{path_param, read_body, State};
-use crate::domain::{EventId, RunId};
+use crate::domain::{EventId, RunId, TenantName};
 use crate::error::ApiError;
+use crate::history::{Entry, Outcome};
 use crate::limits::{admission, LimitError, Limits, RateClass};
 use crate::store::scripts::{self, NotifyArgs, NotifyReply, NotifyRunArgs, NotifyRunReply, Taken};
+use crate::telemetry::metrics::{self, NotifyOutcome};
 use crate::waiter::{NotifyResponse, Waiter};
 
 /// Most notify script calls one broadcast makes (each takes `waiters.notify_batch`
@@ -29,12 +31,45 @@ fn message_id_base() -> String {
     format!("msg_{}_", random_id(20))
 }
 
-fn responses(taken: &[Taken]) -> Result<HttpResponse, ApiError> {
-    let waiters: Vec<Waiter> = taken
+fn parse_waiters(taken: &[Taken]) -> Result<Vec<Waiter>, ApiError> {
+    taken
         .iter()
         .map(|t| serde_json::from_str(&t.waiter_json))
         .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::Internal(format!("stored waiter: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("stored waiter: {e}")))
+}
+
+/// Metrics and history of a notify that took `taken` waiters (none: nobody waits).
+async fn record_notified(
+    state: &State,
+    tenant: &TenantName,
+    event: &EventId,
+    taken: &[Taken],
+    waiters: &[Waiter],
+) {
+    let outcome = if taken.is_empty() {
+        NotifyOutcome::NobodyWaiting
+    } else {
+        NotifyOutcome::Delivered
+    };
+    metrics::notify(outcome, taken.len());
+    let entries: Vec<Entry> = if taken.is_empty() {
+        vec![Entry::new(Outcome::NobodyWaiting)]
+    } else {
+        waiters
+            .iter()
+            .zip(taken)
+            .map(|(w, t)| {
+                Entry::new(Outcome::Notified)
+                    .waiter(w, false)
+                    .message(&t.message_id)
+            })
+            .collect()
+    };
+    state.record_history(tenant, event, &entries).await;
+}
+
+fn responses(taken: &[Taken], waiters: &[Waiter]) -> Result<HttpResponse, ApiError> {
     let body: Vec<NotifyResponse<'_>> = waiters
         .iter()
         .zip(taken)
@@ -93,6 +128,7 @@ pub async fn broadcast(
     let body = read_notify_body(&state, &req, payload, &limits).await?;
     let partition = state.keys.partition_of(&tenant, &event);
     let ct = content_type_json(&req);
+    let traceparent = super::observe::job_traceparent(&req);
     let admitted = admission::admit(
         &mut conn,
         &state.keys,
@@ -116,7 +152,7 @@ pub async fn broadcast(
                 content_type_json: &ct,
                 message_id_base: &base,
                 limit: state.settings.waiters.notify_batch,
-                trace: "",
+                trace: &traceparent,
                 // The request is admitted once, by its first call.
                 rate: admitted.rate.as_ref().filter(|_| batch == 0),
             },
@@ -141,8 +177,10 @@ pub async fn broadcast(
             break;
         }
     }
-    tracing::debug!(tenant = %tenant, event = %event, notified = taken.len(), "broadcast");
-    responses(&taken)
+    tracing::debug!(tenant = %tenant, event_id = %event, notified = taken.len(), "broadcast");
+    let waiters = parse_waiters(&taken)?;
+    record_notified(&state, &tenant, &event, &taken, &waiters).await;
+    responses(&taken, &waiters)
 }
 
 pub async fn lookback(
@@ -199,15 +237,23 @@ pub async fn lookback(
             saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
             op_ttl_secs: settings.waiters.idempotency_ttl_secs,
             max_saved: limits.saved_per_run_event,
-            trace: "",
+            trace: &super::observe::job_traceparent(&req),
             rate: admitted.rate.as_ref(),
         },
     )
     .await?;
     match reply {
-        NotifyRunReply::Delivered(taken) => responses(&taken),
+        NotifyRunReply::Delivered(taken) => {
+            let waiters = parse_waiters(&taken)?;
+            record_notified(&state, &tenant, &event, &taken, &waiters).await;
+            responses(&taken, &waiters)
+        }
         NotifyRunReply::Saved { message_id } => {
-            tracing::debug!(tenant = %tenant, event = %event, run = %run, "lookback saved");
+            tracing::debug!(tenant = %tenant, event_id = %event, run_id = %run, message_id = %message_id, "lookback saved");
+            metrics::notify(NotifyOutcome::Saved, 0);
+            let mut entry = Entry::new(Outcome::Saved).message(&message_id);
+            entry.workflow_run_id = Some(run.as_str().to_owned());
+            state.record_history(&tenant, &event, &[entry]).await;
             Ok(HttpResponse::build(StatusCode::CREATED)
                 .insert_header(("Herald-Notify-Outcome", "saved"))
                 .insert_header(("Herald-Message-Id", message_id))

@@ -10,6 +10,7 @@ use super::auth::Tenant;
 use super::{json_ok, path_param, read_body, State};
 use crate::domain::{parse_duration, EventId, HeaderMap, RunId};
 use crate::error::ApiError;
+use crate::history::{Entry, Outcome};
 use crate::limits::{admission, LimitError, Limits, RateClass};
 use crate::store::keys::waiter_field;
 use crate::store::scripts::{self, WaitArgs, WaitReply};
@@ -251,6 +252,7 @@ pub async fn wait(
         headers = timeout_headers.clone();
     }
 
+    let traceparent = super::observe::job_traceparent(&req);
     let waiter = Waiter {
         id: waiter_id.clone(),
         url: url.to_owned(),
@@ -263,6 +265,7 @@ pub async fn wait(
         event_id: event.as_str().to_owned(),
         timeout: timeout_text,
         retries,
+        traceparent: Some(traceparent.clone()).filter(|t| !t.is_empty()),
         deadline: 0,
         created_at: 0,
     };
@@ -295,7 +298,7 @@ pub async fn wait(
             op_ttl_secs: settings.waiters.idempotency_ttl_secs,
             run_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
             max_waiters: limits.waiters_per_event,
-            trace: "",
+            trace: &traceparent,
             rate: admitted.rate.as_ref(),
             active: admitted.active_quota(),
         },
@@ -305,7 +308,11 @@ pub async fn wait(
         WaitReply::Waiting { waiter_json } => {
             let stored: Waiter = serde_json::from_str(&waiter_json)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            tracing::debug!(tenant = %tenant, event = %event, waiter = %waiter_id, "waiter registered");
+            tracing::debug!(tenant = %tenant, event_id = %event, waiter = %waiter_id, "waiter registered");
+            crate::telemetry::metrics::wait(false);
+            let mut entry = Entry::new(Outcome::Registered).waiter(&stored, false);
+            entry.deadline = Some(stored.deadline);
+            state.record_history(&tenant, &event, &[entry]).await;
             Ok(json_ok(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -315,8 +322,18 @@ pub async fn wait(
                 }),
             ))
         }
-        WaitReply::Consumed { message_id, .. } => {
-            tracing::debug!(tenant = %tenant, event = %event, waiter = %waiter_id, "saved notification consumed");
+        WaitReply::Consumed {
+            message_id,
+            waiter_json,
+        } => {
+            tracing::debug!(tenant = %tenant, event_id = %event, waiter = %waiter_id, message_id = %message_id, "saved notification consumed");
+            crate::telemetry::metrics::wait(true);
+            if let Ok(stored) = serde_json::from_str::<Waiter>(&waiter_json) {
+                let entry = Entry::new(Outcome::Consumed)
+                    .waiter(&stored, false)
+                    .message(&message_id);
+                state.record_history(&tenant, &event, &[entry]).await;
+            }
             Ok(json_ok(
                 StatusCode::OK,
                 &serde_json::json!({

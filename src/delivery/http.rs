@@ -50,6 +50,16 @@ pub struct Outbound {
     pub body: Vec<u8>,
 }
 
+impl Outbound {
+    /// Sets a header Herald owns, replacing any value the tenant gave it.
+    pub fn set_header(&mut self, name: &'static str, value: &str) {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.retain(|(n, _)| n.as_str() != name);
+            self.headers.push((HeaderName::from_static(name), v));
+        }
+    }
+}
+
 fn push_header(headers: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: &str) {
     let lower = name.to_ascii_lowercase();
     let name = lower.strip_prefix(FORWARD_PREFIX).unwrap_or(&lower);

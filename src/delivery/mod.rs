@@ -5,10 +5,16 @@
 //!
 //! At-least-once: an entry leaves the pending list only through one of those scripts.
 //! A worker that dies mid-attempt leaves its entries pending; any worker takes them over
-//! with `XAUTOCLAIM` once they are idle for `delivery.reclaim_idle_secs`.
+//! (`reclaim`) once they are idle for `delivery.reclaim_idle_secs`, unless they were
+//! already handed out `delivery.max_deliveries` times: then they are dead-lettered.
+//!
+//! Fairness: besides the worker-wide bound (`delivery.concurrency`), each tenant holds at
+//! most `delivery.tenant_concurrency` attempts of a worker ([`fairness`]).
 
+pub mod fairness;
 pub mod http;
 pub mod ip_policy;
+mod record;
 pub mod retry;
 pub mod signing;
 
@@ -16,16 +22,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
+};
 use redis::AsyncCommands;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
+use self::fairness::{defer_delay, TenantSlots};
 use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
-use crate::store::scripts::{self, DeadLetterArgs, RetryLaterArgs};
+use crate::store::scripts::{self, DeadLetterArgs, ReclaimArgs, ReclaimCandidate, RetryLaterArgs};
 use crate::store::{tenants, Conn, Keys, Partition, RedisPool, StoreError, GROUP};
 use crate::waiter::Job;
 
@@ -33,12 +43,14 @@ use crate::waiter::Job;
 const SIGNING_KEY_TTL: Duration = Duration::from_secs(5);
 
 pub struct Deliverer {
-    redis: RedisPool,
-    keys: Keys,
-    settings: Settings,
+    pub(crate) redis: RedisPool,
+    pub(crate) keys: Keys,
+    pub(crate) settings: Settings,
     sender: Sender,
     /// Bounds concurrent attempts of this process.
     slots: Arc<Semaphore>,
+    /// Bounds concurrent attempts of this process per tenant.
+    tenant_slots: TenantSlots,
     consumer: String,
     signing_keys: Mutex<HashMap<String, (String, Instant)>>,
     tasks: TaskTracker,
@@ -54,6 +66,7 @@ impl Deliverer {
         );
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(settings.delivery.concurrency)),
+            tenant_slots: TenantSlots::new(settings.delivery.tenant_concurrency),
             redis,
             keys,
             settings,
@@ -175,24 +188,71 @@ impl Deliverer {
             .unwrap_or_default())
     }
 
-    /// Takes over entries another consumer left idle too long (it crashed or hung).
+    /// Takes over entries another consumer left idle too long (it crashed or hung), and
+    /// dead-letters those already handed out `delivery.max_deliveries` times (poison).
+    ///
+    /// XPENDING proposes the candidates (it reports delivery counts, XAUTOCLAIM does not);
+    /// the `reclaim` script re-checks and moves each one atomically.
     async fn reclaim(
         &self,
         conn: &mut Conn,
         partition: &Partition,
         count: usize,
     ) -> Result<Vec<StreamId>, StoreError> {
+        let stream = partition.deliveries();
         let idle_ms = self.settings.delivery.reclaim_idle_secs * 1000;
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(partition.deliveries())
+        let max_deliveries = self.settings.delivery.max_deliveries;
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&stream)
             .arg(GROUP)
-            .arg(&self.consumer)
+            .arg("IDLE")
             .arg(idle_ms)
-            .arg("0-0")
-            .arg("COUNT")
+            .arg("-")
+            .arg("+")
             .arg(count)
             .query_async(conn)
             .await?;
+        if pending.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The tenant of a poison entry names its dead-letter stream: read it from the job.
+        let mut poison_tenants: HashMap<String, TenantName> = HashMap::new();
+        for p in &pending.ids {
+            if p.times_delivered >= max_deliveries as usize {
+                let range: StreamRangeReply = conn.xrange(&stream, &p.id, &p.id).await?;
+                let tenant = range
+                    .ids
+                    .first()
+                    .and_then(|e| e.get::<String>("j"))
+                    .and_then(|j| serde_json::from_str::<Job>(&j).ok())
+                    .and_then(|job| TenantName::parse(&job.t).ok())
+                    .unwrap_or_else(unknown_tenant);
+                poison_tenants.insert(p.id.clone(), tenant);
+            }
+        }
+        let candidates: Vec<ReclaimCandidate<'_>> = pending
+            .ids
+            .iter()
+            .map(|p| ReclaimCandidate {
+                entry_id: &p.id,
+                poison_tenant: poison_tenants.get(&p.id),
+            })
+            .collect();
+        let note = format!(
+            "handed to a worker {max_deliveries} times without an outcome (each worker died or hung)"
+        );
+        let reply = scripts::reclaim(
+            conn,
+            &ReclaimArgs {
+                partition,
+                consumer: &self.consumer,
+                min_idle_ms: idle_ms,
+                max_deliveries,
+                note: &note,
+                candidates: &candidates,
+            },
+        )
+        .await?;
         if !reply.claimed.is_empty() {
             tracing::info!(
                 partition = partition.index,
@@ -200,8 +260,11 @@ impl Deliverer {
                 "reclaimed idle deliveries"
             );
         }
-        if !reply.deleted_ids.is_empty() {
-            tracing::error!(partition = partition.index, ids = ?reply.deleted_ids, "pending deliveries whose stream entry is gone");
+        for (entry, letter) in &reply.dead {
+            tracing::warn!(partition = partition.index, entry = %entry, dead_letter = %letter, "poison delivery dead-lettered");
+        }
+        if !reply.gone.is_empty() {
+            tracing::error!(partition = partition.index, ids = ?reply.gone, "pending deliveries whose stream entry is gone");
         }
         Ok(reply.claimed)
     }
@@ -227,12 +290,12 @@ impl Deliverer {
     async fn deliver(&self, partition: &Partition, entry: StreamId) {
         let job_json: Option<String> = entry.get("j");
         let body: Vec<u8> = entry.get("b").unwrap_or_default();
-        let Some(mut job) = job_json
+        let Some(job) = job_json
             .as_deref()
             .and_then(|j| serde_json::from_str::<Job>(j).ok())
         else {
             tracing::error!(partition = partition.index, id = %entry.id, "undecodable delivery entry; dead-lettering");
-            let tenant = TenantName::parse("unknown").expect("valid name");
+            let tenant = unknown_tenant();
             let args = DeadLetterArgs {
                 partition,
                 tenant: &tenant,
@@ -245,7 +308,20 @@ impl Deliverer {
             let _ = scripts::dead_letter(&mut self.redis.get(), &args).await;
             return;
         };
+        let Some(_tenant_slot) = self.tenant_slots.try_acquire(&job.t) else {
+            self.defer(partition, &entry.id, job, &body).await;
+            return;
+        };
+        let span = crate::telemetry::trace::delivery_span(&job);
+        self.attempt(partition, &entry.id, job, body)
+            .instrument(span)
+            .await;
+    }
+
+    /// One attempt of a decoded job, inside its span, and its outcome written back.
+    async fn attempt(&self, partition: &Partition, entry_id: &str, mut job: Job, body: Vec<u8>) {
         let mut outbound = http::build(&job, &body);
+        record::trace_header(&mut outbound, &job);
         if let Some(key) = self.signing_key(&job.t).await {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -263,12 +339,13 @@ impl Deliverer {
         let started = Instant::now();
         let attempt = self.sender.send(outbound).await;
         let elapsed_ms = started.elapsed().as_millis();
+        let summary = record::Summary::of(&job, &attempt, started.elapsed());
         let max_retries = job.w.retries.unwrap_or(self.settings.delivery.max_retries);
         let mut conn = self.redis.get();
         let result = match attempt {
             Attempt::Delivered { status } => {
-                tracing::debug!(tenant = %job.t, event = %job.e, message = %job.m, status, elapsed_ms, "delivered");
-                scripts::ack(&mut conn, partition, &entry.id)
+                tracing::debug!(tenant = %job.t, event_id = %job.e, message_id = %job.m, status, elapsed_ms, "delivered");
+                scripts::ack(&mut conn, partition, entry_id)
                     .await
                     .map(|_| ())
             }
@@ -292,19 +369,18 @@ impl Deliverer {
                 job.a += 1;
                 let out_of_attempts = job.a > max_retries;
                 tracing::info!(
-                    tenant = %job.t, event = %job.e, message = %job.m, attempt = job.a, status,
+                    tenant = %job.t, event_id = %job.e, message_id = %job.m, attempt = job.a, status,
                     error = %truncate(&error, 200), "delivery attempt failed"
                 );
                 let job_json = serde_json::to_string(&job).unwrap_or_default();
                 if final_failure || out_of_attempts {
-                    let tenant = TenantName::parse(&job.t)
-                        .unwrap_or_else(|_| TenantName::parse("unknown").expect("valid"));
+                    let tenant = TenantName::parse(&job.t).unwrap_or_else(|_| unknown_tenant());
                     scripts::dead_letter(
                         &mut conn,
                         &DeadLetterArgs {
                             partition,
                             tenant: &tenant,
-                            entry_id: &entry.id,
+                            entry_id,
                             job_json: &job_json,
                             body: &body,
                             last_status: status,
@@ -313,7 +389,7 @@ impl Deliverer {
                     )
                     .await
                     .map(|id| {
-                        tracing::warn!(tenant = %job.t, event = %job.e, message = %job.m, dead_letter = ?id, "delivery dead-lettered");
+                        tracing::warn!(tenant = %job.t, event_id = %job.e, message_id = %job.m, dead_letter = ?id, "delivery dead-lettered");
                     })
                 } else {
                     let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
@@ -324,7 +400,7 @@ impl Deliverer {
                         &mut conn,
                         &RetryLaterArgs {
                             partition,
-                            entry_id: &entry.id,
+                            entry_id,
                             message_id: &job.m,
                             job_json: &job_json,
                             body: &body,
@@ -336,11 +412,46 @@ impl Deliverer {
                 }
             }
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             // The entry stays pending and is reclaimed later: a duplicate, never a loss.
-            tracing::warn!(message = %job.m, error = %e, "could not record the delivery outcome");
+            tracing::warn!(message_id = %job.m, error = %e, "could not record the delivery outcome");
+        }
+        record::finished(self, &job, summary, max_retries, result.is_ok()).await;
+    }
+}
+
+impl Deliverer {
+    /// Puts a delivery of a tenant at its concurrency bound back into the retry schedule
+    /// for a moment: no attempt is made or counted, and the entry leaves the pending list
+    /// (a deferred entry held here would be taken over by another worker as idle).
+    async fn defer(&self, partition: &Partition, entry_id: &str, mut job: Job, body: &[u8]) {
+        let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
+        let delay = defer_delay(job.d, max);
+        job.d = job.d.saturating_add(1);
+        tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
+        let job_json = serde_json::to_string(&job).unwrap_or_default();
+        let result = scripts::retry_later(
+            &mut self.redis.get(),
+            &RetryLaterArgs {
+                partition,
+                entry_id,
+                message_id: &job.m,
+                job_json: &job_json,
+                body,
+                delay_ms: delay.as_millis() as u64,
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(message = %job.m, error = %e, "could not defer the delivery; it stays pending");
         }
     }
+}
+
+/// Where dead letters of an entry whose tenant cannot be read go: a name no real tenant
+/// can have, so no tenant ever sees them (operators find them under `dlq:-undecodable`).
+fn unknown_tenant() -> TenantName {
+    TenantName::reserved_undecodable()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

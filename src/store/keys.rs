@@ -17,6 +17,7 @@
 //! | `<prefix>:{p<n>}:dlq:<tenant>` | STREAM | the tenant's dead letters |
 //! | `<prefix>:{p<n>}:waiters:<tenant>` | STRING | the tenant's waiters registered in the partition (quota) |
 //! | `<prefix>:{p<h>}:rate:<tenant>:<class>` | STRING | GCRA state of a tenant's rate limit, in its home partition `h` |
+//! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
 //!
 //! Global keys (single-key commands only): `<prefix>:meta` (HASH: partitions),
 //! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING),
@@ -35,6 +36,50 @@ pub const GROUP: &str = "herald";
 pub struct Keys {
     prefix: String,
     partitions: u16,
+}
+
+/// A partition key taken apart (see [`Keys::parse_partition_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionKey {
+    EventWaiters {
+        partition: u16,
+        tenant: TenantName,
+        event: EventId,
+    },
+    RunEvents {
+        partition: u16,
+        tenant: TenantName,
+        run: RunId,
+    },
+    Cancelled {
+        partition: u16,
+        tenant: TenantName,
+        run: RunId,
+    },
+    DeadLetters {
+        partition: u16,
+        tenant: TenantName,
+    },
+    Deadlines(u16),
+    Deliveries(u16),
+    Retries(u16),
+    /// Saved lists, idempotency records, the retry-job hash, placeholders.
+    Other(u16),
+}
+
+impl PartitionKey {
+    pub fn partition(&self) -> u16 {
+        match self {
+            PartitionKey::EventWaiters { partition, .. }
+            | PartitionKey::RunEvents { partition, .. }
+            | PartitionKey::Cancelled { partition, .. }
+            | PartitionKey::DeadLetters { partition, .. } => *partition,
+            PartitionKey::Deadlines(p)
+            | PartitionKey::Deliveries(p)
+            | PartitionKey::Retries(p)
+            | PartitionKey::Other(p) => *p,
+        }
+    }
 }
 
 /// The keys of one partition (a hash-tagged slice of the keyspace).
@@ -106,6 +151,58 @@ impl Keys {
         format!("{}:limits:{}", self.prefix, name)
     }
 
+    /// A SCAN pattern matching every partition key of this prefix.
+    pub fn partition_pattern(&self) -> String {
+        format!("{}:{{p*}}:*", self.prefix)
+    }
+
+    /// What a partition key of this prefix names (the inverse of the [`Partition`] methods;
+    /// used by `herald repartition`).
+    pub fn parse_partition_key(&self, key: &str) -> Option<PartitionKey> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{p")?;
+        let (index, rest) = rest.split_once("}:")?;
+        let p: u16 = index.parse().ok()?;
+        let tenant_and = |s: &str| -> Option<(TenantName, String)> {
+            let (tenant, tail) = s.split_once(':')?;
+            Some((TenantName::parse(tenant).ok()?, tail.to_owned()))
+        };
+        let parsed = match rest.split_once(':') {
+            Some(("ev", tail)) => {
+                let (tenant, event) = tenant_and(tail)?;
+                PartitionKey::EventWaiters {
+                    partition: p,
+                    tenant,
+                    event: EventId::parse(&event).ok()?,
+                }
+            }
+            Some(("run", tail)) => {
+                let (tenant, run) = tenant_and(tail)?;
+                PartitionKey::RunEvents {
+                    partition: p,
+                    tenant,
+                    run: RunId::parse(&run).ok()?,
+                }
+            }
+            Some(("cancelled", tail)) => {
+                let (tenant, run) = tenant_and(tail)?;
+                PartitionKey::Cancelled {
+                    partition: p,
+                    tenant,
+                    run: RunId::parse(&run).ok()?,
+                }
+            }
+            Some(("dlq", tenant)) => PartitionKey::DeadLetters {
+                partition: p,
+                tenant: TenantName::parse(tenant).ok()?,
+            },
+            None if rest == "deadlines" => PartitionKey::Deadlines(p),
+            None if rest == "deliveries" => PartitionKey::Deliveries(p),
+            None if rest == "retries" => PartitionKey::Retries(p),
+            _ => PartitionKey::Other(p),
+        };
+        Some(parsed)
+    }
+
     pub fn meta(&self) -> String {
         format!("{}:meta", self.prefix)
     }
@@ -120,6 +217,18 @@ impl Keys {
 
     pub fn token(&self, token_sha256_hex: &str) -> String {
         format!("{}:token:{}", self.prefix, token_sha256_hex)
+    }
+
+    /// SCAN pattern matching the saved-notification lists of every partition.
+    pub fn saved_pattern(&self) -> String {
+        format!("{}:{{p*}}:saved:*", self.prefix)
+    }
+
+    /// The partition number of a partition key (`<prefix>:{p<n>}:…`).
+    pub fn partition_of_key(&self, key: &str) -> Option<u16> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{p")?;
+        let (number, _) = rest.split_once('}')?;
+        number.parse().ok()
     }
 }
 
@@ -173,6 +282,11 @@ impl Partition {
     /// How many waiters the tenant has registered in this partition.
     pub fn waiter_count(&self, tenant: &TenantName) -> String {
         format!("{}waiters:{}", self.base, tenant)
+    }
+
+    /// Recent outcomes of (tenant, event), newest first (see [`crate::history`]).
+    pub fn history(&self, tenant: &TenantName, event: &EventId) -> String {
+        format!("{}history:{}:{}", self.base, tenant, event)
     }
 }
 
@@ -254,6 +368,7 @@ mod tests {
                 p.retry_jobs(),
                 p.dead_letters(&tenant),
                 p.waiter_count(&tenant),
+                p.history(&tenant, &event),
             ];
             let slot = key_slot(&all[0]);
             for k in &all {
@@ -278,6 +393,18 @@ mod tests {
             }
         }
         assert!(homes.len() > 8, "tenants spread over partitions: {homes:?}");
+    }
+
+    #[test]
+    fn partition_keys_name_their_partition() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("order-42").unwrap();
+        let p = keys.partition_of(&tenant, &event);
+        let saved = p.saved(&tenant, &RunId::parse("wfr_1").unwrap(), &event);
+        assert_eq!(keys.partition_of_key(&saved), Some(p.index));
+        assert_eq!(keys.partition_of_key("other:{p3}:saved:x"), None);
+        assert_eq!(keys.saved_pattern(), "herald:{p*}:saved:*");
     }
 
     #[test]
@@ -307,6 +434,68 @@ mod tests {
             seen[keys.partition_of(&tenant, &e).index as usize] += 1;
         }
         assert!(seen.iter().all(|n| *n > 50), "{seen:?}");
+    }
+
+    #[test]
+    fn default_partitions_spread_over_three_masters() {
+        // `redis-cli --cluster create` gives three masters equal slot ranges.
+        let keys = Keys::new("herald", 16);
+        let mut per_master = [0; 3];
+        for p in keys.all_partitions() {
+            per_master[key_slot(&p.deliveries()) as usize * 3 / 16384] += 1;
+        }
+        assert!(per_master.iter().all(|n| *n >= 4), "{per_master:?}");
+    }
+
+    #[test]
+    fn partition_keys_parse_back() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("a:b").unwrap();
+        let run = RunId::parse("wfr:1").unwrap();
+        let p = keys.partition_of(&tenant, &event);
+        let i = p.index;
+        assert_eq!(
+            keys.parse_partition_key(&p.event_waiters(&tenant, &event)),
+            Some(PartitionKey::EventWaiters {
+                partition: i,
+                tenant: tenant.clone(),
+                event
+            })
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.run_events(&tenant, &run)),
+            Some(PartitionKey::RunEvents {
+                partition: i,
+                tenant: tenant.clone(),
+                run: run.clone()
+            })
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.cancelled(&tenant, &run)),
+            Some(PartitionKey::Cancelled {
+                partition: i,
+                tenant: tenant.clone(),
+                run
+            })
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.dead_letters(&tenant)),
+            Some(PartitionKey::DeadLetters {
+                partition: i,
+                tenant
+            })
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.deliveries()),
+            Some(PartitionKey::Deliveries(i))
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.retry_jobs()),
+            Some(PartitionKey::Other(i))
+        );
+        assert_eq!(keys.parse_partition_key("other:{p1}:deliveries"), None);
+        assert_eq!(keys.parse_partition_key(&keys.meta()), None);
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Redis storage: key names ([`keys`]), connections ([`redis`]), one typed wrapper per Lua
-//! script ([`scripts`]) and tenant records ([`tenants`]).
+//! Redis storage: key names ([`keys`]), connections for every topology ([`redis`]), one
+//! typed wrapper per Lua script ([`scripts`]), tenant records ([`tenants`]), dead letters
+//! ([`dead_letters`]) and the offline change of the partition count ([`repartition`]).
 
+pub mod dead_letters;
 pub mod keys;
 pub mod limits;
 pub mod redis;
+pub mod repartition;
 pub mod scripts;
 pub mod tenants;
 
@@ -49,6 +52,7 @@ impl From<RedisError> for StoreError {
             )
             // A write refused inside a script reports the script error with OOM inside.
             || e.to_string().contains("OOM command not allowed");
+        crate::telemetry::metrics::redis_error(unavailable);
         if unavailable {
             StoreError::Unavailable(e)
         } else {
@@ -61,6 +65,12 @@ impl From<RedisError> for StoreError {
 /// partition of every key depends on it.
 pub async fn check_partitions(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
     let meta = keys.meta();
+    let migrating: Option<u16> = conn.hget(&meta, "repartition_to").await?;
+    if let Some(to) = migrating {
+        return Err(StoreError::Setup(format!(
+            "`herald repartition --to {to}` has not finished; run it again before starting Herald"
+        )));
+    }
     let _: bool = conn.hset_nx(&meta, "partitions", keys.partitions()).await?;
     let recorded: u16 = conn.hget(&meta, "partitions").await?;
     if recorded != keys.partitions() {

@@ -9,7 +9,9 @@
 
 use std::sync::LazyLock;
 
+use redis::streams::StreamId;
 use redis::{Script, ScriptInvocation, Value};
+use tracing::Instrument;
 
 use super::keys::{Partition, GROUP};
 use super::redis::Conn;
@@ -41,9 +43,11 @@ script!(ACK, "ack.lua");
 script!(RETRY_LATER, "retry_later.lua");
 script!(PROMOTE_DUE, "promote_due.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
+script!(RECLAIM, "reclaim.lua");
+script!(REDRIVE, "redrive.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 10] {
+pub fn all() -> [(&'static str, &'static Script); 12] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -54,13 +58,34 @@ pub fn all() -> [(&'static str, &'static Script); 10] {
         ("retry_later", &RETRY_LATER),
         ("promote_due", &PROMOTE_DUE),
         ("dead_letter", &DEAD_LETTER),
+        ("reclaim", &RECLAIM),
+        ("redrive", &REDRIVE),
         ("rate_limit", &RATE_LIMIT),
     ]
 }
 
-async fn invoke(conn: &mut Conn, invocation: ScriptInvocation<'_>) -> Result<Value, StoreError> {
+/// Runs one script inside its own span, a child of the request or delivery span. Calls
+/// outside both (the scheduler's periodic scripts) get no span: they would be a stream
+/// of root spans, several per partition and tick, that explain nothing.
+async fn invoke(
+    conn: &mut Conn,
+    name: &'static str,
+    invocation: ScriptInvocation<'_>,
+) -> Result<Value, StoreError> {
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "redis script",
+            otel.name = %format_args!("EVALSHA {name}"),
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation = name,
+        )
+    };
     invocation
         .invoke_async(conn)
+        .instrument(span)
         .await
         .map_err(StoreError::from)
 }
@@ -176,7 +201,7 @@ pub async fn rate_limit(
 ) -> Result<Result<u64, RateRefusal>, StoreError> {
     let mut inv = RATE_LIMIT.prepare_invoke();
     inv.key(bucket).arg(per_sec).arg(burst);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "rate_limit", inv).await?)?;
     match &items[..] {
         [admitted, rest @ ..] if int(admitted)? == 1 => Ok(Ok(refusal(rest)?.remaining)),
         [_, rest @ ..] => Ok(Err(refusal(rest)?)),
@@ -273,7 +298,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
     inv.arg(a.active.max).arg(a.active.counted_elsewhere);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "wait", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
             waiter_json: text(w)?,
@@ -331,7 +356,7 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .arg(a.limit)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "notify", inv).await?)?;
     if let [Value::BulkString(tag), rest @ ..] = &items[..] {
         if tag.as_slice() == b"limited" {
             return Ok(NotifyReply::Limited(refusal(rest)?));
@@ -395,7 +420,7 @@ pub async fn notify_run(
         .arg(a.max_saved)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),
         (Some("saved"), [_, m]) => Ok(NotifyRunReply::Saved {
@@ -439,7 +464,7 @@ pub async fn cancel(
             .key(partition.saved(tenant, run, event))
             .arg(event.as_str());
     }
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "cancel", inv).await?)?;
     Ok(CancelReply {
         waiters: items.first().map(int).transpose()?.unwrap_or(0),
         saved: items.get(1).map(int).transpose()?.unwrap_or(0),
@@ -482,7 +507,7 @@ pub async fn expire_due(
             .arg(c.event.as_str())
             .arg(&c.trace);
     }
-    let items = array(invoke(conn, inv).await?)?;
+    let items = array(invoke(conn, "expire_due", inv).await?)?;
     items
         .chunks(2)
         .map(|c| match c {
@@ -499,7 +524,7 @@ pub async fn ack(
 ) -> Result<bool, StoreError> {
     let mut inv = ACK.prepare_invoke();
     inv.key(partition.deliveries()).arg(GROUP).arg(entry_id);
-    Ok(int(&invoke(conn, inv).await?)? == 1)
+    Ok(int(&invoke(conn, "ack", inv).await?)? == 1)
 }
 
 pub struct RetryLaterArgs<'a> {
@@ -523,7 +548,7 @@ pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool
         .arg(a.job_json)
         .arg(a.body)
         .arg(a.delay_ms);
-    Ok(int(&invoke(conn, inv).await?)? == 1)
+    Ok(int(&invoke(conn, "retry_later", inv).await?)? == 1)
 }
 
 pub async fn promote_due(
@@ -536,7 +561,7 @@ pub async fn promote_due(
         .key(partition.retries())
         .key(partition.retry_jobs())
         .arg(limit);
-    int(&invoke(conn, inv).await?)
+    int(&invoke(conn, "promote_due", inv).await?)
 }
 
 pub struct DeadLetterArgs<'a> {
@@ -564,7 +589,102 @@ pub async fn dead_letter(
         .arg(a.body)
         .arg(a.last_status)
         .arg(a.last_error);
-    match invoke(conn, inv).await? {
+    match invoke(conn, "dead_letter", inv).await? {
+        Value::Nil => Ok(None),
+        v => Ok(Some(text(&v)?)),
+    }
+}
+
+/// An idle pending entry proposed to `reclaim`.
+pub struct ReclaimCandidate<'a> {
+    pub entry_id: &'a str,
+    /// The tenant whose dead letters receive the entry when it is poison; `None` when the
+    /// caller saw it below the limit (then it is only ever taken over).
+    pub poison_tenant: Option<&'a TenantName>,
+}
+
+pub struct ReclaimArgs<'a> {
+    pub partition: &'a Partition,
+    pub consumer: &'a str,
+    pub min_idle_ms: u64,
+    pub max_deliveries: u32,
+    /// Recorded as the last error of a poison dead letter.
+    pub note: &'a str,
+    pub candidates: &'a [ReclaimCandidate<'a>],
+}
+
+#[derive(Debug, Default)]
+pub struct ReclaimReply {
+    /// Entries now owned by the caller, to be delivered.
+    pub claimed: Vec<StreamId>,
+    /// (entry id, dead letter id) of the poison entries.
+    pub dead: Vec<(String, String)>,
+    /// Pending ids whose stream entry had been deleted.
+    pub gone: Vec<String>,
+}
+
+pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimReply, StoreError> {
+    let p = a.partition;
+    let mut inv = RECLAIM.prepare_invoke();
+    inv.key(p.deliveries())
+        .arg(GROUP)
+        .arg(a.consumer)
+        .arg(a.min_idle_ms)
+        .arg(a.max_deliveries)
+        .arg(a.note);
+    // One KEYS slot per distinct tenant; KEYS[1] is the stream, so indexes start at 2.
+    let mut tenants: Vec<&TenantName> = Vec::new();
+    for c in a.candidates {
+        let index = match c.poison_tenant {
+            None => 0,
+            Some(t) => match tenants.iter().position(|known| *known == t) {
+                Some(i) => i + 2,
+                None => {
+                    tenants.push(t);
+                    inv.key(p.dead_letters(t));
+                    tenants.len() + 1
+                }
+            },
+        };
+        inv.arg(c.entry_id).arg(index);
+    }
+    let items = array(invoke(conn, "reclaim", inv).await?)?;
+    let [claimed, dead, gone] = <[Value; 3]>::try_from(items)
+        .map_err(|items| StoreError::Reply(format!("reclaim: unexpected reply {items:?}")))?;
+    let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(claimed)
+        .map_err(|e| StoreError::Reply(format!("reclaim: claimed entries: {e}")))?;
+    let dead = array(dead)?;
+    Ok(ReclaimReply {
+        claimed: claimed.ids,
+        dead: dead
+            .chunks(2)
+            .map(|c| match c {
+                [entry, letter] => Ok((text(entry)?, text(letter)?)),
+                _ => Err(StoreError::Reply(
+                    "reclaim: dead letters come in pairs".into(),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        gone: array(gone)?.iter().map(text).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Moves a dead letter back into its partition's delivery stream with `job_json` (the
+/// letter's job, attempts reset). Returns the new entry id, or None when the dead letter
+/// was gone.
+pub async fn redrive(
+    conn: &mut Conn,
+    partition: &Partition,
+    tenant: &TenantName,
+    dead_letter_id: &str,
+    job_json: &str,
+) -> Result<Option<String>, StoreError> {
+    let mut inv = REDRIVE.prepare_invoke();
+    inv.key(partition.dead_letters(tenant))
+        .key(partition.deliveries())
+        .arg(dead_letter_id)
+        .arg(job_json);
+    match invoke(conn, "redrive", inv).await? {
         Value::Nil => Ok(None),
         v => Ok(Some(text(&v)?)),
     }

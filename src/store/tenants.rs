@@ -94,7 +94,10 @@ pub async fn create(
     let current = new_signing_key();
     let next = new_signing_key();
     let hash = token_hash(&token);
-    ::redis::pipe()
+    // One command at a time, not a pipeline: the three keys live in different cluster
+    // slots. The tenant record is the authority (see `authenticate`), so a partial
+    // failure leaves at worst a tenant whose token must be rotated.
+    let _: () = conn
         .hset_multiple(
             &key,
             &[
@@ -104,13 +107,9 @@ pub async fn create(
                 ("signing_next", next.clone()),
             ],
         )
-        .ignore()
-        .set(keys.token(&hash), name.as_str())
-        .ignore()
-        .sadd(keys.tenants(), name.as_str())
-        .ignore()
-        .exec_async(conn)
         .await?;
+    let _: () = conn.set(keys.token(&hash), name.as_str()).await?;
+    let _: () = conn.sadd(keys.tenants(), name.as_str()).await?;
     Ok(NewTenant {
         name: name.to_string(),
         token,
@@ -153,15 +152,11 @@ pub async fn rotate_token(
     };
     let token = new_token();
     let hash = token_hash(&token);
-    ::redis::pipe()
-        .hset(&key, "token_sha256", &hash)
-        .ignore()
-        .set(keys.token(&hash), name.as_str())
-        .ignore()
-        .del(keys.token(&old))
-        .ignore()
-        .exec_async(conn)
-        .await?;
+    // Index first, then the authoritative record, then the old index (keys in different
+    // cluster slots, so no pipeline): the new token works from the record's write on.
+    let _: () = conn.set(keys.token(&hash), name.as_str()).await?;
+    let _: () = conn.hset(&key, "token_sha256", &hash).await?;
+    let _: () = conn.del(keys.token(&old)).await?;
     Ok(token)
 }
 
@@ -176,13 +171,9 @@ pub async fn revoke_token(
     let Some(old) = old else {
         return Err(TenantError::NotFound(name.to_string()));
     };
-    ::redis::pipe()
-        .hset(&key, "token_sha256", "")
-        .ignore()
-        .del(keys.token(&old))
-        .ignore()
-        .exec_async(conn)
-        .await?;
+    // The record first: from its write on, the old token is refused.
+    let _: () = conn.hset(&key, "token_sha256", "").await?;
+    let _: () = conn.del(keys.token(&old)).await?;
     Ok(())
 }
 

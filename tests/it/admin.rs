@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::support::{test_settings, RedisServer, TestApp};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_managed_with_the_admin_token() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -93,7 +93,7 @@ async fn tenants_are_managed_with_the_admin_token() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_keys_rotate() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -106,7 +106,7 @@ async fn signing_keys_rotate() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::{test_settings, RedisServer, TestApp};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_is_503_and_recovers() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut settings = test_settings(&redis.url());
@@ -54,7 +54,7 @@ async fn redis_down_is_503_and_recovers() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_different_partition_count_refuses_to_start() {
     let redis = RedisServer::start();
     let settings = test_settings(&redis.url());

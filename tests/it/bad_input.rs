@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::support::{test_settings, RedisServer, TestApp};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_change_nothing() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
@@ -166,7 +166,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_token_and_percent_decoded_ids_work() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;

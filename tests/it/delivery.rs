@@ -35,7 +35,7 @@ fn field(entry: &[(String, Vec<u8>)], name: &str) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_with_the_same_message_id() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -61,7 +61,7 @@ async fn failed_attempts_are_retried_with_the_same_message_id() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_attempts_goes_to_the_dead_letters() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
@@ -137,7 +137,7 @@ async fn out_of_attempts_goes_to_the_dead_letters() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -159,7 +159,7 @@ async fn retry_after_is_honoured() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workflow_waiters_get_the_upstash_step_format_with_deduplicated_headers() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -229,7 +229,7 @@ async fn workflow_waiters_get_the_upstash_step_format_with_deduplicated_headers(
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_is_refused_unless_allow_listed() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());

@@ -15,7 +15,7 @@ async fn wait_as_run(app: &TestApp, run: &str, event: &str, url: &str) -> (u16, 
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_before_wait_is_saved_and_consumed_by_the_next_wait() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -78,7 +78,7 @@ async fn notify_before_wait_is_saved_and_consumed_by_the_next_wait() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_before_notify_is_delivered_to_that_run_only() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -119,7 +119,7 @@ async fn wait_before_notify_is_delivered_to_that_run_only() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_notifications_expire_and_retries_do_not_save_twice() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());

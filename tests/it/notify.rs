@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::support::{test_settings, Receiver, RedisServer, TestApp};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_example_end_to_end() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -81,7 +81,7 @@ async fn order_example_end_to_end() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_reaches_every_waiter_once() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
@@ -115,7 +115,7 @@ async fn broadcast_reaches_every_waiter_once() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_fires_once_and_a_late_notify_finds_nobody() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -145,7 +145,7 @@ async fn timeout_fires_once_and_a_late_notify_finds_nobody() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_cannot_see_or_notify_each_others_waiters() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -196,7 +196,7 @@ async fn tenants_cannot_see_or_notify_each_others_waiters() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_the_same_waiter_twice_leaves_one() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -235,7 +235,7 @@ async fn registering_the_same_waiter_twice_leaves_one() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_run_drops_its_waiters_and_saved_notifications() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -287,7 +287,7 @@ async fn cancelling_a_run_drops_its_waiters_and_saved_notifications() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_follow_redis_time() {
     // The waiter's deadline is Redis TIME + timeout; listing shows it in unix seconds.
     let redis = RedisServer::start();

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::support::{test_settings, Receiver, RedisServer, TestApp};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
@@ -20,26 +20,26 @@ async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide
     let receiver = Receiver::start().await;
     const EVENTS: usize = 500; // two waiters each: 1,000 waiters
 
-    let registered_at = Instant::now();
-    let registrations = (0..EVENTS * 2).map(|i| {
-        let event = format!("race-{}", i / 2);
-        let url = receiver.url(&format!("/w/{i}"));
+    // Each event: register its two waiters (2 s timeout), then notify it within ±150 ms
+    // of its own deadline, so notifies and timeouts collide whatever the machine's load.
+    // At most 100 events are in flight at once.
+    let started = Instant::now();
+    let per_event = futures_util::stream::iter(0..EVENTS).map(|e| {
         let app = &app;
-        async move { app.wait(&event, json!({"url": url, "timeout": 2})).await.0 }
-    });
-    let statuses = join_all(registrations).await;
-    assert!(statuses.iter().all(|s| *s == 200), "all registered");
-    let registration_took = registered_at.elapsed();
-
-    // Fire the notifies around the deadlines (2 s after registration), spread over 0.6 s.
-    let notify_at = registered_at + Duration::from_millis(1700);
-    tokio::time::sleep_until(notify_at.into()).await;
-    let notifies = (0..EVENTS).map(|e| {
-        let app = &app;
+        let receiver = &receiver;
         async move {
-            tokio::time::sleep(Duration::from_micros((e as u64 * 1200) % 600_000)).await;
-            let (status, body) = app.notify(&format!("race-{e}"), "paid").await;
-            assert_eq!(status, 201);
+            let event = format!("race-{e}");
+            let registered = Instant::now();
+            for w in 0..2 {
+                let url = receiver.url(&format!("/w/{}", e * 2 + w));
+                let (status, body) = app.wait(&event, json!({"url": url, "timeout": 2})).await;
+                assert_eq!(status, 200, "{body}");
+            }
+            let offset_ms = (e as u64 * 37) % 300;
+            let at = registered + Duration::from_millis(1850 + offset_ms);
+            tokio::time::sleep_until(at.into()).await;
+            let (status, body) = app.notify(&event, "paid").await;
+            assert_eq!(status, 201, "{body}");
             body.as_array()
                 .unwrap()
                 .iter()
@@ -47,7 +47,14 @@ async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide
                 .collect::<Vec<_>>()
         }
     });
-    let reported: Vec<String> = join_all(notifies).await.into_iter().flatten().collect();
+    let reported: Vec<String> = per_event
+        .buffer_unordered(100)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let took = started.elapsed();
 
     // Every waiter gets exactly one outcome; wait (bounded) for all 1,000.
     let all_arrived = crate::support::eventually(Duration::from_secs(30), || {
@@ -90,13 +97,13 @@ async fn a_thousand_waiters_end_exactly_once_when_notifies_and_deadlines_collide
     );
     let timeouts = outcomes.values().filter(|o| o[0] == "timeout").count();
     eprintln!(
-        "race: registration took {registration_took:?}; {} events, {timeouts} timeouts",
+        "race: {took:?}; {} events, {timeouts} timeouts",
         EVENTS * 2 - timeouts
     );
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
@@ -133,7 +140,11 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
             b.1["status"].as_str().unwrap().to_owned(),
         ]
     });
-    for (r, statuses) in join_all(pairs).await.into_iter().enumerate() {
+    let results: Vec<[String; 2]> = futures_util::stream::iter(pairs)
+        .buffered(50)
+        .collect()
+        .await;
+    for (r, statuses) in results.into_iter().enumerate() {
         let notified = statuses.iter().filter(|s| *s == "notified").count();
         assert_eq!(notified, 1, "run {r}: {statuses:?}");
     }
@@ -147,7 +158,10 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
             let (_, _) = tokio::join!(app.post(&path, &app.token, "r"), wait(run.clone(), "only"));
         }
     });
-    join_all(races).await;
+    futures_util::stream::iter(races)
+        .buffer_unordered(50)
+        .collect::<Vec<()>>()
+        .await;
 
     let expected = RUNS * 2;
     let arrived =
@@ -169,4 +183,58 @@ async fn a_saved_notification_is_consumed_by_at_most_one_wait() {
     // Whatever was not consumed is still waiting (part 1: one waiter per run).
     assert_eq!(app.waiters("pay").await.len(), RUNS);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_schedulers_fire_each_timeout_once() {
+    let redis = RedisServer::start();
+    let settings = test_settings(&redis.url());
+    let api = TestApp::start_role(settings.clone(), herald::app::Role::Api).await;
+    let mut fast = settings.clone();
+    fast.scheduler.tick_ms = 1;
+    let w1 = herald::app::start(fast.clone(), herald::app::Role::Worker)
+        .await
+        .unwrap();
+    let w2 = herald::app::start(fast.clone(), herald::app::Role::Worker)
+        .await
+        .unwrap();
+    let w3 = herald::app::start(fast, herald::app::Role::Worker)
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    const WAITERS: usize = 300;
+    let registrations = futures_util::stream::iter(0..WAITERS).map(|i| {
+        let api = &api;
+        let url = receiver.url(&format!("/t/{i}"));
+        async move {
+            api.wait(
+                &format!("tick-{}", i % 7),
+                json!({"url": url, "timeout": 1}),
+            )
+            .await
+            .0
+        }
+    });
+    let statuses: Vec<u16> = registrations.buffer_unordered(50).collect().await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let arrived =
+        crate::support::eventually(Duration::from_secs(20), || receiver.all().len() >= WAITERS)
+            .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let requests = receiver.all();
+    assert!(arrived, "{} of {WAITERS} timeouts", requests.len());
+    let mut per_waiter: HashMap<&str, usize> = HashMap::new();
+    for r in &requests {
+        assert_eq!(r.header("herald-outcome"), Some("timeout"));
+        *per_waiter.entry(r.path.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_waiter.len(), WAITERS);
+    assert!(
+        per_waiter.values().all(|n| *n == 1),
+        "a timeout fired twice"
+    );
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
+    api.stop().await;
 }

@@ -1,8 +1,12 @@
-//! Test harness: real Redis processes, Herald started in-process on port 0 with a unique
-//! key prefix, and a recording receiver.
+//! Test harness: real Redis processes (standalone, a local Redis Cluster, or a Sentinel
+//! setup: see [`redis`]), Herald started in-process on port 0 with a unique key prefix,
+//! and a recording receiver.
 
+pub mod cluster;
+pub mod process;
 pub mod receiver;
 pub mod redis;
+pub mod sentinel;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -15,6 +19,12 @@ use serde_json::Value;
 
 pub use self::receiver::Receiver;
 pub use self::redis::RedisServer;
+
+/// A response's JSON body.
+pub async fn json_body(response: reqwest::Response) -> Value {
+    let text = response.text().await.expect("a body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
 
 /// Polls `check` every 10 ms until it holds or `limit` passes; returns whether it held.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -57,6 +67,14 @@ pub fn test_settings(redis_url: &str) -> Settings {
     s.server.http_workers = 2;
     s.server.shutdown_grace_secs = 5;
     s.redis.url = redis_url.to_owned();
+    // Generous for a 2-core machine running the suite in parallel; tests of timeouts set
+    // their own.
+    s.redis.response_timeout_ms = 5000;
+    if let Some(topology) = self::redis::topology_of(redis_url) {
+        s.redis.mode = topology.mode;
+        s.redis.nodes = topology.nodes;
+        s.redis.sentinel_master = topology.sentinel_master;
+    }
     s.redis.key_prefix = format!("t{}", herald::api::wait::random_id(8));
     s.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
     s.delivery.backoff_factor = 0.001;
@@ -98,7 +116,13 @@ impl TestApp {
             running: Some(running),
             base,
             token: created.token,
-            http: reqwest::Client::new(),
+            // No idle connection reuse: a request written on a keep-alive connection the
+            // server is just closing fails with IncompleteMessage, a client-side race that a
+            // loaded 2-core machine makes likely and that would say nothing about Herald.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         }
     }
 

@@ -9,7 +9,9 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    pub method: String,
     pub path: String,
+    pub query: String,
     pub headers: HashMap<String, Vec<String>>,
     pub body: Vec<u8>,
 }
@@ -33,11 +35,15 @@ struct Script {
     statuses: Vec<u16>,
     headers: Vec<(String, String)>,
     served: usize,
+    /// How long the receiver waits before it answers (a slow or hanging endpoint).
+    delay: Duration,
 }
 
 #[derive(Clone, Default)]
 struct Shared {
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    /// Paths of scripted requests answered so far (after their delay).
+    answered: Arc<Mutex<Vec<String>>>,
     scripts: Arc<Mutex<Vec<(String, Script)>>>,
 }
 
@@ -56,30 +62,40 @@ async fn record(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     }
     let path = req.path().to_owned();
     shared.recorded.lock().unwrap().push(Recorded {
+        method: req.method().as_str().to_owned(),
         path: path.clone(),
+        query: req.query_string().to_owned(),
         headers,
         body: body.to_vec(),
     });
-    let mut scripts = shared.scripts.lock().unwrap();
-    if let Some((_, script)) = scripts
-        .iter_mut()
-        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-    {
-        let status = script
-            .statuses
-            .get(script.served)
-            .or(script.statuses.last())
-            .copied()
-            .unwrap_or(200);
-        script.served += 1;
-        let mut response =
-            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
-        for (k, v) in &script.headers {
-            response.insert_header((k.as_str(), v.as_str()));
-        }
-        return response.body("scripted");
+    let answer = {
+        let mut scripts = shared.scripts.lock().unwrap();
+        scripts
+            .iter_mut()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, script)| {
+                let status = script
+                    .statuses
+                    .get(script.served)
+                    .or(script.statuses.last())
+                    .copied()
+                    .unwrap_or(200);
+                script.served += 1;
+                (status, script.headers.clone(), script.delay)
+            })
+    };
+    let Some((status, headers, delay)) = answer else {
+        return HttpResponse::Ok().body("ok");
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
-    HttpResponse::Ok().body("ok")
+    shared.answered.lock().unwrap().push(path);
+    let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+    for (k, v) in &headers {
+        response.insert_header((k.as_str(), v.as_str()));
+    }
+    response.body("scripted")
 }
 
 impl Receiver {
@@ -119,8 +135,33 @@ impl Receiver {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 served: 0,
+                delay: Duration::ZERO,
             },
         ));
+    }
+
+    /// Like [`Receiver::script`], answering each request only after `delay` (a slow or,
+    /// with a delay past Herald's request timeout, hanging endpoint).
+    pub fn script_slow(&self, prefix: &str, statuses: &[u16], delay: Duration) {
+        self.shared.scripts.lock().unwrap().push((
+            prefix.to_owned(),
+            Script {
+                statuses: statuses.to_vec(),
+                delay,
+                ..Script::default()
+            },
+        ));
+    }
+
+    /// Scripted requests to paths starting with `prefix` answered so far.
+    pub fn answered(&self, prefix: &str) -> usize {
+        self.shared
+            .answered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.starts_with(prefix))
+            .count()
     }
 
     pub fn all(&self) -> Vec<Recorded> {

@@ -116,7 +116,7 @@ win). Call with (dict "ctx" $ "extra" $annotations). Renders nothing when empty.
 {{- end -}}
 {{- end -}}
 
-{{/* Name of the Secret holding the admin token and the Redis URL. */}}
+{{/* Name of the Secret holding the admin token and the Redis credentials. */}}
 {{- define "herald.secretName" -}}
 {{- if .Values.auth.existingSecret -}}
 {{- tpl .Values.auth.existingSecret . -}}
@@ -140,6 +140,24 @@ admin-token
 {{- .Values.auth.existingSecretRedisUrlKey -}}
 {{- else -}}
 redis-url
+{{- end -}}
+{{- end -}}
+
+{{/* Key of the Redis ACL user (sentinel and cluster modes) in the Secret. */}}
+{{- define "herald.secretRedisUsernameKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecretRedisUsernameKey -}}
+{{- else -}}
+redis-username
+{{- end -}}
+{{- end -}}
+
+{{/* Key of the Redis password (sentinel and cluster modes) in the Secret. */}}
+{{- define "herald.secretRedisPasswordKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecretRedisPasswordKey -}}
+{{- else -}}
+redis-password
 {{- end -}}
 {{- end -}}
 
@@ -215,6 +233,12 @@ Returns YAML (use with fromYaml).
 {{- if hasKey $redis "url" -}}
 {{- fail "config.redis.url must not be set: the Redis URL comes from the Secret (auth.redisUrl or auth.existingSecret)" -}}
 {{- end -}}
+{{- if hasKey $redis "username" -}}
+{{- fail "config.redis.username must not be set: the Redis user comes from the Secret (auth.redisUsername or auth.existingSecret)" -}}
+{{- end -}}
+{{- if hasKey $redis "password" -}}
+{{- fail "config.redis.password must not be set: the Redis password comes from the Secret (auth.redisPassword or auth.existingSecret)" -}}
+{{- end -}}
 {{- $mode := get $redis "mode" | default "standalone" -}}
 {{- $nodes := get $redis "nodes" | default list -}}
 {{- if not (has $mode (list "standalone" "sentinel" "cluster")) -}}
@@ -235,8 +259,9 @@ Returns YAML (use with fromYaml).
 {{- define "herald.configToml" -}}
 {{- $config := include "herald.configMap" . | fromYaml -}}
 # herald.toml rendered by the herald Helm chart from .Values.config.
-# The admin token and the Redis URL are not here: they come from the Secret
-# through HERALD_SERVER__ADMIN_TOKEN and HERALD_REDIS__URL.
+# The admin token and the Redis URL, user and password are not here: they come
+# from the Secret through HERALD_SERVER__ADMIN_TOKEN, HERALD_REDIS__URL,
+# HERALD_REDIS__USERNAME and HERALD_REDIS__PASSWORD.
 {{- range $section, $body := $config }}
 {{- if kindIs "map" $body }}
 

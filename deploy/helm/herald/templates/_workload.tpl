@@ -14,7 +14,8 @@ Each is called with (dict "ctx" $ "component" "api"|"worker").
 {{- end }}
 {{- $_ := set $podAnnotations "checksum/config" (include "herald.configToml" $ctx | sha256sum) -}}
 {{- if not $ctx.Values.auth.existingSecret -}}
-{{- $_ := set $podAnnotations "checksum/secret" (dict "adminToken" (toString ($ctx.Values.auth.adminToken | default "")) "redisUrl" (toString ($ctx.Values.auth.redisUrl | default "")) | toJson | sha256sum) -}}
+{{- $secret := dict "adminToken" (toString ($ctx.Values.auth.adminToken | default "")) "redisUrl" (toString ($ctx.Values.auth.redisUrl | default "")) "redisUsername" (toString ($ctx.Values.auth.redisUsername | default "")) "redisPassword" (toString ($ctx.Values.auth.redisPassword | default "")) -}}
+{{- $_ := set $podAnnotations "checksum/secret" ($secret | toJson | sha256sum) -}}
 {{- end -}}
 apiVersion: apps/v1
 kind: Deployment
@@ -115,6 +116,23 @@ spec:
                   name: {{ include "herald.secretName" $ctx }}
                   key: {{ include "herald.secretRedisUrlKey" $ctx }}
                   {{- if ne (include "herald.redisMode" $ctx) "standalone" }}
+                  optional: true
+                  {{- end }}
+            {{- /* Used in sentinel and cluster modes; optional in an existing Secret. */}}
+            - name: HERALD_REDIS__USERNAME
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "herald.secretName" $ctx }}
+                  key: {{ include "herald.secretRedisUsernameKey" $ctx }}
+                  {{- if $ctx.Values.auth.existingSecret }}
+                  optional: true
+                  {{- end }}
+            - name: HERALD_REDIS__PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "herald.secretName" $ctx }}
+                  key: {{ include "herald.secretRedisPasswordKey" $ctx }}
+                  {{- if $ctx.Values.auth.existingSecret }}
                   optional: true
                   {{- end }}
             {{- with $values.extraEnvVars }}

@@ -1,0 +1,83 @@
+--[[
+reclaim: take over delivery entries that another consumer left pending too long (it
+crashed, or hangs), or dead-letter the ones already handed out too often (poison entries:
+they kill or hang every worker that takes them).
+
+The caller proposes candidates it saw idle (XPENDING IDLE); this script re-checks each one
+atomically, so two workers reclaiming at once never both take an entry, and an entry that
+was acknowledged meanwhile is left alone.
+
+KEYS[1]     deliveries   (STREAM) delivery jobs of the partition; consumer group ARGV[1]
+KEYS[2..n]  dead letters (STREAM) the dead letters of the tenants of the candidates the
+                                  caller saw at or over the limit (none when there are none)
+
+ARGV[1] consumer group
+ARGV[2] consumer         the consumer taking the entries over
+ARGV[3] min idle         milliseconds an entry must have been idle to be taken
+ARGV[4] max deliveries   an entry handed out this many times is dead-lettered, not taken
+ARGV[5] note             last error recorded on a poison dead letter
+ARGV[6..] candidates, in pairs: entry id, index into KEYS of its tenant's dead letters
+          (0 when the caller saw it below the limit: it is never dead-lettered then)
+
+Returns {claimed, dead, gone}:
+  claimed  entries now owned by ARGV[2], as XCLAIM returns them ({id, {field, value, ...}})
+  dead     flat {entryId, deadLetterId, ...} of the entries moved to the dead letters
+  gone     ids that were pending but whose stream entry no longer exists (dropped from the
+           pending list; their payload was lost before this call: an alarm for the caller)
+
+Invariants: an entry leaves the pending list only by XCLAIM to ARGV[2] or by XACK in the
+same step that writes its dead letter, so nothing is lost; a dead letter gets field
+`d` = the times the entry was handed out without an outcome.
+]]
+local rcall = redis.call
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local min_idle, max_deliveries, note = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+
+-- Validate before the first write: every dead-letter index names a declared key.
+for i = 6, #ARGV, 2 do
+  local k = tonumber(ARGV[i + 1])
+  if k == nil or k < 0 or k == 1 or k > #KEYS then
+    return redis.error_reply('reclaim: candidate ' .. ARGV[i] .. ' names no dead-letter key')
+  end
+end
+
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local claimed, dead, gone = {}, {}, {}
+for i = 6, #ARGV, 2 do
+  local id, k = ARGV[i], tonumber(ARGV[i + 1])
+  local pending = rcall('XPENDING', stream, group, 'IDLE', min_idle, id, id, 1)
+  if #pending == 1 then
+    local deliveries = tonumber(pending[1][4])
+    if deliveries >= max_deliveries then
+      -- Without its tenant's key (the caller saw it below the limit) it waits for the next call.
+      if k > 0 then
+        local entry = rcall('XRANGE', stream, id, id)
+        rcall('XACK', stream, group, id)
+        if #entry == 0 then
+          gone[#gone + 1] = id
+        else
+          local job, body = '', ''
+          local fields = entry[1][2]
+          for f = 1, #fields, 2 do
+            if fields[f] == 'j' then job = fields[f + 1] elseif fields[f] == 'b' then body = fields[f + 1] end
+          end
+          rcall('XDEL', stream, id)
+          local dl = rcall('XADD', KEYS[k], '*', 'j', job, 'b', body, 's', 0,
+            'r', note, 'at', now_ms, 'd', deliveries)
+          dead[#dead + 1] = id
+          dead[#dead + 1] = dl
+        end
+      end
+    else
+      local taken = rcall('XCLAIM', stream, group, consumer, min_idle, id)
+      if #taken == 0 then
+        -- Redis 7 drops a pending id whose entry was deleted and returns nothing for it.
+        gone[#gone + 1] = id
+      else
+        claimed[#claimed + 1] = taken[1]
+      end
+    end
+  end
+end
+return {claimed, dead, gone}

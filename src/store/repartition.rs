@@ -1,0 +1,478 @@
+//! `herald repartition --to N`: changes the number of partitions P offline.
+//!
+//! Every item is moved to the partition it belongs to under the new P: waiters (event
+//! hashes), saved notifications, run indexes, deadlines, pending deliveries, retries and
+//! dead letters; run tombstones are copied to every new partition. Each step moves
+//! items one by one ("copy, then delete") and only items not yet where they belong, so an
+//! interrupted run is finished by running it again. Idempotency records cannot be placed
+//! (their key does not name the event) and are left to expire.
+//!
+//! While it runs, `<prefix>:meta` holds `repartition_to`, and no process starts.
+
+use std::time::Duration;
+
+use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use ::redis::{AsyncCommands, Value};
+
+use super::keys::{parse_deadline_member, Keys, Partition, PartitionKey};
+use super::{Conn, StoreError};
+use crate::domain::{EventId, RunId, TenantName};
+use crate::waiter::Job;
+
+/// What a repartition moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub waiter_sets: u64,
+    pub saved: u64,
+    pub run_entries: u64,
+    pub tombstones: u64,
+    pub deadlines: u64,
+    pub deliveries: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
+}
+
+impl Moved {
+    fn total(&self) -> u64 {
+        self.waiter_sets
+            + self.saved
+            + self.run_entries
+            + self.tombstones
+            + self.deadlines
+            + self.deliveries
+            + self.retries
+            + self.dead_letters
+    }
+}
+
+const PAGE: usize = 500;
+
+/// A stream entry as XRANGE returns it: id and (field, value) pairs.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+/// Moves everything of the deployment `prefix` from the recorded P to `to`, then records
+/// `to`. Refuses while a delivery worker has read a stream within `worker_idle`.
+pub async fn repartition(
+    conn: &mut Conn,
+    prefix: &str,
+    to: u16,
+    worker_idle: Duration,
+) -> Result<Moved, StoreError> {
+    if to == 0 || to > 1024 {
+        return Err(StoreError::Setup("--to must be between 1 and 1024".into()));
+    }
+    let meta = Keys::new(prefix, 1).meta();
+    let recorded: Option<u16> = conn.hget(&meta, "partitions").await?;
+    let from = recorded.ok_or_else(|| {
+        StoreError::Setup(format!(
+            "no Herald deployment with key prefix {prefix:?} in this Redis"
+        ))
+    })?;
+    let in_progress: Option<u16> = conn.hget(&meta, "repartition_to").await?;
+    match in_progress {
+        Some(other) if other != to => {
+            return Err(StoreError::Setup(format!(
+                "an interrupted repartition to {other} partitions must be finished first (run it again with --to {other})"
+            )))
+        }
+        None if from == to => return Ok(Moved::default()),
+        _ => {}
+    }
+    let old = Keys::new(prefix, from.max(in_progress.unwrap_or(0)));
+    refuse_while_workers_run(conn, &old, worker_idle).await?;
+    let _: () = conn.hset(&meta, "repartition_to", to).await?;
+
+    let new = Keys::new(prefix, to);
+    let mut moved = Moved::default();
+    // A key written during a scan may or may not be returned by it: repeat until a pass
+    // finds nothing left to move (bounded).
+    for _ in 0..4 {
+        let pass = move_pass(conn, &old, &new).await?;
+        add(&mut moved, &pass);
+        if pass.total() == 0 {
+            break;
+        }
+    }
+    super::prepare(conn, &new).await?;
+    let _: () = conn.hset(&meta, "partitions", to).await?;
+    let _: () = conn.hdel(&meta, "repartition_to").await?;
+    Ok(moved)
+}
+
+fn add(total: &mut Moved, pass: &Moved) {
+    total.waiter_sets += pass.waiter_sets;
+    total.saved += pass.saved;
+    total.run_entries += pass.run_entries;
+    total.tombstones += pass.tombstones;
+    total.deadlines += pass.deadlines;
+    total.deliveries += pass.deliveries;
+    total.retries += pass.retries;
+    total.dead_letters += pass.dead_letters;
+}
+
+async fn refuse_while_workers_run(
+    conn: &mut Conn,
+    keys: &Keys,
+    worker_idle: Duration,
+) -> Result<(), StoreError> {
+    for p in keys.all_partitions() {
+        let consumers: Result<Vec<std::collections::HashMap<String, Value>>, _> =
+            ::redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(p.deliveries())
+                .arg(super::GROUP)
+                .query_async(conn)
+                .await;
+        for consumer in consumers.unwrap_or_default() {
+            let idle = match consumer.get("idle") {
+                Some(Value::Int(ms)) => *ms as u128,
+                _ => u128::MAX,
+            };
+            if idle < worker_idle.as_millis() {
+                return Err(StoreError::Setup(format!(
+                    "a delivery worker read partition {} {idle} ms ago: stop every Herald process (api and worker) first",
+                    p.index
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every key of the deployment's partitions (all masters of a cluster).
+async fn partition_keys(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, StoreError> {
+    let pattern = keys.partition_pattern();
+    let mut found = Vec::new();
+    let nodes: Vec<Option<(String, u16)>> = match conn {
+        Conn::Cluster(c) => {
+            let slots: Vec<Value> = ::redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+            let mut masters: Vec<(String, u16)> = slots
+                .iter()
+                .filter_map(|range| match range {
+                    Value::Array(items) => match items.get(2) {
+                        Some(Value::Array(node)) => match (node.first(), node.get(1)) {
+                            (Some(Value::BulkString(h)), Some(Value::Int(port))) => {
+                                Some((String::from_utf8_lossy(h).into_owned(), *port as u16))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            masters.sort();
+            masters.dedup();
+            masters.into_iter().map(Some).collect()
+        }
+        _ => vec![None],
+    };
+    for node in nodes {
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = ::redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let reply = match (&node, &mut *conn) {
+                (Some((host, port)), Conn::Cluster(c)) => {
+                    c.route_command(
+                        scan,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )
+                    .await?
+                }
+                _ => scan.query_async(conn).await?,
+            };
+            let (next, batch): (u64, Vec<String>) = ::redis::from_redis_value(reply)
+                .map_err(|e| StoreError::Reply(format!("SCAN: {e}")))?;
+            found.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, StoreError> {
+    let mut moved = Moved::default();
+    for key in partition_keys(conn, old).await? {
+        let Some(parsed) = old.parse_partition_key(&key) else {
+            continue;
+        };
+        let from = old.partition(parsed.partition());
+        match parsed {
+            PartitionKey::EventWaiters { tenant, event, .. } => {
+                let to = new.partition_of(&tenant, &event);
+                if to.index != from.index
+                    && move_key(conn, &key, &to.event_waiters(&tenant, &event)).await?
+                {
+                    moved.waiter_sets += 1;
+                }
+            }
+            PartitionKey::RunEvents { tenant, run, .. } => {
+                move_run(conn, new, &from, &tenant, &run, &mut moved).await?;
+            }
+            PartitionKey::Cancelled { tenant, run, .. } => {
+                let value: Option<Vec<u8>> = conn.get(&key).await?;
+                let ttl: i64 = conn.pttl(&key).await?;
+                if let Some(value) = value {
+                    for to in new.all_partitions() {
+                        let target = to.cancelled(&tenant, &run);
+                        let exists: bool = conn.exists(&target).await?;
+                        if !exists {
+                            set_with_ttl(conn, &target, &value, ttl).await?;
+                            moved.tombstones += 1;
+                        }
+                    }
+                }
+                if from.index >= new.partitions() {
+                    let _: () = conn.del(&key).await?;
+                }
+            }
+            PartitionKey::Deadlines(_) => move_deadlines(conn, new, &from, &mut moved).await?,
+            PartitionKey::Deliveries(_) => {
+                moved.deliveries += move_stream(conn, &from.deliveries(), |job| {
+                    Some(new.partition_of(&job.0, &job.1).deliveries())
+                })
+                .await?;
+                if from.index >= new.partitions() {
+                    let left: u64 = conn.xlen(from.deliveries()).await?;
+                    if left == 0 {
+                        let _: () = conn.del(from.deliveries()).await?;
+                    }
+                }
+            }
+            PartitionKey::Retries(_) => move_retries(conn, new, &from, &mut moved).await?,
+            PartitionKey::DeadLetters { tenant, .. } => {
+                moved.dead_letters += move_stream(conn, &key, |job| {
+                    Some(new.partition_of(&job.0, &job.1).dead_letters(&tenant))
+                })
+                .await?;
+            }
+            // Saved lists move with their run's index; idempotency records stay and
+            // expire; the retry-job hash moves with the retry set.
+            PartitionKey::Other(_) => {}
+        }
+    }
+    Ok(moved)
+}
+
+/// Copies `from` to `to` (value and TTL) and deletes `from`; false when `from` is gone.
+async fn move_key(conn: &mut Conn, from: &str, to: &str) -> Result<bool, StoreError> {
+    let dump: Option<Vec<u8>> = ::redis::cmd("DUMP").arg(from).query_async(conn).await?;
+    let Some(dump) = dump else { return Ok(false) };
+    let ttl: i64 = conn.pttl(from).await?;
+    let _: () = ::redis::cmd("RESTORE")
+        .arg(to)
+        .arg(ttl.max(0))
+        .arg(dump)
+        .arg("REPLACE")
+        .query_async(conn)
+        .await?;
+    let _: () = conn.del(from).await?;
+    Ok(true)
+}
+
+async fn set_with_ttl(
+    conn: &mut Conn,
+    key: &str,
+    value: &[u8],
+    ttl: i64,
+) -> Result<(), StoreError> {
+    if ttl > 0 {
+        let _: () = conn.pset_ex(key, value, ttl as u64).await?;
+    } else {
+        let _: () = conn.set(key, value).await?;
+    }
+    Ok(())
+}
+
+/// Moves a run's index entries (and the saved notifications they point to) whose event
+/// belongs to another partition now.
+async fn move_run(
+    conn: &mut Conn,
+    new: &Keys,
+    from: &Partition,
+    tenant: &TenantName,
+    run: &RunId,
+    moved: &mut Moved,
+) -> Result<(), StoreError> {
+    let key = from.run_events(tenant, run);
+    let events: Vec<String> = conn.smembers(&key).await?;
+    let ttl: i64 = conn.pttl(&key).await?;
+    for event in events {
+        let Ok(event_id) = EventId::parse(&event) else {
+            continue;
+        };
+        let to = new.partition_of(tenant, &event_id);
+        if to.index == from.index {
+            continue;
+        }
+        if move_key(
+            conn,
+            &from.saved(tenant, run, &event_id),
+            &to.saved(tenant, run, &event_id),
+        )
+        .await?
+        {
+            moved.saved += 1;
+        }
+        let target = to.run_events(tenant, run);
+        let _: () = conn.sadd(&target, &event).await?;
+        if ttl > 0 {
+            let current: i64 = conn.pttl(&target).await?;
+            if current < ttl {
+                let _: () = conn.pexpire(&target, ttl).await?;
+            }
+        }
+        let _: () = conn.srem(&key, &event).await?;
+        moved.run_entries += 1;
+    }
+    Ok(())
+}
+
+async fn move_deadlines(
+    conn: &mut Conn,
+    new: &Keys,
+    from: &Partition,
+    moved: &mut Moved,
+) -> Result<(), StoreError> {
+    let key = from.deadlines();
+    let mut start = 0isize;
+    loop {
+        let page: Vec<(String, f64)> = conn
+            .zrange_withscores(&key, start, start + PAGE as isize - 1)
+            .await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let mut stayed = 0;
+        for (member, score) in &page {
+            let Some((tenant, _, event)) = parse_deadline_member(member) else {
+                stayed += 1;
+                continue;
+            };
+            let to = new.partition_of(&tenant, &event);
+            if to.index == from.index {
+                stayed += 1;
+                continue;
+            }
+            let _: () = conn.zadd(to.deadlines(), member, *score).await?;
+            let _: () = conn.zrem(&key, member).await?;
+            moved.deadlines += 1;
+        }
+        start += stayed;
+    }
+}
+
+/// Re-adds the entries of `stream` that belong elsewhere to the stream `target` names
+/// (from the job's tenant and event), then deletes them here. Returns how many moved.
+async fn move_stream(
+    conn: &mut Conn,
+    stream: &str,
+    target: impl Fn(&(TenantName, EventId)) -> Option<String>,
+) -> Result<u64, StoreError> {
+    let mut moved = 0;
+    let mut after = "-".to_owned();
+    loop {
+        let page: Vec<Entry> = ::redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&after)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(moved);
+        };
+        after = format!("({last}");
+        for (id, fields) in &page {
+            let job = fields
+                .iter()
+                .find(|(k, _)| k == "j")
+                .and_then(|(_, v)| serde_json::from_slice::<Job>(v).ok())
+                .and_then(|j| Some((TenantName::parse(&j.t).ok()?, EventId::parse(&j.e).ok()?)));
+            let Some(to) = job.as_ref().and_then(&target) else {
+                continue;
+            };
+            if to == stream {
+                continue;
+            }
+            let mut add = ::redis::cmd("XADD");
+            add.arg(&to).arg("*");
+            for (k, v) in fields {
+                add.arg(k).arg(v);
+            }
+            let _: String = add.query_async(conn).await?;
+            let _: () = conn.xdel(stream, &[id]).await?;
+            moved += 1;
+        }
+    }
+}
+
+async fn move_retries(
+    conn: &mut Conn,
+    new: &Keys,
+    from: &Partition,
+    moved: &mut Moved,
+) -> Result<(), StoreError> {
+    let mut start = 0isize;
+    loop {
+        let page: Vec<(String, f64)> = conn
+            .zrange_withscores(from.retries(), start, start + PAGE as isize - 1)
+            .await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let mut stayed = 0;
+        for (message, due) in &page {
+            let body_field = format!("{message}#b");
+            let (job_json, body): (Option<String>, Option<Vec<u8>>) = ::redis::cmd("HMGET")
+                .arg(from.retry_jobs())
+                .arg(message)
+                .arg(&body_field)
+                .query_async(conn)
+                .await?;
+            let to = job_json
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<Job>(j).ok())
+                .and_then(|j| Some((TenantName::parse(&j.t).ok()?, EventId::parse(&j.e).ok()?)))
+                .map(|(t, e)| new.partition_of(&t, &e));
+            let (Some(to), Some(job_json)) = (to, job_json) else {
+                stayed += 1;
+                continue;
+            };
+            if to.index == from.index {
+                stayed += 1;
+                continue;
+            }
+            let _: () = conn
+                .hset_multiple(
+                    to.retry_jobs(),
+                    &[
+                        (message.as_str(), job_json.into_bytes()),
+                        (body_field.as_str(), body.unwrap_or_default()),
+                    ],
+                )
+                .await?;
+            let _: () = conn.zadd(to.retries(), message, *due).await?;
+            let _: () = conn.zrem(from.retries(), message).await?;
+            let _: () = conn
+                .hdel(from.retry_jobs(), &[message.as_str(), body_field.as_str()])
+                .await?;
+            moved.retries += 1;
+        }
+        start += stayed;
+    }
+}
