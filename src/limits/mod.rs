@@ -26,7 +26,7 @@ pub enum RateClass {
     Wait,
     /// `POST /v2/notify/…` (broadcast and lookback).
     Notify,
-    /// The other tenant routes: `GET /v2/waiters`, `/v2/keys`.
+    /// The other tenant routes: waiters, history, keys, dead letters.
     Read,
 }
 

@@ -60,10 +60,14 @@ pub enum PartitionKey {
         partition: u16,
         tenant: TenantName,
     },
+    WaiterCount {
+        partition: u16,
+        tenant: TenantName,
+    },
     Deadlines(u16),
     Deliveries(u16),
     Retries(u16),
-    /// Saved lists, idempotency records, the retry-job hash, placeholders.
+    /// Saved lists, idempotency records, the retry-job hash, rate buckets, placeholders.
     Other(u16),
 }
 
@@ -73,7 +77,8 @@ impl PartitionKey {
             PartitionKey::EventWaiters { partition, .. }
             | PartitionKey::RunEvents { partition, .. }
             | PartitionKey::Cancelled { partition, .. }
-            | PartitionKey::DeadLetters { partition, .. } => *partition,
+            | PartitionKey::DeadLetters { partition, .. }
+            | PartitionKey::WaiterCount { partition, .. } => *partition,
             PartitionKey::Deadlines(p)
             | PartitionKey::Deliveries(p)
             | PartitionKey::Retries(p)
@@ -192,6 +197,10 @@ impl Keys {
                 }
             }
             Some(("dlq", tenant)) => PartitionKey::DeadLetters {
+                partition: p,
+                tenant: TenantName::parse(tenant).ok()?,
+            },
+            Some(("waiters", tenant)) => PartitionKey::WaiterCount {
                 partition: p,
                 tenant: TenantName::parse(tenant).ok()?,
             },
@@ -478,6 +487,18 @@ mod tests {
                 tenant: tenant.clone(),
                 run
             })
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.waiter_count(&tenant)),
+            Some(PartitionKey::WaiterCount {
+                partition: i,
+                tenant: tenant.clone()
+            })
+        );
+        let home = keys.tenant_home(&tenant).index;
+        assert_eq!(
+            keys.parse_partition_key(&keys.rate_bucket(&tenant, RateClass::Wait)),
+            Some(PartitionKey::Other(home))
         );
         assert_eq!(
             keys.parse_partition_key(&p.dead_letters(&tenant)),
