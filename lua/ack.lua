@@ -1,13 +1,15 @@
 --[[
-ack: a delivery attempt succeeded (2xx): acknowledge and delete its stream entry.
+ack: delivery attempts succeeded (2xx): acknowledge and delete their stream entries.
 
 KEYS[1] deliveries (STREAM) delivery jobs of the partition
 ARGV[1] consumer group
-ARGV[2] entry id
+ARGV[2..] entry ids, one or more (a worker acknowledges what gathered while its previous
+          call was in flight)
 
-Returns 1 if the entry was pending and is now gone, 0 if it had already been acknowledged
-(a retried call, or another consumer finished it after reclaiming it).
+Returns how many of the entries were pending and are now gone; an entry already
+acknowledged (a retried call, or another consumer finished it after reclaiming it) is
+not counted.
 ]]
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 return acked

@@ -5,7 +5,7 @@ KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
 KEYS[2] saved          (LIST)   lookback notifications of (tenant, run, event), FIFO
 KEYS[3] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
 KEYS[4] deliveries     (STREAM) delivery jobs of the partition
-KEYS[5] op             (STRING) idempotency record of this notify
+KEYS[5] op             (STRING) idempotency record of this notify (unused when ARGV[8] is 0)
 KEYS[6] run events     (SET)    event ids the run has state for in this partition
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
@@ -18,7 +18,8 @@ ARGV[4] body             raw bytes
 ARGV[5] content type     JSON string literal or null
 ARGV[6] message id base  the i-th delivery gets "<base><i>"; a saved item gets "<base>1"
 ARGV[7] saved ttl        milliseconds a saved notification stays consumable
-ARGV[8] op ttl           seconds the idempotency record is kept
+ARGV[8] op ttl           seconds the idempotency record is kept; 0 = keep none (the call has
+                         no Idempotency-Key, so no client retry can name it again)
 ARGV[9] max saved        most saved notifications per (run, event) (0 = unlimited)
 ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with each delivery
 ARGV[11] rate            the tenant's notify requests per second (0 = not checked here)
@@ -50,12 +51,14 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refused = rate_refusal(bucket_key, rate, burst, t)
 if refused then return refused end
 
-local prev = rcall('GET', op_key)
-if prev then return cjson.decode(prev) end
+if op_ttl > 0 then
+  local prev = rcall('GET', op_key)
+  if prev then return cjson.decode(prev) end
+end
 if rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
 
 local function remember(reply)
-  rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl)
+  if op_ttl > 0 then rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl) end
   return reply
 end
 

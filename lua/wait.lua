@@ -5,7 +5,7 @@ KEYS[1] event waiters  (HASH)   field "<runId>|<waiterId>" -> waiter JSON
 KEYS[2] saved          (LIST)   lookback notifications of (tenant, run, event), FIFO
 KEYS[3] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
 KEYS[4] deliveries     (STREAM) delivery jobs of the partition
-KEYS[5] op             (STRING) idempotency record of this registration
+KEYS[5] op             (STRING) idempotency record of this registration (unused when ARGV[7] is 0)
 KEYS[6] run events     (SET)    event ids the run has state for in this partition
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run (exists = cancelled)
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
@@ -19,7 +19,8 @@ ARGV[3] timeout          milliseconds until the deadline
 ARGV[4] tenant
 ARGV[5] event id
 ARGV[6] run id           "" for none
-ARGV[7] op ttl           seconds the idempotency record is kept
+ARGV[7] op ttl           seconds the idempotency record is kept; 0 = keep none (the waiter id
+                         is random, so no client retry can name this registration again)
 ARGV[8] run ttl          milliseconds the run-events set is kept at least
 ARGV[9] max waiters      per event id (0 = unlimited)
 ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with the delivery
@@ -57,15 +58,17 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refused = rate_refusal(bucket_key, rate, burst, t)
 if refused then return refused end
 
-local prev = rcall('GET', op_key)
-if prev then return cjson.decode(prev) end
+if op_ttl > 0 then
+  local prev = rcall('GET', op_key)
+  if prev then return cjson.decode(prev) end
+end
 if run ~= '' and rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
 local deadline_ms = now_ms + timeout_ms
 local full = string.sub(waiter, 1, -2) .. ',"deadline":' .. math.floor(deadline_ms / 1000)
   .. ',"createdAt":' .. now_ms .. '}'
 
 local function remember(reply)
-  rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl)
+  if op_ttl > 0 then rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl) end
   return reply
 end
 

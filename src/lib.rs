@@ -21,10 +21,10 @@
 //! - [`delivery`] — stream consumers and crash recovery, the guarded HTTP client, signing,
 //!   retry schedule, per-tenant fairness ([`delivery::fairness`]).
 //! - [`scheduler`] — deadlines → timeout deliveries, due retries → streams.
+//! - [`limits`] — per-tenant rate limits and quotas, and how a request is admitted.
 //! - [`telemetry`] — logs, OpenTelemetry traces (OTLP) and Prometheus metrics.
 //! - [`history`] — the recent outcomes of each event, for "why did my run not resume?".
 //! - [`remote`] — the `herald` commands that talk to a running Herald over HTTP.
-//! - [`limits`] — per-tenant rate limits and quotas, and how a request is admitted.
 //!
 //! Every state change is one Lua script in `lua/` (see `lua/README.md`), so any number of
 //! api and worker processes can run against one Redis, Sentinel or Redis Cluster.

@@ -1,5 +1,10 @@
 use clap::Parser;
 
+// glibc malloc's free and consolidation paths were a visible share of Herald's CPU under
+// load (perf, see BENCHMARKS.md); mimalloc's per-thread heaps avoid most of that work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = herald::cli::Cli::parse();

@@ -70,34 +70,65 @@ impl Scheduler {
     }
 
     /// One pass over all partitions; true when some batch was full.
+    ///
+    /// An idle pass is one round trip: Redis' clock and, per partition, the earliest
+    /// deadline and the earliest retry, pipelined. Only partitions with something due by
+    /// that clock get further calls (reading whole batches of future deadlines on every
+    /// tick cost Redis more than the work itself once many waiters were registered).
     pub async fn tick(&self) -> Result<bool, StoreError> {
         let mut conn = self.redis.get();
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        for partition in self.keys.all_partitions() {
+            for key in [partition.deadlines(), partition.retries()] {
+                pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+            }
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut replies = replies.into_iter();
+        let (secs, micros): (u64, u64) = parse(replies.next())?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let due = |reply: Option<redis::Value>| -> Result<bool, StoreError> {
+            let earliest: Vec<(String, f64)> = parse(reply)?;
+            Ok(earliest.first().is_some_and(|(_, at)| *at <= now_ms as f64))
+        };
+        let batch = self.settings.scheduler.batch;
         let mut busy = false;
         for partition in self.keys.all_partitions() {
-            busy |= self.expire(&mut conn, &partition).await?;
-            let promoted =
-                scripts::promote_due(&mut conn, &partition, self.settings.scheduler.batch).await?;
-            busy |= promoted as usize >= self.settings.scheduler.batch;
+            let (deadline_due, retry_due) = (due(replies.next())?, due(replies.next())?);
+            if deadline_due {
+                busy |= self.expire(&mut conn, &partition, now_ms).await?;
+            }
+            if retry_due {
+                let promoted = scripts::promote_due(&mut conn, &partition, batch).await?;
+                busy |= promoted as usize >= batch;
+            }
         }
         Ok(busy)
     }
 
-    async fn expire(&self, conn: &mut Conn, partition: &Partition) -> Result<bool, StoreError> {
+    /// Times out the waiters of a partition due by `now_ms` (Redis' clock); true when a
+    /// whole batch was due.
+    async fn expire(
+        &self,
+        conn: &mut Conn,
+        partition: &Partition,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
         let batch = self.settings.scheduler.batch;
-        let (time, earliest): ((u64, u64), Vec<(String, f64)>) = redis::pipe()
-            .cmd("TIME")
-            .cmd("ZRANGE")
+        let due: Vec<String> = redis::cmd("ZRANGE")
             .arg(partition.deadlines())
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
             .arg(0)
-            .arg(batch as i64 - 1)
-            .arg("WITHSCORES")
+            .arg(batch)
             .query_async(conn)
             .await?;
-        let now_ms = (time.0 * 1000 + time.1 / 1000) as f64;
-        let mut candidates: Vec<DueCandidate> = earliest
+        let mut candidates: Vec<DueCandidate> = due
             .into_iter()
-            .take_while(|(_, score)| *score <= now_ms)
-            .filter_map(|(member, _)| {
+            .filter_map(|member| {
                 let (tenant, field, event) = parse_deadline_member(&member)?;
                 Some(DueCandidate {
                     member,
@@ -167,4 +198,11 @@ impl Scheduler {
             .map(|r| r.and_then(|json| serde_json::from_str(&json).ok()))
             .collect())
     }
+}
+
+fn parse<T: redis::FromRedisValue>(reply: Option<redis::Value>) -> Result<T, StoreError> {
+    let reply =
+        reply.ok_or_else(|| StoreError::Reply("scheduler pipeline: too few replies".into()))?;
+    redis::from_redis_value(reply)
+        .map_err(|e| StoreError::Reply(format!("scheduler pipeline: {e}")))
 }

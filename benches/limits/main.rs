@@ -257,7 +257,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 event: &event,
                 run: None,
                 field: &format!("|{id}"),
-                op_id: &id,
+                op_id: Some(&id),
                 waiter_json: &waiter,
                 timeout_ms: 3_600_000,
                 op_ttl_secs: 60,

@@ -1,7 +1,8 @@
 //! Delivery workers: one reader task per partition stream (consumer group `herald`, each
 //! on its own connection), a bounded number of concurrent HTTP attempts, and the outcome
-//! of each attempt written back by one script: `ack` (2xx), `retry_later` (a new scheduled
-//! attempt), or `dead_letter` (out of attempts, or refused for good).
+//! of each attempt written back by one script: `ack` (2xx; many entries per call),
+//! `retry_later` (a new scheduled attempt), or `dead_letter` (out of attempts, or refused
+//! for good).
 //!
 //! At-least-once: an entry leaves the pending list only through one of those scripts.
 //! A worker that dies mid-attempt leaves its entries pending; any worker takes them over
@@ -26,7 +27,7 @@ use redis::streams::{
     StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
 };
 use redis::AsyncCommands;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -42,6 +43,9 @@ use crate::waiter::Job;
 /// How long a tenant's signing key is cached by a worker.
 const SIGNING_KEY_TTL: Duration = Duration::from_secs(5);
 
+/// Most entries acknowledged by one `ack` call.
+const ACK_BATCH: usize = 256;
+
 pub struct Deliverer {
     pub(crate) redis: RedisPool,
     pub(crate) keys: Keys,
@@ -54,6 +58,9 @@ pub struct Deliverer {
     consumer: String,
     signing_keys: Mutex<HashMap<String, (String, Instant)>>,
     tasks: TaskTracker,
+    /// Per partition, entries delivered (2xx) and not yet acknowledged.
+    acks: Vec<mpsc::UnboundedSender<String>>,
+    ack_queues: Mutex<Vec<mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Deliverer {
@@ -64,6 +71,10 @@ impl Deliverer {
             std::process::id(),
             crate::api::wait::random_id(6)
         );
+        let (acks, ack_queues) = keys
+            .all_partitions()
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(settings.delivery.concurrency)),
             tenant_slots: TenantSlots::new(settings.delivery.tenant_concurrency),
@@ -74,12 +85,24 @@ impl Deliverer {
             consumer,
             signing_keys: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            acks,
+            ack_queues: Mutex::new(ack_queues),
         })
     }
 
     /// Runs one reader per partition until `shutdown`; then waits for in-flight attempts
     /// (the caller bounds that wait by the shutdown grace time).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let queues = std::mem::take(&mut *self.ack_queues.lock().expect("ack queues"));
+        let ackers = TaskTracker::new();
+        let ackers_stop = CancellationToken::new();
+        for (partition, queue) in self.keys.all_partitions().zip(queues) {
+            ackers.spawn(
+                self.clone()
+                    .acknowledge(partition, queue, ackers_stop.clone()),
+            );
+        }
+        ackers.close();
         let readers = TaskTracker::new();
         for partition in self.keys.all_partitions() {
             let this = self.clone();
@@ -90,6 +113,38 @@ impl Deliverer {
         readers.wait().await;
         self.tasks.close();
         self.tasks.wait().await;
+        // Every attempt is over: acknowledge what is queued, then stop.
+        ackers_stop.cancel();
+        ackers.wait().await;
+    }
+
+    /// Acknowledges the delivered entries of one partition, many per call: ids gather while
+    /// the previous call is in flight, so a busy worker makes few calls and an idle one
+    /// acknowledges each entry at once. A failed call leaves its entries pending; they are
+    /// reclaimed and delivered again later (a duplicate, never a loss).
+    async fn acknowledge(
+        self: Arc<Self>,
+        partition: Partition,
+        mut queue: mpsc::UnboundedReceiver<String>,
+        stop: CancellationToken,
+    ) {
+        let mut ids = Vec::with_capacity(ACK_BATCH);
+        loop {
+            let received = tokio::select! {
+                n = queue.recv_many(&mut ids, ACK_BATCH) => n,
+                _ = stop.cancelled() => {
+                    queue.close();
+                    queue.recv_many(&mut ids, ACK_BATCH).await
+                }
+            };
+            if received == 0 {
+                return;
+            }
+            if let Err(e) = scripts::ack(&mut self.redis.get(), &partition, &ids).await {
+                tracing::warn!(partition = partition.index, count = ids.len(), error = %e, "could not acknowledge deliveries");
+            }
+            ids.clear();
+        }
     }
 
     async fn read_partition(self: Arc<Self>, partition: Partition, shutdown: CancellationToken) {
@@ -112,22 +167,27 @@ impl Deliverer {
                     }
                 },
             };
-            // Take only as many entries as there are free attempt slots.
-            let Some(permits) = self.take_slots(&shutdown).await else {
-                break;
-            };
+            // Read without holding attempt slots: a reader blocked on a quiet partition
+            // must not keep the slots another partition's entries are waiting for (that
+            // delayed deliveries by up to `block_ms`). Each entry read then waits for a
+            // slot, so a reader holds at most `read_batch` entries not yet started.
+            let batch = self.settings.delivery.read_batch;
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
-                self.reclaim(c, &partition, permits.len()).await
+                self.reclaim(c, &partition, batch).await
             } else {
-                self.read(c, &partition, permits.len(), block).await
+                self.read(c, &partition, batch, block).await
             };
             match result {
                 Ok(entries) => {
                     failures = 0;
-                    let mut permits = permits.into_iter();
                     for entry in entries {
-                        let Some(permit) = permits.next() else { break };
+                        let permit = tokio::select! {
+                            p = self.slots.clone().acquire_owned() => p,
+                            // Entries not started stay pending and are reclaimed later.
+                            _ = shutdown.cancelled() => break,
+                        };
+                        let Ok(permit) = permit else { break };
                         let this = self.clone();
                         let partition = partition.clone();
                         self.tasks.spawn(async move {
@@ -149,24 +209,6 @@ impl Deliverer {
                 }
             }
         }
-    }
-
-    async fn take_slots(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
-        let first = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok()?,
-            _ = shutdown.cancelled() => return None,
-        };
-        let mut permits = vec![first];
-        while permits.len() < self.settings.delivery.read_batch {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        Some(permits)
     }
 
     async fn read(
@@ -345,9 +387,13 @@ impl Deliverer {
         let result = match attempt {
             Attempt::Delivered { status } => {
                 tracing::debug!(tenant = %job.t, event_id = %job.e, message_id = %job.m, status, elapsed_ms, "delivered");
-                scripts::ack(&mut conn, partition, entry_id)
-                    .await
-                    .map(|_| ())
+                if self.acks[usize::from(partition.index)]
+                    .send(entry_id.to_owned())
+                    .is_err()
+                {
+                    tracing::warn!(message_id = %job.m, "acknowledgements stopped; the entry stays pending");
+                }
+                Ok(())
             }
             failure => {
                 let (status, error, retry_after, final_failure) = match failure {

@@ -9,7 +9,7 @@
 //! | `<prefix>:{p<n>}:saved:<tenant>:<run>:<event>` | LIST | saved lookback notifications, FIFO |
 //! | `<prefix>:{p<n>}:run:<tenant>:<run>` | SET | event ids the run has state for in the partition |
 //! | `<prefix>:{p<n>}:cancelled:<tenant>:<run>` | STRING | tombstone of a cancelled run |
-//! | `<prefix>:{p<n>}:op:<tenant>:<opId>` | STRING | idempotency record of a wait / lookback notify |
+//! | `<prefix>:{p<n>}:op:<tenant>:<opId>` | STRING | idempotency record of a repeatable wait / a lookback notify |
 //! | `<prefix>:{p<n>}:deadlines` | ZSET | `<tenant>\|<field>\|<event>` by deadline (ms) |
 //! | `<prefix>:{p<n>}:deliveries` | STREAM | delivery jobs; consumer group `herald` |
 //! | `<prefix>:{p<n>}:retries` | ZSET | message id by due time (ms) |
@@ -250,8 +250,8 @@ impl Partition {
         format!("{}saved:{}:{}:{}", self.base, tenant, run, event)
     }
 
-    /// Unused placeholder key for plain waiters (no run): scripts still get a key of the
-    /// partition in that position, which they never touch.
+    /// Unused placeholder key: scripts still get a key of the partition in a position
+    /// they do not touch (no run for a plain waiter, no idempotency record, no rate check).
     pub fn no_run(&self) -> String {
         format!("{}norun", self.base)
     }

@@ -228,7 +228,9 @@ pub struct WaitArgs<'a> {
     pub event: &'a EventId,
     pub run: Option<&'a RunId>,
     pub field: &'a str,
-    pub op_id: &'a str,
+    /// The registration's idempotency id, when a client retry can repeat it (a workflow
+    /// step, or an Idempotency-Key); None keeps no record.
+    pub op_id: Option<&'a str>,
     /// Waiter JSON object without `deadline`/`createdAt` (the script adds them from TIME).
     pub waiter_json: &'a str,
     pub timeout_ms: u64,
@@ -262,6 +264,10 @@ pub enum WaitReply {
 
 pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreError> {
     let p = a.partition;
+    let (op_key, op_ttl_secs) = match a.op_id {
+        Some(id) => (p.op(a.tenant, id), a.op_ttl_secs),
+        None => (p.no_run(), 0),
+    };
     let mut inv = WAIT.prepare_invoke();
     match a.run {
         Some(run) => inv
@@ -269,7 +275,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
             .key(p.saved(a.tenant, run, a.event))
             .key(p.deadlines())
             .key(p.deliveries())
-            .key(p.op(a.tenant, a.op_id))
+            .key(&op_key)
             .key(p.run_events(a.tenant, run))
             .key(p.cancelled(a.tenant, run)),
         None => inv
@@ -277,7 +283,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
             .key(p.no_run())
             .key(p.deadlines())
             .key(p.deliveries())
-            .key(p.op(a.tenant, a.op_id))
+            .key(&op_key)
             .key(p.no_run())
             .key(p.no_run()),
     };
@@ -292,7 +298,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.tenant.as_str())
         .arg(a.event.as_str())
         .arg(a.run.map(RunId::as_str).unwrap_or(""))
-        .arg(a.op_ttl_secs)
+        .arg(op_ttl_secs)
         .arg(a.run_ttl_ms)
         .arg(a.max_waiters)
         .arg(a.trace);
@@ -374,7 +380,9 @@ pub struct NotifyRunArgs<'a> {
     pub tenant: &'a TenantName,
     pub event: &'a EventId,
     pub run: &'a RunId,
-    pub op_id: &'a str,
+    /// The notify's idempotency id when the client sent an Idempotency-Key; None keeps
+    /// no record (a retry without a key is a new notify anyway).
+    pub op_id: Option<&'a str>,
     pub body: &'a [u8],
     pub content_type_json: &'a str,
     pub message_id_base: &'a str,
@@ -399,12 +407,16 @@ pub async fn notify_run(
     a: &NotifyRunArgs<'_>,
 ) -> Result<NotifyRunReply, StoreError> {
     let p = a.partition;
+    let (op_key, op_ttl_secs) = match a.op_id {
+        Some(id) => (p.op(a.tenant, id), a.op_ttl_secs),
+        None => (p.no_run(), 0),
+    };
     let mut inv = NOTIFY_RUN.prepare_invoke();
     inv.key(p.event_waiters(a.tenant, a.event))
         .key(p.saved(a.tenant, a.run, a.event))
         .key(p.deadlines())
         .key(p.deliveries())
-        .key(p.op(a.tenant, a.op_id))
+        .key(op_key)
         .key(p.run_events(a.tenant, a.run))
         .key(p.cancelled(a.tenant, a.run))
         .key(p.waiter_count(a.tenant));
@@ -416,7 +428,7 @@ pub async fn notify_run(
         .arg(a.content_type_json)
         .arg(a.message_id_base)
         .arg(a.saved_ttl_ms)
-        .arg(a.op_ttl_secs)
+        .arg(op_ttl_secs)
         .arg(a.max_saved)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
@@ -517,14 +529,18 @@ pub async fn expire_due(
         .collect()
 }
 
+/// Acknowledges delivered entries (one or more); returns how many were still pending.
 pub async fn ack(
     conn: &mut Conn,
     partition: &Partition,
-    entry_id: &str,
-) -> Result<bool, StoreError> {
+    entry_ids: &[String],
+) -> Result<i64, StoreError> {
     let mut inv = ACK.prepare_invoke();
-    inv.key(partition.deliveries()).arg(GROUP).arg(entry_id);
-    Ok(int(&invoke(conn, "ack", inv).await?)? == 1)
+    inv.key(partition.deliveries()).arg(GROUP);
+    for id in entry_ids {
+        inv.arg(id);
+    }
+    int(&invoke(conn, "ack", inv).await?)
 }
 
 pub struct RetryLaterArgs<'a> {

@@ -787,7 +787,7 @@ async fn the_cluster_admission_path_checks_the_same_limits() {
                     event,
                     run: None,
                     field: &format!("|{id}"),
-                    op_id: id,
+                    op_id: Some(id),
                     waiter_json: &waiter,
                     timeout_ms: 60_000,
                     op_ttl_secs: 60,
