@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, Role};
 use crate::config::Settings;
 use crate::domain::TenantName;
-use crate::limits::{Limits, Overrides};
+use crate::limits::{self, Limits, Overrides};
 use crate::store::limits as stored_limits;
 use crate::store::tenants;
 
@@ -98,24 +98,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             use crate::remote::TenantAction;
             let action = match &command {
-                TenantCommand::Create { name } => Some(TenantAction::Create(name)),
-                TenantCommand::List => Some(TenantAction::List),
-                TenantCommand::RotateToken { name } => Some(TenantAction::RotateToken(name)),
-                TenantCommand::RevokeToken { name } => Some(TenantAction::RevokeToken(name)),
-                // Limits and usage are read and written in the configured Redis directly.
-                TenantCommand::Limits { .. } | TenantCommand::Usage { .. } => None,
+                TenantCommand::Create { name } => TenantAction::Create(name),
+                TenantCommand::List => TenantAction::List,
+                TenantCommand::RotateToken { name } => TenantAction::RotateToken(name),
+                TenantCommand::RevokeToken { name } => TenantAction::RevokeToken(name),
+                TenantCommand::Limits { name, set, unset } => {
+                    TenantAction::Limits { name, set, unset }
+                }
+                TenantCommand::Usage { name } => TenantAction::Usage(name),
             };
-            match action {
-                Some(action) => return Ok(crate::remote::tenant(action, &target).await?),
-                None => Cli {
-                    command: Command::Tenant {
-                        redis: true,
-                        target,
-                        command,
-                    },
-                    ..cli
-                },
-            }
+            return Ok(crate::remote::tenant(action, &target).await?);
         }
         command => Cli { command, ..cli },
     };
@@ -206,15 +198,9 @@ async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<(
                     }
                     stored_limits::require_tenant(&mut conn, &keys, &name).await?;
                     let overrides = stored_limits::overrides(&mut conn, &keys, &name).await?;
-                    let limits = defaults.with_overrides(&overrides, &caps);
-                    for limit in Limits::NAMES {
-                        let origin = if overrides.0.contains_key(limit) {
-                            "override"
-                        } else {
-                            "default"
-                        };
-                        println!("{limit:<20} {:<12} {origin}", limits.text(limit));
-                    }
+                    crate::remote::print_limits(&limits::limits_view(
+                        &name, defaults, &overrides, &caps,
+                    ));
                 }
                 TenantCommand::Usage { name } => {
                     let name = TenantName::parse(&name).map_err(|e| anyhow::anyhow!(e.0))?;
@@ -224,24 +210,7 @@ async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<(
                         .limits
                         .defaults
                         .with_overrides(&overrides, &settings.limit_caps());
-                    println!(
-                        "active_waiters       {} of {}",
-                        usage.active_waiters, limits.active_waiters
-                    );
-                    for (class, tat) in usage.buckets {
-                        match limits.rate(class) {
-                            Some(rate) => {
-                                let (remaining, _) = rate.state_at(tat, usage.now_us);
-                                println!(
-                                    "{:<20} {remaining} of {} left ({}/s)",
-                                    format!("{class}_rate"),
-                                    rate.burst,
-                                    rate.per_sec
-                                );
-                            }
-                            None => println!("{:<20} unlimited", format!("{class}_rate")),
-                        }
-                    }
+                    crate::remote::print_usage(&limits::usage_view(&name, &usage, &limits));
                 }
             }
             Ok(())

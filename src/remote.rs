@@ -605,6 +605,69 @@ pub enum TenantAction<'a> {
     List,
     RotateToken(&'a str),
     RevokeToken(&'a str),
+    /// Show the tenant's limits; with `set` (`name=value`) or `unset` (names), change its
+    /// overrides first (read, changed, written back with PUT).
+    Limits {
+        name: &'a str,
+        set: &'a [String],
+        unset: &'a [String],
+    },
+    Usage(&'a str),
+}
+
+/// `name=value` pairs as the JSON of `PUT /admin/tenants/{name}/limits`: whole numbers as
+/// numbers, anything else as a string (Herald checks every value).
+fn limit_values(pairs: &[String]) -> Result<serde_json::Map<String, Value>, RemoteError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| RemoteError::Usage(format!("--set {pair:?} is not name=value")))?;
+            let value = match value.trim().parse::<u64>() {
+                Ok(n) => json!(n),
+                Err(_) => json!(value),
+            };
+            Ok((name.trim().to_owned(), value))
+        })
+        .collect()
+}
+
+/// Prints a limits view (`GET /admin/tenants/{name}/limits`): one limit a line, with its
+/// value and whether it is the default or the tenant's override.
+pub fn print_limits(view: &Value) {
+    for name in crate::limits::Limits::NAMES {
+        let value = match &view["limits"][name] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let origin = if view["overrides"].get(name).is_some() {
+            "override"
+        } else {
+            "default"
+        };
+        println!("{name:<20} {value:<12} {origin}");
+    }
+}
+
+/// Prints a usage view (`GET /admin/tenants/{name}/usage`).
+pub fn print_usage(view: &Value) {
+    println!(
+        "active_waiters       {} of {}",
+        view["activeWaiters"], view["maxActiveWaiters"]
+    );
+    for class in crate::limits::RateClass::ALL {
+        let rate = &view["rates"][class.as_str()];
+        let label = format!("{class}_rate");
+        if rate["perSec"].as_u64().unwrap_or(0) == 0 {
+            println!("{label:<20} unlimited");
+        } else {
+            println!(
+                "{label:<20} {} of {} left ({}/s)",
+                rate["remaining"], rate["burst"], rate["perSec"]
+            );
+        }
+    }
 }
 
 pub async fn tenant(action: TenantAction<'_>, target: &AdminTarget) -> Result<(), RemoteError> {
@@ -614,6 +677,27 @@ pub async fn tenant(action: TenantAction<'_>, target: &AdminTarget) -> Result<()
         "pass --admin-token or set HERALD_ADMIN_TOKEN (or use `herald tenant --redis …` to write the configured Redis directly)",
     )?;
     let request = match &action {
+        TenantAction::Limits { name, set, unset } => {
+            let path = client.url(&format!("/admin/tenants/{}/limits", enc(name)));
+            if set.is_empty() && unset.is_empty() {
+                client.http.get(path)
+            } else {
+                let (view, _) = client.send(client.http.get(&path)).await?;
+                let mut overrides = view["overrides"].as_object().cloned().unwrap_or_default();
+                for name in unset.iter() {
+                    overrides.remove(name);
+                }
+                overrides.extend(limit_values(set)?);
+                client
+                    .http
+                    .put(path)
+                    .header("content-type", "application/json")
+                    .body(Value::Object(overrides).to_string())
+            }
+        }
+        TenantAction::Usage(name) => client
+            .http
+            .get(client.url(&format!("/admin/tenants/{}/usage", enc(name)))),
         TenantAction::Create(name) => client
             .http
             .post(client.url("/admin/tenants"))
@@ -651,6 +735,8 @@ pub async fn tenant(action: TenantAction<'_>, target: &AdminTarget) -> Result<()
         }
         TenantAction::RotateToken(_) => println!("{}", str_of(&reply, "token")),
         TenantAction::RevokeToken(name) => println!("the token of {name} is revoked"),
+        TenantAction::Limits { .. } => print_limits(&reply),
+        TenantAction::Usage(_) => print_usage(&reply),
     }
     Ok(())
 }

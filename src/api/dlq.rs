@@ -12,6 +12,7 @@ use super::{path_param, State};
 use crate::delivery::http;
 use crate::domain::EventId;
 use crate::error::ApiError;
+use crate::limits::RateClass;
 use crate::store::dead_letters::{self, DeadLetter, DeadLetterId};
 use crate::waiter::JobKind;
 
@@ -92,6 +93,9 @@ pub async fn list(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let q = parse_query(req.query_string())?;
+    state
+        .check_rate(&mut state.redis.get(), &tenant, RateClass::Read)
+        .await?;
     let count = match q.count.as_deref() {
         None => DEFAULT_COUNT,
         Some(c) => c
@@ -154,6 +158,9 @@ pub async fn retry(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = dlq_id(&state, &req)?;
+    state
+        .check_rate(&mut state.redis.get(), &tenant, RateClass::Read)
+        .await?;
     let message_id = dead_letters::redrive(&mut state.redis.get(), &state.keys, &tenant, &id)
         .await?
         .ok_or_else(|| unknown(&id))?;
@@ -167,6 +174,9 @@ pub async fn delete(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = dlq_id(&state, &req)?;
+    state
+        .check_rate(&mut state.redis.get(), &tenant, RateClass::Read)
+        .await?;
     if !dead_letters::delete(&mut state.redis.get(), &state.keys, &tenant, &id).await? {
         return Err(unknown(&id));
     }

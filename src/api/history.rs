@@ -7,6 +7,7 @@ use super::auth::Tenant;
 use super::{path_param, State};
 use crate::domain::EventId;
 use crate::error::ApiError;
+use crate::limits::RateClass;
 
 pub async fn get(
     state: State,
@@ -14,6 +15,9 @@ pub async fn get(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let event = EventId::parse(path_param(&req, "eventId"))?;
+    state
+        .check_rate(&mut state.redis.get(), &tenant, RateClass::Read)
+        .await?;
     let max = state.settings.history.max_entries;
     // `count`: most entries returned (default and cap: history.max_entries).
     let count = super::query_param(&req, "count");

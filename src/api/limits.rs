@@ -2,27 +2,25 @@
 //! tenant's rate limits and quotas (admin token only).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::auth::Admin;
 use super::{path_param, read_body, State};
 use crate::domain::TenantName;
 use crate::error::ApiError;
-use crate::limits::Overrides;
+use crate::limits::{self, Overrides};
 use crate::store::limits as stored;
 
-/// `{"tenant", "limits": effective, "overrides": what differs from the defaults}`.
 async fn limits_view(state: &State, name: &TenantName) -> Result<HttpResponse, ApiError> {
     let mut conn = state.redis.get();
     stored::require_tenant(&mut conn, &state.keys, name).await?;
     let overrides = stored::overrides(&mut conn, &state.keys, name).await?;
-    let defaults = &state.settings.limits.defaults;
-    let caps = state.settings.limit_caps();
-    Ok(HttpResponse::Ok().json(json!({
-        "tenant": name,
-        "limits": defaults.with_overrides(&overrides, &caps),
-        "overrides": overrides.to_json(defaults, &caps),
-    })))
+    Ok(HttpResponse::Ok().json(limits::limits_view(
+        name,
+        &state.settings.limits.defaults,
+        &overrides,
+        &state.settings.limit_caps(),
+    )))
 }
 
 pub async fn get_limits(
@@ -63,21 +61,5 @@ pub async fn usage(state: State, _: Admin, req: HttpRequest) -> Result<HttpRespo
     let mut conn = state.redis.get();
     let usage = stored::usage(&mut conn, &state.keys, &name).await?;
     let limits = state.limits_of(&mut conn, &name).await?;
-    let mut rates = Map::new();
-    for (class, tat) in &usage.buckets {
-        let view = match limits.rate(*class) {
-            Some(rate) => {
-                let (remaining, reset) = rate.state_at(*tat, usage.now_us);
-                json!({"perSec": rate.per_sec, "burst": rate.burst, "remaining": remaining, "reset": reset})
-            }
-            None => json!({"perSec": 0, "burst": null, "remaining": null, "reset": null}),
-        };
-        rates.insert(class.as_str().to_owned(), view);
-    }
-    Ok(HttpResponse::Ok().json(json!({
-        "tenant": name,
-        "activeWaiters": usage.active_waiters,
-        "maxActiveWaiters": limits.active_waiters,
-        "rates": rates,
-    })))
+    Ok(HttpResponse::Ok().json(limits::usage_view(&name, &usage, &limits)))
 }

@@ -51,11 +51,25 @@ fn query_param(name: &str, description: &str, schema: Value) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
+/// The 429 of a tenant over one of its rate limits, with the headers the Upstash SDKs read.
+fn rate_limited() -> Value {
+    let header = |description: &str| json!({ "description": description, "schema": { "type": "integer", "minimum": 0 } });
+    let mut response = error("Over the tenant's rate limit for this route's class (wait, notify or read); nothing was changed.");
+    response["headers"] = json!({
+        "Burst-RateLimit-Limit": header("Requests allowed at once (the burst)."),
+        "Burst-RateLimit-Remaining": header("Requests still allowed at once (0)."),
+        "Burst-RateLimit-Reset": header("When the bucket is full again, unix seconds."),
+        "Retry-After": header("Seconds until a request is admitted."),
+    });
+    response
+}
+
 /// The error answers every authenticated tenant route can give.
 fn tenant_errors(mut responses: Map<String, Value>) -> Value {
     responses.insert("400".into(), error("Bad input; nothing was changed."));
     responses.insert("401".into(), error("Missing or invalid token."));
     responses.insert("404".into(), error("Unknown route or resource."));
+    responses.insert("429".into(), rate_limited());
     responses.insert(
         "429".into(),
         error("The tenant's rate limit; Burst-RateLimit-* and Retry-After say when to retry."),
@@ -165,7 +179,7 @@ fn build() -> Value {
                 ("200", ok_json("Waiting, or notified at once from a saved notification.", schema("WaitResponse"))),
                 ("409", error("The run was cancelled.")),
                 ("413", error("The body is larger than server.max_body_bytes.")),
-                ("422", error("Quota: too many waiters on the event.")),
+                ("422", error("Quota: the event's waiters (waiters_per_event), the tenant's active waiters (active_waiters), or its max_timeout; nothing was changed.")),
             ]))
         }},
         "/v2/notify/{eventId}": { "post": {
@@ -176,7 +190,7 @@ fn build() -> Value {
             "requestBody": any_body.clone(),
             "responses": tenant_errors(responses(&[
                 ("201", notified.clone()),
-                ("413", error("The body is larger than server.max_body_bytes.")),
+                ("413", error("The body is larger than server.max_body_bytes or the tenant's notify_body_bytes.")),
             ]))
         }},
         "/v2/notify/{runId}/{eventId}": { "post": {
@@ -193,8 +207,8 @@ fn build() -> Value {
             "responses": tenant_errors(responses(&[
                 ("201", notified),
                 ("409", error("The run was cancelled.")),
-                ("413", error("The body is larger than server.max_body_bytes.")),
-                ("422", error("Quota: too many saved notifications.")),
+                ("413", error("The body is larger than server.max_body_bytes or the tenant's notify_body_bytes.")),
+                ("422", error("Quota: the (run, event)'s saved notifications (saved_per_run_event); nothing was saved.")),
             ]))
         }},
         "/v2/waiters/{eventId}": { "get": {
@@ -315,29 +329,30 @@ fn build() -> Value {
         "/admin/tenants/{name}/limits": {
             "get": {
                 "operationId": "getTenantLimits", "tags": ["admin"],
-                "summary": "The tenant's effective limits, and which are overridden.",
+                "summary": "The tenant's effective limits, and its overrides of the configured defaults.",
                 "security": admin_security(),
                 "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
-                "responses": admin_errors(responses(&[("200", ok_json("The limits.", json!({ "type": "object" })))]))
+                "responses": admin_errors(responses(&[("200", ok_json("The limits.", schema("TenantLimits")))]))
             },
             "put": {
                 "operationId": "putTenantLimits", "tags": ["admin"],
-                "summary": "Set or remove (null) per-tenant overrides of limits; see the README, Limits.",
+                "summary": "Replace the tenant's overrides (limits not named go back to the defaults; {} clears them). All are checked before anything is written.",
                 "security": admin_security(),
                 "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } },
-                "responses": admin_errors(responses(&[("200", ok_json("The limits now in force.", json!({ "type": "object" })))]))
+                "requestBody": { "required": true, "content": { "application/json": { "schema": schema("LimitOverrides") } } },
+                "responses": admin_errors(responses(&[
+                    ("200", ok_json("The limits now.", schema("TenantLimits"))),
+                    ("413", error("The body is too large.")),
+                ]))
             }
         },
-        "/admin/tenants/{name}/usage": {
-            "get": {
-                "operationId": "getTenantUsage", "tags": ["admin"],
-                "summary": "What the tenant uses now: active waiters, and what is left of each rate.",
-                "security": admin_security(),
-                "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
-                "responses": admin_errors(responses(&[("200", ok_json("The usage.", json!({ "type": "object" })))]))
-            }
-        }
+        "/admin/tenants/{name}/usage": { "get": {
+            "operationId": "getTenantUsage", "tags": ["admin"],
+            "summary": "What the tenant uses now: its active waiters, and what is left of each rate.",
+            "security": admin_security(),
+            "parameters": [path_param("name", "The tenant.", "^[a-z0-9][a-z0-9-]{0,62}$")],
+            "responses": admin_errors(responses(&[("200", ok_json("The usage.", schema("TenantUsage")))]))
+        }}
     });
 
     let header_map = json!({
@@ -349,7 +364,54 @@ fn build() -> Value {
             { "type": "array", "items": { "type": "string" } }
         ] }
     });
+    let count = |description: &str, minimum: u64| json!({ "type": "integer", "minimum": minimum, "description": description });
+    let limit_properties = json!({
+        "wait_per_sec": count("Rate of wait-class requests per second (0 = unlimited).", 0),
+        "wait_burst": count("wait-class requests allowed at once.", 1),
+        "notify_per_sec": count("Rate of notify-class requests per second (0 = unlimited).", 0),
+        "notify_burst": count("notify-class requests allowed at once.", 1),
+        "read_per_sec": count("Rate of the other tenant routes per second (0 = unlimited).", 0),
+        "read_burst": count("read-class requests allowed at once.", 1),
+        "active_waiters": count("Waiters the tenant may have registered at once (0 = unlimited).", 0),
+        "waiters_per_event": count("Waiters one event id may have (0 = unlimited).", 0),
+        "saved_per_run_event": { "type": "integer", "minimum": 1, "maximum": 1000, "description": "Saved lookback notifications per (run, event id)." },
+        "notify_body_bytes": count("Largest notify body, bytes (at most server.max_body_bytes).", 1),
+        "max_timeout": { "type": "string", "description": "Longest wait timeout, e.g. \"30d\" (at most waiters.max_timeout)." }
+    });
+    let rate = json!({
+        "type": "object", "required": ["perSec", "burst", "remaining", "reset"],
+        "properties": {
+            "perSec": { "type": "integer", "description": "0: unlimited." },
+            "burst": { "type": ["integer", "null"] },
+            "remaining": { "type": ["integer", "null"], "description": "Requests allowed at once now." },
+            "reset": { "type": ["integer", "null"], "description": "When the bucket is full again, unix seconds." }
+        }
+    });
     let schemas = json!({
+        "LimitOverrides": {
+            "type": "object", "additionalProperties": false,
+            "description": "Limit name to value; the limits not named use the configured defaults.",
+            "properties": limit_properties.clone()
+        },
+        "TenantLimits": {
+            "type": "object", "required": ["tenant", "limits", "overrides"],
+            "properties": {
+                "tenant": { "type": "string" },
+                "limits": { "type": "object", "properties": limit_properties,
+                    "required": crate::limits::Limits::NAMES },
+                "overrides": schema("LimitOverrides")
+            }
+        },
+        "TenantUsage": {
+            "type": "object", "required": ["tenant", "activeWaiters", "maxActiveWaiters", "rates"],
+            "properties": {
+                "tenant": { "type": "string" },
+                "activeWaiters": { "type": "integer", "minimum": 0 },
+                "maxActiveWaiters": { "type": "integer", "minimum": 0, "description": "0: unlimited." },
+                "rates": { "type": "object", "required": ["wait", "notify", "read"],
+                    "properties": { "wait": rate.clone(), "notify": rate.clone(), "read": rate } }
+            }
+        },
         "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
         "HeaderMap": header_map,
         "WaitRequest": {

@@ -14,7 +14,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{parse_duration, InvalidInput};
+use crate::domain::{parse_duration, InvalidInput, TenantName};
+use crate::store::limits::Usage;
 use crate::store::scripts::RateRefusal;
 use crate::store::StoreError;
 
@@ -25,7 +26,7 @@ pub enum RateClass {
     Wait,
     /// `POST /v2/notify/…` (broadcast and lookback).
     Notify,
-    /// The other tenant routes: `GET /v2/waiters`, `/v2/keys`.
+    /// The other tenant routes: waiters, history, keys, dead letters.
     Read,
 }
 
@@ -283,6 +284,48 @@ impl Overrides {
     }
 }
 
+/// The admin view of a tenant's limits (`GET /admin/tenants/{name}/limits`,
+/// `herald tenant limits`): every effective limit, and the overrides.
+pub fn limits_view(
+    tenant: &TenantName,
+    defaults: &Limits,
+    overrides: &Overrides,
+    caps: &Caps,
+) -> serde_json::Value {
+    serde_json::json!({
+        "tenant": tenant,
+        "limits": defaults.with_overrides(overrides, caps),
+        "overrides": overrides.to_json(defaults, caps),
+    })
+}
+
+/// What a tenant uses now (`GET /admin/tenants/{name}/usage`, `herald tenant usage`): its
+/// active waiters, and per rate class what is left (`remaining` at once, `reset` unix s).
+pub fn usage_view(tenant: &TenantName, usage: &Usage, limits: &Limits) -> serde_json::Value {
+    let rates: serde_json::Map<String, serde_json::Value> = usage
+        .buckets
+        .iter()
+        .map(|(class, tat)| {
+            let view = match limits.rate(*class) {
+                Some(rate) => {
+                    let (remaining, reset) = rate.state_at(*tat, usage.now_us);
+                    serde_json::json!({"perSec": rate.per_sec, "burst": rate.burst,
+                        "remaining": remaining, "reset": reset})
+                }
+                None => serde_json::json!({"perSec": 0, "burst": null, "remaining": null,
+                    "reset": null}),
+            };
+            (class.as_str().to_owned(), view)
+        })
+        .collect();
+    serde_json::json!({
+        "tenant": tenant,
+        "activeWaiters": usage.active_waiters,
+        "maxActiveWaiters": limits.active_waiters,
+        "rates": rates,
+    })
+}
+
 /// Why a request was refused by a limit. Nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
@@ -315,7 +358,7 @@ pub enum LimitError {
 
 impl LimitError {
     pub fn rate_limited(
-        tenant: &crate::domain::TenantName,
+        tenant: &TenantName,
         class: RateClass,
         rate: Rate,
         refusal: RateRefusal,

@@ -15,9 +15,9 @@
 //! | `<prefix>:{p<n>}:retries` | ZSET | message id by due time (ms) |
 //! | `<prefix>:{p<n>}:retry-jobs` | HASH | message id → job JSON, `<id>#b` → body |
 //! | `<prefix>:{p<n>}:dlq:<tenant>` | STREAM | the tenant's dead letters |
-//! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
 //! | `<prefix>:{p<n>}:waiters:<tenant>` | STRING | the tenant's waiters registered in the partition (quota) |
 //! | `<prefix>:{p<h>}:rate:<tenant>:<class>` | STRING | GCRA state of a tenant's rate limit, in its home partition `h` |
+//! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
 //!
 //! Global keys (single-key commands only): `<prefix>:meta` (HASH: partitions),
 //! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING),
@@ -60,10 +60,14 @@ pub enum PartitionKey {
         partition: u16,
         tenant: TenantName,
     },
+    WaiterCount {
+        partition: u16,
+        tenant: TenantName,
+    },
     Deadlines(u16),
     Deliveries(u16),
     Retries(u16),
-    /// Saved lists, idempotency records, the retry-job hash, placeholders.
+    /// Saved lists, idempotency records, the retry-job hash, rate buckets, placeholders.
     Other(u16),
 }
 
@@ -73,7 +77,8 @@ impl PartitionKey {
             PartitionKey::EventWaiters { partition, .. }
             | PartitionKey::RunEvents { partition, .. }
             | PartitionKey::Cancelled { partition, .. }
-            | PartitionKey::DeadLetters { partition, .. } => *partition,
+            | PartitionKey::DeadLetters { partition, .. }
+            | PartitionKey::WaiterCount { partition, .. } => *partition,
             PartitionKey::Deadlines(p)
             | PartitionKey::Deliveries(p)
             | PartitionKey::Retries(p)
@@ -134,6 +139,23 @@ impl Keys {
         (0..self.partitions).map(|i| self.partition(i))
     }
 
+    /// The tenant's home partition: where its rate-limit state lives (one slot per tenant,
+    /// so tenants' buckets spread over the cluster).
+    pub fn tenant_home(&self, tenant: &TenantName) -> Partition {
+        let h = fnv1a64(&[tenant.as_str().as_bytes()]);
+        self.partition((h % u64::from(self.partitions)) as u16)
+    }
+
+    /// The GCRA state of one of the tenant's rate limits.
+    pub fn rate_bucket(&self, tenant: &TenantName, class: RateClass) -> String {
+        format!("{}rate:{}:{}", self.tenant_home(tenant).base, tenant, class)
+    }
+
+    /// The tenant's limit overrides (HASH: limit name → value).
+    pub fn tenant_limits(&self, name: &TenantName) -> String {
+        format!("{}:limits:{}", self.prefix, name)
+    }
+
     /// A SCAN pattern matching every partition key of this prefix.
     pub fn partition_pattern(&self) -> String {
         format!("{}:{{p*}}:*", self.prefix)
@@ -178,29 +200,16 @@ impl Keys {
                 partition: p,
                 tenant: TenantName::parse(tenant).ok()?,
             },
+            Some(("waiters", tenant)) => PartitionKey::WaiterCount {
+                partition: p,
+                tenant: TenantName::parse(tenant).ok()?,
+            },
             None if rest == "deadlines" => PartitionKey::Deadlines(p),
             None if rest == "deliveries" => PartitionKey::Deliveries(p),
             None if rest == "retries" => PartitionKey::Retries(p),
             _ => PartitionKey::Other(p),
         };
         Some(parsed)
-    }
-
-    /// The tenant's home partition: where its rate-limit state lives (one slot per tenant,
-    /// so tenants' buckets spread over the cluster).
-    pub fn tenant_home(&self, tenant: &TenantName) -> Partition {
-        let h = fnv1a64(&[tenant.as_str().as_bytes()]);
-        self.partition((h % u64::from(self.partitions)) as u16)
-    }
-
-    /// The GCRA state of one of the tenant's rate limits.
-    pub fn rate_bucket(&self, tenant: &TenantName, class: RateClass) -> String {
-        format!("{}rate:{}:{}", self.tenant_home(tenant).base, tenant, class)
-    }
-
-    /// The tenant's limit overrides (HASH: limit name → value).
-    pub fn tenant_limits(&self, name: &TenantName) -> String {
-        format!("{}:limits:{}", self.prefix, name)
     }
 
     pub fn meta(&self) -> String {
@@ -242,7 +251,7 @@ impl Partition {
     }
 
     /// Unused placeholder key: scripts still get a key of the partition in a position
-    /// they do not touch (no run for a plain waiter, no idempotency record).
+    /// they do not touch (no run for a plain waiter, no idempotency record, no rate check).
     pub fn no_run(&self) -> String {
         format!("{}norun", self.base)
     }
@@ -279,14 +288,14 @@ impl Partition {
         format!("{}dlq:{}", self.base, tenant)
     }
 
-    /// Recent outcomes of (tenant, event), newest first (see [`crate::history`]).
-    pub fn history(&self, tenant: &TenantName, event: &EventId) -> String {
-        format!("{}history:{}:{}", self.base, tenant, event)
-    }
-
     /// How many waiters the tenant has registered in this partition.
     pub fn waiter_count(&self, tenant: &TenantName) -> String {
         format!("{}waiters:{}", self.base, tenant)
+    }
+
+    /// Recent outcomes of (tenant, event), newest first (see [`crate::history`]).
+    pub fn history(&self, tenant: &TenantName, event: &EventId) -> String {
+        format!("{}history:{}:{}", self.base, tenant, event)
     }
 }
 
@@ -367,26 +376,14 @@ mod tests {
                 p.retries(),
                 p.retry_jobs(),
                 p.dead_letters(&tenant),
-                p.history(&tenant, &event),
                 p.waiter_count(&tenant),
+                p.history(&tenant, &event),
             ];
             let slot = key_slot(&all[0]);
             for k in &all {
                 assert_eq!(key_slot(k), slot, "{k} is in another slot than {}", all[0]);
             }
         }
-    }
-
-    #[test]
-    fn partition_keys_name_their_partition() {
-        let keys = Keys::new("herald", 16);
-        let tenant = TenantName::parse("acme").unwrap();
-        let event = EventId::parse("order-42").unwrap();
-        let p = keys.partition_of(&tenant, &event);
-        let saved = p.saved(&tenant, &RunId::parse("wfr_1").unwrap(), &event);
-        assert_eq!(keys.partition_of_key(&saved), Some(p.index));
-        assert_eq!(keys.partition_of_key("other:{p3}:saved:x"), None);
-        assert_eq!(keys.saved_pattern(), "herald:{p*}:saved:*");
     }
 
     #[test]
@@ -405,6 +402,18 @@ mod tests {
             }
         }
         assert!(homes.len() > 8, "tenants spread over partitions: {homes:?}");
+    }
+
+    #[test]
+    fn partition_keys_name_their_partition() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("order-42").unwrap();
+        let p = keys.partition_of(&tenant, &event);
+        let saved = p.saved(&tenant, &RunId::parse("wfr_1").unwrap(), &event);
+        assert_eq!(keys.partition_of_key(&saved), Some(p.index));
+        assert_eq!(keys.partition_of_key("other:{p3}:saved:x"), None);
+        assert_eq!(keys.saved_pattern(), "herald:{p*}:saved:*");
     }
 
     #[test]
@@ -478,6 +487,18 @@ mod tests {
                 tenant: tenant.clone(),
                 run
             })
+        );
+        assert_eq!(
+            keys.parse_partition_key(&p.waiter_count(&tenant)),
+            Some(PartitionKey::WaiterCount {
+                partition: i,
+                tenant: tenant.clone()
+            })
+        );
+        let home = keys.tenant_home(&tenant).index;
+        assert_eq!(
+            keys.parse_partition_key(&keys.rate_bucket(&tenant, RateClass::Wait)),
+            Some(PartitionKey::Other(home))
         );
         assert_eq!(
             keys.parse_partition_key(&p.dead_letters(&tenant)),

@@ -2,7 +2,9 @@
 //!
 //! Every item is moved to the partition it belongs to under the new P: waiters (event
 //! hashes), saved notifications, run indexes, deadlines, pending deliveries, retries and
-//! dead letters; run tombstones are copied to every new partition. Each step moves
+//! dead letters; run tombstones are copied to every new partition; the tenants' waiter
+//! counts (the `active_waiters` quota) are counted again from the moved waiters, and rate
+//! buckets are left to expire (a full bucket is no key). Each step moves
 //! items one by one ("copy, then delete") and only items not yet where they belong, so an
 //! interrupted run is finished by running it again. Idempotency records cannot be placed
 //! (their key does not name the event) and are left to expire.
@@ -30,6 +32,8 @@ pub struct Moved {
     pub deliveries: u64,
     pub retries: u64,
     pub dead_letters: u64,
+    /// Waiters counted into the new partitions' waiter counts.
+    pub waiters_counted: u64,
 }
 
 impl Moved {
@@ -93,6 +97,7 @@ pub async fn repartition(
             break;
         }
     }
+    moved.waiters_counted = recount_waiters(conn, &new).await?;
     super::prepare(conn, &new).await?;
     let _: () = conn.hset(&meta, "partitions", to).await?;
     let _: () = conn.hdel(&meta, "repartition_to").await?;
@@ -260,11 +265,38 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
                 .await?;
             }
             // Saved lists move with their run's index; idempotency records stay and
-            // expire; the retry-job hash moves with the retry set.
-            PartitionKey::Other(_) => {}
+            // expire; the retry-job hash moves with the retry set; waiter counts are
+            // counted again once everything moved.
+            PartitionKey::WaiterCount { .. } | PartitionKey::Other(_) => {}
         }
     }
     Ok(moved)
+}
+
+/// Sets every tenant's waiter count of every partition to the waiters it holds (after the
+/// moves, the old counts describe the old partitions). Returns the waiters counted.
+async fn recount_waiters(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError> {
+    let all = partition_keys(conn, keys).await?;
+    for key in &all {
+        if let Some(PartitionKey::WaiterCount { .. }) = keys.parse_partition_key(key) {
+            let _: () = conn.del(key).await?;
+        }
+    }
+    let mut counted = 0;
+    for key in &all {
+        if let Some(PartitionKey::EventWaiters {
+            partition, tenant, ..
+        }) = keys.parse_partition_key(key)
+        {
+            let waiters: u64 = conn.hlen(key).await?;
+            if waiters > 0 {
+                let count = keys.partition(partition).waiter_count(&tenant);
+                let _: () = conn.incr(count, waiters).await?;
+                counted += waiters;
+            }
+        }
+    }
+    Ok(counted)
 }
 
 /// Copies `from` to `to` (value and TTL) and deletes `from`; false when `from` is gone.

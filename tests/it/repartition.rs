@@ -99,6 +99,14 @@ async fn changing_the_partition_count_keeps_every_waiter_saved_notification_and_
     let mut after = settings;
     after.redis.partitions = 7;
     let app = TestApp::start(after).await;
+    // The tenant's waiter count (its active_waiters quota) follows its waiters.
+    let waiting = || async {
+        app.get("/admin/tenants/acme/usage", "test-admin-token")
+            .await
+            .1["activeWaiters"]
+            .clone()
+    };
+    assert_eq!(waiting().await, 40);
     for i in 0..40 {
         assert_eq!(
             app.waiters(&format!("order-{i}")).await.len(),
@@ -133,6 +141,7 @@ async fn changing_the_partition_count_keeps_every_waiter_saved_notification_and_
     for i in 0..40 {
         receiver.expect(&format!("/w/{i}"), 1).await;
     }
+    assert_eq!(waiting().await, 0);
     for i in 0..20 {
         assert_eq!(
             receiver.expect(&format!("/s/{i}"), 1).await[0].body_text(),
