@@ -71,10 +71,6 @@ fn tenant_errors(mut responses: Map<String, Value>) -> Value {
     responses.insert("404".into(), error("Unknown route or resource."));
     responses.insert("429".into(), rate_limited());
     responses.insert(
-        "429".into(),
-        error("The tenant's rate limit; Burst-RateLimit-* and Retry-After say when to retry."),
-    );
-    responses.insert(
         "503".into(),
         error("Redis is unavailable; retry (Retry-After)."),
     );
