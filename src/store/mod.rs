@@ -36,6 +36,12 @@ impl From<RedisError> for StoreError {
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_cluster_error()
+            // No node of the cluster (or no master of the sentinels) reachable right now.
+            || matches!(
+                e.kind(),
+                ::redis::ErrorKind::ClusterConnectionNotFound
+                    | ::redis::ErrorKind::MasterNameNotFoundBySentinel
+            )
             || matches!(
                 e.code(),
                 Some(

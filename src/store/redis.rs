@@ -27,6 +27,7 @@ use redis::aio::{
 };
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Cmd, Pipeline, RedisConnectionInfo, RedisError, RedisFuture,
@@ -49,10 +50,71 @@ pub enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// A node whose keys a `SCAN` walks: a cluster master (host, port), or `None` for the one
+/// server of a standalone or Sentinel deployment.
+pub type ScanNode = Option<(String, u16)>;
+
 impl Conn {
     /// Redis Cluster: a script may touch the keys of one slot only.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// The nodes whose keys together are the whole keyspace: every master of a cluster
+    /// (`SCAN` on a cluster connection walks one node only), else the one server.
+    pub async fn scan_nodes(&mut self) -> RedisResult<Vec<ScanNode>> {
+        let Conn::Cluster(c) = self else {
+            return Ok(vec![None]);
+        };
+        let slots: Vec<Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+        // Each range is [start, end, [host, port, id, …] of its master, replicas…].
+        let mut masters: Vec<(String, u16)> = slots
+            .iter()
+            .filter_map(|range| match range {
+                Value::Array(items) => match items.get(2) {
+                    Some(Value::Array(node)) => match (node.first(), node.get(1)) {
+                        (Some(Value::BulkString(host)), Some(Value::Int(port))) => Some((
+                            String::from_utf8_lossy(host).into_owned(),
+                            u16::try_from(*port).ok()?,
+                        )),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        masters.sort();
+        masters.dedup();
+        Ok(masters.into_iter().map(Some).collect())
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count` on `node` (from
+    /// [`Conn::scan_nodes`]): the next cursor (0 = done) and the keys found.
+    pub async fn scan_page(
+        &mut self,
+        node: &ScanNode,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let reply = match (node, &mut *self) {
+            (Some((host, port)), Conn::Cluster(c)) => {
+                let to = SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                };
+                c.route_command(scan, RoutingInfo::SingleNode(to)).await?
+            }
+            _ => scan.query_async(self).await?,
+        };
+        Ok(redis::from_redis_value(reply)?)
     }
 }
 

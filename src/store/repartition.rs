@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{AsyncCommands, Value};
 
 use super::keys::{parse_deadline_member, Keys, Partition, PartitionKey};
@@ -148,54 +147,10 @@ async fn refuse_while_workers_run(
 async fn partition_keys(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, StoreError> {
     let pattern = keys.partition_pattern();
     let mut found = Vec::new();
-    let nodes: Vec<Option<(String, u16)>> = match conn {
-        Conn::Cluster(c) => {
-            let slots: Vec<Value> = ::redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
-            let mut masters: Vec<(String, u16)> = slots
-                .iter()
-                .filter_map(|range| match range {
-                    Value::Array(items) => match items.get(2) {
-                        Some(Value::Array(node)) => match (node.first(), node.get(1)) {
-                            (Some(Value::BulkString(h)), Some(Value::Int(port))) => {
-                                Some((String::from_utf8_lossy(h).into_owned(), *port as u16))
-                            }
-                            _ => None,
-                        },
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect();
-            masters.sort();
-            masters.dedup();
-            masters.into_iter().map(Some).collect()
-        }
-        _ => vec![None],
-    };
-    for node in nodes {
+    for node in conn.scan_nodes().await? {
         let mut cursor = 0u64;
         loop {
-            let mut scan = ::redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let reply = match (&node, &mut *conn) {
-                (Some((host, port)), Conn::Cluster(c)) => {
-                    c.route_command(
-                        scan,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
-                        }),
-                    )
-                    .await?
-                }
-                _ => scan.query_async(conn).await?,
-            };
-            let (next, batch): (u64, Vec<String>) = ::redis::from_redis_value(reply)
-                .map_err(|e| StoreError::Reply(format!("SCAN: {e}")))?;
+            let (next, batch) = conn.scan_page(&node, cursor, &pattern, 1000).await?;
             found.extend(batch);
             cursor = next;
             if cursor == 0 {

@@ -204,15 +204,12 @@ const SAVED_SCAN_LIMIT: usize = 100_000;
 
 /// Samples the per-partition gauges: waiters (ZCARD of the deadline set), stream length,
 /// pending and lag (XINFO GROUPS), scheduled retries; and the saved notifications (SCAN of
-/// the saved lists, on a standalone Redis only: SCAN on a cluster sees one node).
+/// the saved lists on every node).
 pub async fn sample_partitions(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
     for partition in keys.all_partitions() {
         sample_partition(conn, &partition).await?;
     }
-    if !matches!(conn, Conn::Cluster(_)) {
-        sample_saved(conn, keys).await?;
-    }
-    Ok(())
+    sample_saved(conn, keys).await
 }
 
 async fn sample_partition(conn: &mut Conn, partition: &Partition) -> Result<(), StoreError> {
@@ -287,44 +284,54 @@ fn group_counts(reply: &redis::Value) -> Option<(i64, Option<i64>)> {
 
 async fn sample_saved(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
     let mut per_partition = vec![0u64; keys.partitions() as usize];
-    let mut cursor: u64 = 0;
+    let pattern = keys.saved_pattern();
     let mut examined = 0usize;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.saved_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        examined += 1000;
-        if !found.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in &found {
-                pipe.cmd("LLEN").arg(key);
+    for node in conn.scan_nodes().await? {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found) = conn.scan_page(&node, cursor, &pattern, 1000).await?;
+            examined += 1000;
+            count_saved(conn, keys, &found, &mut per_partition).await?;
+            cursor = next;
+            if cursor == 0 {
+                break;
             }
-            let lengths: Vec<u64> = pipe.query_async(conn).await?;
-            for (key, len) in found.iter().zip(lengths) {
-                if let Some(p) = keys.partition_of_key(key) {
-                    if let Some(slot) = per_partition.get_mut(p as usize) {
-                        *slot += len;
-                    }
-                }
+            if examined >= SAVED_SCAN_LIMIT {
+                // A partial count would be wrong; keep the previous sample.
+                tracing::debug!("keyspace too large to count saved notifications this time");
+                return Ok(());
             }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-        if examined >= SAVED_SCAN_LIMIT {
-            // A partial count would be wrong; keep the previous sample.
-            tracing::debug!("keyspace too large to count saved notifications this time");
-            return Ok(());
         }
     }
     for (index, count) in per_partition.into_iter().enumerate() {
         gauge!("herald_saved_notifications", "partition" => index.to_string()).set(count as f64);
+    }
+    Ok(())
+}
+
+/// Adds the lengths of the saved lists `found` to their partitions' counts. On a cluster
+/// every pipeline stays in one partition's slot.
+async fn count_saved(
+    conn: &mut Conn,
+    keys: &Keys,
+    found: &[String],
+    per_partition: &mut [u64],
+) -> Result<(), StoreError> {
+    let mut by_partition: std::collections::BTreeMap<u16, Vec<&String>> = Default::default();
+    for key in found {
+        if let Some(p) = keys.partition_of_key(key) {
+            by_partition.entry(p).or_default().push(key);
+        }
+    }
+    for (partition, keys_of_partition) in by_partition {
+        let mut pipe = redis::pipe();
+        for key in &keys_of_partition {
+            pipe.cmd("LLEN").arg(*key);
+        }
+        let lengths: Vec<u64> = pipe.query_async(conn).await?;
+        if let Some(slot) = per_partition.get_mut(partition as usize) {
+            *slot += lengths.iter().sum::<u64>();
+        }
     }
     Ok(())
 }

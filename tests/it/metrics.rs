@@ -154,7 +154,7 @@ async fn metrics_are_scraped_after_real_traffic() {
     // Redis errors are counted.
     drop(redis);
     let (status, _) = app.notify("metrics-e1", "x").await;
-    assert_eq!(status, 503);
+    assert_eq!(status, 503, "{:?}", app.notify("metrics-e1", "x").await);
     let (text, m) = scrape(&app).await;
     assert!(
         at_least(&m, r#"herald_redis_errors_total{kind="unavailable"}"#, 1.0),
