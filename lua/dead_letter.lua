@@ -11,6 +11,7 @@ ARGV[3] job JSON      final state (attempts made)
 ARGV[4] body
 ARGV[5] last status   HTTP status of the last attempt, or 0 when it never got one
 ARGV[6] last error    short description / response excerpt
+ARGV[7] retention     milliseconds dead letters are kept (0 = until deleted or sent again)
 
 Returns the dead letter's stream id, or false when the entry was no longer pending.
 ]]
@@ -19,4 +20,5 @@ if rcall('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 rcall('XDEL', KEYS[1], ARGV[2])
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return rcall('XADD', KEYS[2], '*', 'j', ARGV[3], 'b', ARGV[4], 's', ARGV[5], 'r', ARGV[6], 'at', now_ms)
+return add_dead_letter(KEYS[2], tonumber(ARGV[7]), now_ms,
+  {'j', ARGV[3], 'b', ARGV[4], 's', ARGV[5], 'r', ARGV[6], 'at', now_ms})

@@ -40,9 +40,10 @@ for i = 1, n do
     if waiter then
       rcall('HDEL', ev_key, field)
       count_waiters(count_key, -1)
-      local job = '{"m":"' .. msg_base .. i .. '","k":"timeout","t":"' .. tenant .. '","e":"' .. event
-        .. '","n":' .. score .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":null,"w":' .. waiter .. '}'
-      rcall('XADD', stream_key, '*', 'j', job, 'b', '')
+      enqueue_delivery(stream_key, {
+        msg = msg_base .. i, kind = 'timeout', tenant = tenant, event = event,
+        at_ms = score, now_ms = now_ms, trace = trace, ct = 'null',
+      }, waiter, '')
       out[#out + 1] = member
       out[#out + 1] = now_ms - tonumber(score)
     end

@@ -59,20 +59,10 @@ else
 end
 
 local out = {0}
-local taken = 0
-for i = 1, #pairs_list, 2 do
-  local field, waiter = pairs_list[i], pairs_list[i + 1]
-  taken = taken + 1
-  local msg = msg_base .. taken
-  local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
-    .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":' .. ct .. ',"w":' .. waiter .. '}'
-  rcall('XADD', stream_key, '*', 'j', job, 'b', body)
-  rcall('HDEL', ev_key, field)
-  rcall('ZREM', deadlines_key, tenant .. '|' .. field .. '|' .. event)
-  out[#out + 1] = field
-  out[#out + 1] = waiter
-  out[#out + 1] = msg
-end
-count_waiters(count_key, -taken)
+local taken = deliver_waiters(pairs_list, out, {
+  ev = ev_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
+  msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
+  ct = ct, body = body,
+})
 out[1] = count - taken
 return out

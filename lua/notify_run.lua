@@ -78,19 +78,11 @@ end
 
 if #found > 0 then
   local out = {'delivered'}
-  for i = 1, #found, 2 do
-    local field, waiter = found[i], found[i + 1]
-    local msg = msg_base .. ((i + 1) / 2)
-    local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
-      .. '","n":' .. now_ms .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":' .. ct .. ',"w":' .. waiter .. '}'
-    rcall('XADD', stream_key, '*', 'j', job, 'b', body)
-    rcall('HDEL', ev_key, field)
-    rcall('ZREM', deadlines_key, tenant .. '|' .. field .. '|' .. event)
-    out[#out + 1] = field
-    out[#out + 1] = waiter
-    out[#out + 1] = msg
-  end
-  count_waiters(count_key, -(#found / 2))
+  deliver_waiters(found, out, {
+    ev = ev_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
+    msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
+    ct = ct, body = body,
+  })
   return remember(out)
 end
 

@@ -16,7 +16,8 @@ ARGV[2] consumer         the consumer taking the entries over
 ARGV[3] min idle         milliseconds an entry must have been idle to be taken
 ARGV[4] max deliveries   an entry handed out this many times is dead-lettered, not taken
 ARGV[5] note             last error recorded on a poison dead letter
-ARGV[6..] candidates, in pairs: entry id, index into KEYS of its tenant's dead letters
+ARGV[6] retention        milliseconds dead letters are kept (0 = until deleted or sent again)
+ARGV[7..] candidates, in pairs: entry id, index into KEYS of its tenant's dead letters
           (0 when the caller saw it below the limit: it is never dead-lettered then)
 
 Returns {claimed, dead, gone}:
@@ -32,9 +33,10 @@ same step that writes its dead letter, so nothing is lost; a dead letter gets fi
 local rcall = redis.call
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local min_idle, max_deliveries, note = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local retention_ms = tonumber(ARGV[6])
 
 -- Validate before the first write: every dead-letter index names a declared key.
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local k = tonumber(ARGV[i + 1])
   if k == nil or k < 0 or k == 1 or k > #KEYS then
     return redis.error_reply('reclaim: candidate ' .. ARGV[i] .. ' names no dead-letter key')
@@ -44,7 +46,7 @@ end
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local claimed, dead, gone = {}, {}, {}
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local id, k = ARGV[i], tonumber(ARGV[i + 1])
   local pending = rcall('XPENDING', stream, group, 'IDLE', min_idle, id, id, 1)
   if #pending == 1 then
@@ -63,8 +65,8 @@ for i = 6, #ARGV, 2 do
             if fields[f] == 'j' then job = fields[f + 1] elseif fields[f] == 'b' then body = fields[f + 1] end
           end
           rcall('XDEL', stream, id)
-          local dl = rcall('XADD', KEYS[k], '*', 'j', job, 'b', body, 's', 0,
-            'r', note, 'at', now_ms, 'd', deliveries)
+          local dl = add_dead_letter(KEYS[k], retention_ms, now_ms,
+            {'j', job, 'b', body, 's', 0, 'r', note, 'at', now_ms, 'd', deliveries})
           dead[#dead + 1] = id
           dead[#dead + 1] = dl
         end

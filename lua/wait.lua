@@ -87,9 +87,10 @@ if run ~= '' then
       local msg = string.sub(item, p1 + 1, p2 - 1)
       local ct = string.sub(item, p2 + 1, p3 - 1)
       local saved_at = string.sub(item, p3 + 1, p4 - 1)
-      local job = '{"m":"' .. msg .. '","k":"event","t":"' .. tenant .. '","e":"' .. event
-        .. '","n":' .. saved_at .. ',"q":' .. now_ms .. ',"a":0,"p":"' .. trace .. '","c":' .. ct .. ',"w":' .. full .. '}'
-      rcall('XADD', stream_key, '*', 'j', job, 'b', string.sub(item, p4 + 1))
+      enqueue_delivery(stream_key, {
+        msg = msg, kind = 'event', tenant = tenant, event = event,
+        at_ms = saved_at, now_ms = now_ms, trace = trace, ct = ct,
+      }, full, string.sub(item, p4 + 1))
       return remember({'consumed', msg, full})
     end
   end

@@ -87,6 +87,7 @@ pub struct DeliverySettings {
     pub reclaim_idle_secs: u64,
     pub max_deliveries: u32,
     pub tenant_concurrency: usize,
+    pub dead_letter_retention_secs: u64,
     pub allow_cidrs: Vec<String>,
 }
 

@@ -64,6 +64,14 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    /// `delivery.dead_letter_retention_secs`, for the scripts that write dead letters.
+    fn dead_letter_retention_ms(&self) -> u64 {
+        self.settings
+            .delivery
+            .dead_letter_retention_secs
+            .saturating_mul(1000)
+    }
+
     pub fn new(redis: RedisPool, keys: Keys, settings: Settings, sender: Sender) -> Arc<Self> {
         let consumer = format!(
             "{}-{}-{}",
@@ -291,6 +299,7 @@ impl Deliverer {
                 min_idle_ms: idle_ms,
                 max_deliveries,
                 note: &note,
+                retention_ms: self.dead_letter_retention_ms(),
                 candidates: &candidates,
             },
         )
@@ -346,6 +355,7 @@ impl Deliverer {
                 body: &body,
                 last_status: 0,
                 last_error: "undecodable entry",
+                retention_ms: self.dead_letter_retention_ms(),
             };
             let _ = scripts::dead_letter(&mut self.redis.get(), &args).await;
             return;
@@ -431,6 +441,7 @@ impl Deliverer {
                             body: &body,
                             last_status: status,
                             last_error: truncate(&error, 1024),
+                            retention_ms: self.dead_letter_retention_ms(),
                         },
                     )
                     .await

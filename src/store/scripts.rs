@@ -4,8 +4,9 @@
 //! Scripts run with EVALSHA; on `NOSCRIPT` (Redis restarted, failed over, or flushed its
 //! script cache) the client loads the script and retries.
 //!
-//! Scripts that check a rate limit or count a tenant's waiters are joined with
-//! `lua/shared/quota.lua` (the functions they share) into one source.
+//! Scripts that check a rate limit, count a tenant's waiters or enqueue deliveries are
+//! joined with `lua/shared/quota.lua` and `lua/shared/delivery.lua` (the functions they
+//! share) into one source.
 
 use std::sync::LazyLock;
 
@@ -23,27 +24,28 @@ macro_rules! script {
         pub static $name: LazyLock<Script> =
             LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file))));
     };
-    ($name:ident, $file:literal, with_quota) => {
+    ($name:ident, $file:literal, with_shared) => {
         pub static $name: LazyLock<Script> = LazyLock::new(|| {
             Script::new(concat!(
                 include_str!("../../lua/shared/quota.lua"),
+                include_str!("../../lua/shared/delivery.lua"),
                 include_str!(concat!("../../lua/", $file))
             ))
         });
     };
 }
 
-script!(WAIT, "wait.lua", with_quota);
-script!(NOTIFY, "notify.lua", with_quota);
-script!(NOTIFY_RUN, "notify_run.lua", with_quota);
-script!(CANCEL, "cancel.lua", with_quota);
-script!(EXPIRE_DUE, "expire_due.lua", with_quota);
-script!(RATE_LIMIT, "rate_limit.lua", with_quota);
+script!(WAIT, "wait.lua", with_shared);
+script!(NOTIFY, "notify.lua", with_shared);
+script!(NOTIFY_RUN, "notify_run.lua", with_shared);
+script!(CANCEL, "cancel.lua", with_shared);
+script!(EXPIRE_DUE, "expire_due.lua", with_shared);
+script!(RATE_LIMIT, "rate_limit.lua", with_shared);
 script!(ACK, "ack.lua");
 script!(RETRY_LATER, "retry_later.lua");
 script!(PROMOTE_DUE, "promote_due.lua");
-script!(DEAD_LETTER, "dead_letter.lua");
-script!(RECLAIM, "reclaim.lua");
+script!(DEAD_LETTER, "dead_letter.lua", with_shared);
+script!(RECLAIM, "reclaim.lua", with_shared);
 script!(REDRIVE, "redrive.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
@@ -588,6 +590,8 @@ pub struct DeadLetterArgs<'a> {
     pub body: &'a [u8],
     pub last_status: u16,
     pub last_error: &'a str,
+    /// How long the tenant's dead letters are kept (0 = until deleted or sent again).
+    pub retention_ms: u64,
 }
 
 /// Returns the dead letter's id, or None when the entry was no longer pending.
@@ -604,7 +608,8 @@ pub async fn dead_letter(
         .arg(a.job_json)
         .arg(a.body)
         .arg(a.last_status)
-        .arg(a.last_error);
+        .arg(a.last_error)
+        .arg(a.retention_ms);
     match invoke(conn, "dead_letter", inv).await? {
         Value::Nil => Ok(None),
         v => Ok(Some(text(&v)?)),
@@ -626,6 +631,8 @@ pub struct ReclaimArgs<'a> {
     pub max_deliveries: u32,
     /// Recorded as the last error of a poison dead letter.
     pub note: &'a str,
+    /// How long dead letters are kept (0 = until deleted or sent again).
+    pub retention_ms: u64,
     pub candidates: &'a [ReclaimCandidate<'a>],
 }
 
@@ -647,7 +654,8 @@ pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimRepl
         .arg(a.consumer)
         .arg(a.min_idle_ms)
         .arg(a.max_deliveries)
-        .arg(a.note);
+        .arg(a.note)
+        .arg(a.retention_ms);
     // One KEYS slot per distinct tenant; KEYS[1] is the stream, so indexes start at 2.
     let mut tenants: Vec<&TenantName> = Vec::new();
     for c in a.candidates {

@@ -422,3 +422,95 @@ async fn reclaim_takes_over_idle_entries_and_dead_letters_poison_ones() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// Milliseconds of Redis `TIME`, the clock of dead-letter ids and their retention.
+fn redis_ms(redis: &RedisServer) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut redis.client()).unwrap();
+    secs * 1000 + micros / 1000
+}
+
+/// Awaits Redis `TIME` reaching `ms` (bounded: the caller's targets are seconds away).
+async fn until_redis_ms(redis: &RedisServer, ms: u64) {
+    for _ in 0..200 {
+        if redis_ms(redis) >= ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("Redis TIME did not reach {ms}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_older_than_the_retention_are_dropped() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.max_retries = 0;
+    settings.delivery.dead_letter_retention_secs = 3;
+    let keys = herald::store::Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let app = TestApp::start(settings).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/down", &[500], &[]);
+    // All three events in one partition: one dead-letter stream, trimmed by its own adds.
+    let tenant = TenantName::parse("acme").unwrap();
+    let partition_of = |e: &str| {
+        keys.partition_of(&tenant, &EventId::parse(e).unwrap())
+            .index
+    };
+    let events: Vec<String> = (0..10_000)
+        .map(|i| format!("kept-{i}"))
+        .filter(|e| partition_of(e) == partition_of("kept-0"))
+        .take(3)
+        .collect();
+    let dead_letter = |event: String| {
+        let (app, receiver) = (&app, &receiver);
+        async move {
+            let (status, _) = app
+                .wait(&event, json!({"url": receiver.url("/down")}))
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(app.notify(&event, "x").await.0, 201);
+        }
+    };
+
+    dead_letter(events[0].clone()).await;
+    let first = await_dead_letters(&app, &app.token, 1).await;
+    let first_at = first[0]["deadLetteredAt"].as_u64().unwrap();
+    until_redis_ms(&redis, first_at + 1_500).await;
+    dead_letter(events[1].clone()).await;
+    await_dead_letters(&app, &app.token, 2).await;
+    // Older than the retention when the third comes: dropped by that add.
+    until_redis_ms(&redis, first_at + 3_100).await;
+    dead_letter(events[2].clone()).await;
+    let listed = || async {
+        let all = list_all(&app, &app.token, 100).await;
+        all.iter()
+            .map(|d| d["eventId"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let kept = eventually_async(Duration::from_secs(10), || async {
+        listed().await == events[1..]
+    })
+    .await;
+    assert!(
+        kept,
+        "expected {:?} only, got {:?}",
+        &events[1..],
+        listed().await
+    );
+
+    // And the stream itself expires the retention after its newest letter.
+    let stream = keys
+        .partition(partition_of(&events[0]))
+        .dead_letters(&tenant);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&stream)
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 3_000, "PTTL {ttl}");
+    let emptied = eventually_async(Duration::from_secs(10), || async {
+        list_all(&app, &app.token, 100).await.is_empty()
+    })
+    .await;
+    assert!(emptied, "dead letters outlived their retention");
+    app.stop().await;
+}

@@ -1,0 +1,66 @@
+--[[
+shared/delivery.lua: functions joined (after shared/quota.lua) in front of the scripts
+that enqueue deliveries or write dead letters (wait, notify, notify_run, expire_due,
+dead_letter, reclaim). Not a script of its own.
+
+enqueue_delivery(stream, job, waiter, body)
+  XADDs one delivery job to the partition's stream: field j (the job JSON) and b (the body,
+  "" for a timeout). `job` names its parts:
+    msg      message id (the Upstash-Message-Id of every attempt)
+    kind     "event" or "timeout"
+    tenant, event
+    at_ms    when it happened: the notify, the saved notification, or the deadline (ms)
+    now_ms   when it was enqueued (Redis TIME, ms)
+    trace    W3C traceparent of the request, "" for none
+    ct       content type as a JSON string, or "null"
+  `waiter` is the waiter's JSON, embedded as it is. Ids and tenant names were validated
+  by the api ([A-Za-z0-9._:-]), so they need no JSON escaping.
+
+deliver_waiters(found, out, d) -> taken
+  found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
+  d        {ev, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct, body}
+  For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
+  it and its deadline, append field, waiter JSON and message id to `out`; then lower the
+  tenant's waiter count by the number taken.
+
+add_dead_letter(key, retention_ms, now_ms, fields) -> dead letter id
+  XADDs the fields (flat list) to a tenant's dead letters in the partition. With a
+  retention (ms, > 0) it also drops the letters older than that (XTRIM MINID: stream ids
+  are Redis times) and lets the key expire that long after its newest letter, so every
+  dead letter is kept at least `retention_ms` and gone before twice that.
+]]
+local function add_dead_letter(key, retention_ms, now_ms, fields)
+  local id = redis.call('XADD', key, '*', unpack(fields))
+  if retention_ms > 0 then
+    redis.call('XTRIM', key, 'MINID', now_ms - retention_ms)
+    redis.call('PEXPIRE', key, retention_ms)
+  end
+  return id
+end
+
+local function enqueue_delivery(stream, job, waiter, body)
+  local json = '{"m":"' .. job.msg .. '","k":"' .. job.kind .. '","t":"' .. job.tenant
+    .. '","e":"' .. job.event .. '","n":' .. job.at_ms .. ',"q":' .. job.now_ms
+    .. ',"a":0,"p":"' .. job.trace .. '","c":' .. job.ct .. ',"w":' .. waiter .. '}'
+  redis.call('XADD', stream, '*', 'j', json, 'b', body)
+end
+
+local function deliver_waiters(found, out, d)
+  local taken = 0
+  for i = 1, #found, 2 do
+    local field, waiter = found[i], found[i + 1]
+    taken = taken + 1
+    local msg = d.msg_base .. taken
+    enqueue_delivery(d.stream, {
+      msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
+      at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
+    }, waiter, d.body)
+    redis.call('HDEL', d.ev, field)
+    redis.call('ZREM', d.deadlines, d.tenant .. '|' .. field .. '|' .. d.event)
+    out[#out + 1] = field
+    out[#out + 1] = waiter
+    out[#out + 1] = msg
+  end
+  count_waiters(d.count, -taken)
+  return taken
+end
