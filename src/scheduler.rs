@@ -72,35 +72,20 @@ impl Scheduler {
     /// One pass over all partitions; true when some batch was full.
     ///
     /// An idle pass is one round trip: Redis' clock and, per partition, the earliest
-    /// deadline and the earliest retry, pipelined. Only partitions with something due by
+    /// deadline and the earliest retry, pipelined (on a cluster: all sent at once). Only partitions with something due by
     /// that clock get further calls (reading whole batches of future deadlines on every
     /// tick cost Redis more than the work itself once many waiters were registered).
     pub async fn tick(&self) -> Result<bool, StoreError> {
         let mut conn = self.redis.get();
-        let replies: Vec<redis::Value> = if matches!(conn, Conn::Cluster(_)) {
-            // On a cluster the partitions live on different nodes: one small pipeline per
-            // partition (one slot each), after Redis' clock.
-            let mut replies: Vec<redis::Value> =
-                vec![redis::cmd("TIME").query_async(&mut conn).await?];
-            for partition in self.keys.all_partitions() {
-                let mut pipe = redis::pipe();
-                for key in [partition.deadlines(), partition.retries()] {
-                    pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
-                }
-                let pair: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                replies.extend(pair);
+        let mut commands = vec![redis::cmd("TIME")];
+        for partition in self.keys.all_partitions() {
+            for key in [partition.deadlines(), partition.retries()] {
+                let mut earliest = redis::cmd("ZRANGE");
+                earliest.arg(key).arg(0).arg(0).arg("WITHSCORES");
+                commands.push(earliest);
             }
-            replies
-        } else {
-            let mut pipe = redis::pipe();
-            pipe.cmd("TIME");
-            for partition in self.keys.all_partitions() {
-                for key in [partition.deadlines(), partition.retries()] {
-                    pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
-                }
-            }
-            pipe.query_async(&mut conn).await?
-        };
+        }
+        let replies: Vec<redis::Value> = conn.query_each(commands).await?;
         let mut replies = replies.into_iter();
         let (secs, micros): (u64, u64) = parse(replies.next())?;
         let now_ms = secs * 1000 + micros / 1000;

@@ -219,7 +219,8 @@ pub async fn list(
     })
 }
 
-/// Reads the next batch of every source whose buffer ran empty (one round trip).
+/// Reads the next batch of every source whose buffer ran empty (one round trip; on a
+/// cluster, one per partition, all at once).
 async fn refill(conn: &mut Conn, sources: &mut [Source], batch: usize) -> Result<(), StoreError> {
     let wanted: Vec<usize> = (0..sources.len())
         .filter(|i| sources[*i].buffer.is_empty() && !sources[*i].exhausted)
@@ -227,16 +228,20 @@ async fn refill(conn: &mut Conn, sources: &mut [Source], batch: usize) -> Result
     if wanted.is_empty() {
         return Ok(());
     }
-    let mut pipe = ::redis::pipe();
-    for i in &wanted {
-        pipe.cmd("XRANGE")
-            .arg(&sources[*i].key)
-            .arg(&sources[*i].start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(batch);
-    }
-    let replies: Vec<StreamRangeReply> = pipe.query_async(conn).await?;
+    let reads = wanted
+        .iter()
+        .map(|i| {
+            let mut read = ::redis::cmd("XRANGE");
+            read.arg(&sources[*i].key)
+                .arg(&sources[*i].start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(batch);
+            read
+        })
+        .collect();
+    // The sources are in different partitions (slots).
+    let replies: Vec<StreamRangeReply> = conn.query_each(reads).await?;
     for (i, reply) in wanted.into_iter().zip(replies) {
         let source = &mut sources[i];
         source.exhausted = reply.ids.len() < batch;

@@ -30,8 +30,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, Pipeline, RedisConnectionInfo, RedisError, RedisFuture,
-    RedisResult, TlsMode, Value,
+    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisConnectionInfo, RedisError,
+    RedisFuture, RedisResult, TlsMode, Value,
 };
 use tokio::sync::Mutex;
 
@@ -58,6 +58,28 @@ impl Conn {
     /// Redis Cluster: a script may touch the keys of one slot only.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// Runs commands whose keys may lie in different slots (e.g. one per partition) and
+    /// returns their replies in order: one pipeline on a single server; on a cluster each
+    /// command on its own, all in flight at once, since a pipeline there must stay in one
+    /// slot.
+    pub async fn query_each<T: FromRedisValue>(
+        &mut self,
+        commands: Vec<Cmd>,
+    ) -> RedisResult<Vec<T>> {
+        if let Conn::Cluster(cluster) = self {
+            let calls = commands.into_iter().map(|command| {
+                let mut cluster = cluster.clone();
+                async move { command.query_async::<T>(&mut cluster).await }
+            });
+            return futures_util::future::try_join_all(calls).await;
+        }
+        let mut pipe = redis::pipe();
+        for command in commands {
+            pipe.add_command(command);
+        }
+        pipe.query_async(self).await
     }
 
     /// The nodes whose keys together are the whole keyspace: every master of a cluster
