@@ -94,6 +94,11 @@ struct Args {
     /// The herald binary (default: the one built with this bench).
     #[arg(long)]
     herald_bin: Option<PathBuf>,
+    /// A setting for the Herald processes, as an environment variable (repeatable), e.g.
+    /// `--herald-env HERALD_DELIVERY__TENANT_CONCURRENCY=64`. Other HERALD_* variables of
+    /// this environment are not passed on.
+    #[arg(long, value_name = "NAME=VALUE")]
+    herald_env: Vec<String>,
 }
 
 impl Args {
@@ -150,6 +155,7 @@ fn machine(redis_version: &str, args: &Args) -> Value {
         "cpu": cpu,
         "redis_version": redis_version,
         "redis_appendfsync": args.appendfsync,
+        "herald_env": args.herald_env,
         "herald_commit": commit,
         "loadavg_1m": loadavg_1m(),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -188,8 +194,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .herald_bin
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")));
+    let env: Vec<(String, String)> = args
+        .herald_env
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if name.starts_with("HERALD_") => {
+                Ok((name.to_owned(), value.to_owned()))
+            }
+            _ => Err(anyhow::anyhow!(
+                "--herald-env {pair}: expected HERALD_NAME=VALUE"
+            )),
+        })
+        .collect::<anyhow::Result<_>>()?;
     let start_herald = |role: &'static str, prefix: &'static str| {
         let (binary, dir, redis_url) = (binary.clone(), dir.path().to_owned(), redis_url.clone());
+        let env = env.clone();
         async move {
             let port = procs::free_port()?;
             let base = format!("http://127.0.0.1:{port}");
@@ -204,7 +223,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     args.partitions
                 ),
             )?;
-            let process = procs::start_herald(&binary, role, &config, &base).await?;
+            let process = procs::start_herald(&binary, role, &config, &base, &env).await?;
             anyhow::Ok((process, base))
         }
     };

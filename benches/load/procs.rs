@@ -118,12 +118,13 @@ pub async fn start_redis(dir: &Path, appendfsync: &str) -> anyhow::Result<(Proce
 
 /// Starts `herald serve --role ROLE` with `config` (a TOML file) and waits until /readyz
 /// answers 200. HERALD_* variables of the caller's environment are not passed on, so
-/// the run is configured by the file alone.
+/// the run is configured by the file and `env` alone.
 pub async fn start_herald(
     binary: &Path,
     role: &str,
     config: &Path,
     base: &str,
+    env: &[(String, String)],
 ) -> anyhow::Result<Process> {
     // Dropped once Herald is ready: an idle keep-alive connection would make Herald's
     // graceful stop wait its whole grace time at the end of the run.
@@ -135,6 +136,7 @@ pub async fn start_herald(
         }
     }
     let child = command
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .arg("--config")
         .arg(config)
         .args(["serve", "--role", role])
