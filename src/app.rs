@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::delivery::http::Sender;
 use crate::delivery::ip_policy::IpPolicy;
 use crate::delivery::Deliverer;
+use crate::history::{Recorder, RecorderTask};
 use crate::limits::cache::LimitsCache;
 use crate::scheduler::Scheduler;
 use crate::store::{self, Keys, RedisPool};
@@ -44,6 +45,8 @@ pub struct Running {
     server: actix_web::dev::ServerHandle,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Ended last: what the others recorded is written first.
+    history_writer: RecorderTask,
     grace: Duration,
 }
 
@@ -80,12 +83,15 @@ pub async fn prepare_redis(
 pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let (redis, keys) = prepare_redis(&settings, Duration::from_secs(60)).await?;
     crate::telemetry::metrics::handle();
+    let (history, history_writer) =
+        Recorder::start(redis.clone(), keys.clone(), settings.history.clone());
     let state = Arc::new(AppState {
         auth: TokenCache::new(Duration::from_millis(settings.server.auth_cache_ms)),
         limits: LimitsCache::new(Duration::from_millis(settings.limits.cache_ms)),
         settings: settings.clone(),
         redis: redis.clone(),
         keys: keys.clone(),
+        history: history.clone(),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -97,9 +103,15 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             Duration::from_secs(settings.delivery.request_timeout_secs),
         )
         .context("building the HTTP client")?;
-        let deliverer = Deliverer::new(redis.clone(), keys.clone(), settings.clone(), sender);
+        let deliverer = Deliverer::new(
+            redis.clone(),
+            keys.clone(),
+            settings.clone(),
+            sender,
+            history.clone(),
+        );
         tasks.push(tokio::spawn(deliverer.run(shutdown.clone())));
-        let scheduler = Scheduler::new(redis.clone(), keys.clone(), settings.clone());
+        let scheduler = Scheduler::new(redis.clone(), keys.clone(), settings.clone(), history);
         tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
     }
 
@@ -138,6 +150,7 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
         server: handle,
         shutdown,
         tasks,
+        history_writer,
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
 }
@@ -155,6 +168,7 @@ impl Running {
             for t in self.tasks {
                 let _ = t.await;
             }
+            self.history_writer.finish().await;
         };
         if tokio::time::timeout(self.grace, all).await.is_err() {
             tracing::warn!("shutdown grace time over; unfinished deliveries stay pending");

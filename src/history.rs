@@ -3,17 +3,24 @@
 //! found nobody waiting, or was saved), its delivery landed with status 200, failed and
 //! was retried, was dead-lettered, or the waiter timed out.
 //!
-//! Entries are appended from Rust after each outcome (LPUSH + LTRIM + PEXPIRE in one
-//! pipeline) to a list per (tenant, event) in the event's partition, newest first, kept
-//! `history.ttl_secs` after the last entry and capped at `history.max_entries`. Writing
-//! history is best effort: a failure is logged and never fails the request or delivery
-//! it describes (the state change is already done).
+//! Entries are appended from Rust after each outcome (LPUSH + LTRIM + PEXPIRE) to a list
+//! per (tenant, event) in the event's partition, newest first, kept `history.ttl_secs`
+//! after the last entry and capped at `history.max_entries`. A [`Recorder`] writes them in
+//! the background, many events per round trip, a few milliseconds after the outcome.
+//! Writing history is best effort: a failure is logged and never fails the request or
+//! delivery it describes (the state change is already done); entries still queued when a
+//! process is killed (not stopped) are lost.
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::HistorySettings;
 use crate::domain::{EventId, TenantName};
-use crate::store::{Conn, Keys, StoreError};
+use crate::store::{Conn, Keys, RedisPool, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,86 +115,164 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Appends entries (oldest first) to the event's history; logs and swallows failures.
-pub async fn record(
-    conn: &mut Conn,
-    keys: &Keys,
-    settings: &HistorySettings,
-    tenant: &TenantName,
-    event: &EventId,
-    entries: &[Entry],
-) {
-    let mut pipe = redis::pipe();
-    if add(&mut pipe, keys, settings, tenant, event, entries) {
-        write(conn, pipe).await;
-    }
+/// Entries handed to a [`Recorder`] and not yet written, at most (events); beyond, new
+/// ones are dropped and counted (`herald_history_dropped_total`).
+const QUEUE: usize = 65_536;
+/// Events written by one round trip, at most.
+const BATCH: usize = 512;
+
+/// Appends history entries in the background. Callers hand entries over without waiting;
+/// one writer task sends whatever gathered meanwhile in one round trip (one per partition
+/// on Redis Cluster, all at once). So a request or a delivery pays no round trip for its
+/// history, and a busy process writes many events' entries per round trip: recording
+/// history inline cost about a third of Herald's CPU per notify.
+#[derive(Clone)]
+pub struct Recorder {
+    /// None when history is disabled.
+    queue: Option<mpsc::Sender<Pending>>,
+    keys: Keys,
+    settings: HistorySettings,
 }
 
-/// Appends one entry to each of several events' histories, in one round trip.
-pub async fn record_each(
-    conn: &mut Conn,
-    keys: &Keys,
-    settings: &HistorySettings,
-    items: &[(&TenantName, &EventId, Entry)],
-) {
-    let mut pipe = redis::pipe();
-    let mut any = false;
-    for (tenant, event, entry) in items {
-        any |= add(
-            &mut pipe,
+/// The writer task of a [`Recorder`]; [`RecorderTask::finish`] ends it.
+pub struct RecorderTask {
+    closing: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// One event's new entries (encoded, oldest first).
+struct Pending {
+    partition: u16,
+    key: String,
+    entries: Vec<String>,
+}
+
+impl Recorder {
+    /// The recorder and its writer task (none when history is disabled).
+    pub fn start(redis: RedisPool, keys: Keys, settings: HistorySettings) -> (Self, RecorderTask) {
+        let closing = CancellationToken::new();
+        if settings.ttl_secs == 0 || settings.max_entries == 0 {
+            let recorder = Self {
+                queue: None,
+                keys,
+                settings,
+            };
+            let task = RecorderTask {
+                closing,
+                handle: None,
+            };
+            return (recorder, task);
+        }
+        let (queue, pending) = mpsc::channel(QUEUE);
+        let handle = tokio::spawn(write_loop(
+            redis,
+            settings.clone(),
+            pending,
+            closing.clone(),
+        ));
+        let recorder = Self {
+            queue: Some(queue),
             keys,
             settings,
-            tenant,
-            event,
-            std::slice::from_ref(entry),
-        );
+        };
+        let task = RecorderTask {
+            closing,
+            handle: Some(handle),
+        };
+        (recorder, task)
     }
-    if any {
-        write(conn, pipe).await;
+
+    /// Appends entries (oldest first) to the event's history, soon.
+    pub fn record(&self, tenant: &TenantName, event: &EventId, entries: &[Entry]) {
+        let Some(queue) = &self.queue else { return };
+        if entries.is_empty() {
+            return;
+        }
+        // Only the newest max_entries can survive the trim: send no more than those.
+        let skip = entries.len().saturating_sub(self.settings.max_entries);
+        let partition = self.keys.partition_of(tenant, event);
+        let pending = Pending {
+            partition: partition.index,
+            key: partition.history(tenant, event),
+            entries: entries[skip..]
+                .iter()
+                .filter_map(|e| serde_json::to_string(e).ok())
+                .collect(),
+        };
+        if queue.try_send(pending).is_err() {
+            crate::telemetry::metrics::history_dropped();
+            tracing::debug!(tenant = %tenant, event_id = %event, "history queue full; entries dropped");
+        }
     }
 }
 
-/// Adds LPUSH + LTRIM + PEXPIRE of the event's history to `pipe`; false when nothing is
-/// to be written (history disabled, no entries).
-fn add(
-    pipe: &mut redis::Pipeline,
-    keys: &Keys,
-    settings: &HistorySettings,
-    tenant: &TenantName,
-    event: &EventId,
-    entries: &[Entry],
-) -> bool {
-    if settings.ttl_secs == 0 || settings.max_entries == 0 || entries.is_empty() {
-        return false;
+impl RecorderTask {
+    /// Writes what is queued, then ends. Call it once nothing records any more.
+    pub async fn finish(mut self) {
+        self.closing.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
     }
-    // Only the newest max_entries can survive the trim: push no more than those.
-    let skip = entries.len().saturating_sub(settings.max_entries);
-    let encoded: Vec<String> = entries[skip..]
-        .iter()
-        .filter_map(|e| serde_json::to_string(e).ok())
-        .collect();
-    let key = keys.partition_of(tenant, event).history(tenant, event);
-    pipe.cmd("LPUSH")
-        .arg(&key)
-        .arg(&encoded)
-        .ignore()
-        .cmd("LTRIM")
-        .arg(&key)
-        .arg(0)
-        .arg(settings.max_entries as i64 - 1)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(settings.ttl_secs.saturating_mul(1000))
-        .ignore();
-    true
 }
 
-async fn write(conn: &mut Conn, pipe: redis::Pipeline) {
-    let written: Result<(), StoreError> =
-        pipe.query_async::<()>(conn).await.map_err(StoreError::from);
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "could not record event history");
+async fn write_loop(
+    redis: RedisPool,
+    settings: HistorySettings,
+    mut pending: mpsc::Receiver<Pending>,
+    closing: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            first = pending.recv() => first,
+            _ = closing.cancelled() => None,
+        };
+        let mut batch: Vec<Pending> = first.into_iter().collect();
+        while batch.len() < BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return; // closing (or every sender gone) and nothing left
+        }
+        write(&mut redis.get(), &settings, batch).await;
+    }
+}
+
+/// LPUSH + LTRIM + PEXPIRE of every event of `batch`: one pipeline on a single server,
+/// one per partition (slot) on a cluster, all in flight at once.
+async fn write(conn: &mut Conn, settings: &HistorySettings, batch: Vec<Pending>) {
+    let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+    let one_slot = !conn.is_cluster();
+    for item in batch {
+        let pipe = pipes
+            .entry(if one_slot { 0 } else { item.partition })
+            .or_insert_with(redis::pipe);
+        pipe.cmd("LPUSH")
+            .arg(&item.key)
+            .arg(&item.entries)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&item.key)
+            .arg(0)
+            .arg(settings.max_entries as i64 - 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&item.key)
+            .arg(settings.ttl_secs.saturating_mul(1000))
+            .ignore();
+    }
+    let writes = pipes.into_values().map(|pipe| {
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    });
+    for written in futures_util::future::join_all(writes).await {
+        if let Err(e) = written {
+            tracing::warn!(error = %StoreError::from(e), "could not record event history");
+        }
     }
 }
 

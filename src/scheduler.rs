@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::wait::random_id;
 use crate::config::Settings;
-use crate::history::{self, Entry, Outcome};
+use crate::history::{Entry, Outcome, Recorder};
 use crate::store::keys::parse_deadline_member;
 use crate::store::scripts::{self, DueCandidate};
 use crate::store::{Conn, Keys, Partition, RedisPool, StoreError};
@@ -24,14 +24,16 @@ pub struct Scheduler {
     redis: RedisPool,
     keys: Keys,
     settings: Settings,
+    history: Recorder,
 }
 
 impl Scheduler {
-    pub fn new(redis: RedisPool, keys: Keys, settings: Settings) -> Self {
+    pub fn new(redis: RedisPool, keys: Keys, settings: Settings, history: Recorder) -> Self {
         Self {
             redis,
             keys,
             settings,
+            history,
         }
     }
 
@@ -161,7 +163,6 @@ impl Scheduler {
             .enumerate()
             .map(|(i, c)| (c.member.as_str(), i))
             .collect();
-        let mut timed_out = Vec::with_capacity(fired.len());
         for (member, lateness_ms) in &fired {
             tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
             metrics::timed_out(*lateness_ms);
@@ -174,9 +175,9 @@ impl Scheduler {
                 entry = entry.waiter(w, true);
                 entry.deadline = Some(w.deadline);
             }
-            timed_out.push((&candidates[i].tenant, &candidates[i].event, entry));
+            self.history
+                .record(&candidates[i].tenant, &candidates[i].event, &[entry]);
         }
-        history::record_each(conn, &self.keys, &self.settings.history, &timed_out).await;
         Ok(candidates.len() >= batch)
     }
 

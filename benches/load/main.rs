@@ -213,12 +213,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let port = procs::free_port()?;
             let base = format!("http://127.0.0.1:{port}");
             let config = dir.join(format!("herald-{role}.toml"));
+            // Tenant limits off: this measures capacity (one tenant sends everything);
+            // `cargo bench --bench limits` measures what the checks cost.
             std::fs::write(
                 &config,
                 format!(
                     "[server]\nlisten = \"127.0.0.1:{port}\"\n\
                      [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\npartitions = {}\n\
                      [delivery]\nallow_cidrs = [\"127.0.0.0/8\"]\n\
+                     [limits]\nwait_per_sec = 0\nnotify_per_sec = 0\nread_per_sec = 0\n\
+                     active_waiters = 0\nwaiters_per_event = 0\n\
                      [log]\nfilter = \"warn\"\n",
                     args.partitions
                 ),

@@ -32,6 +32,7 @@ pub struct AppState {
     pub keys: Keys,
     pub auth: auth::TokenCache,
     pub limits: crate::limits::cache::LimitsCache,
+    pub history: crate::history::Recorder,
 }
 
 impl AppState {
@@ -64,22 +65,15 @@ impl AppState {
 pub type State = web::Data<Arc<AppState>>;
 
 impl AppState {
-    /// Appends to an event's history (best effort, see [`crate::history`]).
-    pub async fn record_history(
+    /// Appends to an event's history (best effort, in the background, see
+    /// [`crate::history`]).
+    pub fn record_history(
         &self,
         tenant: &crate::domain::TenantName,
         event: &crate::domain::EventId,
         entries: &[crate::history::Entry],
     ) {
-        crate::history::record(
-            &mut self.redis.get(),
-            &self.keys,
-            &self.settings.history,
-            tenant,
-            event,
-            entries,
-        )
-        .await;
+        self.history.record(tenant, event, entries);
     }
 }
 

@@ -40,7 +40,7 @@ fn parse_waiters(taken: &[Taken]) -> Result<Vec<Waiter>, ApiError> {
 }
 
 /// Metrics and history of a notify that took `taken` waiters (none: nobody waits).
-async fn record_notified(
+fn record_notified(
     state: &State,
     tenant: &TenantName,
     event: &EventId,
@@ -66,7 +66,7 @@ async fn record_notified(
             })
             .collect()
     };
-    state.record_history(tenant, event, &entries).await;
+    state.record_history(tenant, event, &entries);
 }
 
 fn responses(taken: &[Taken], waiters: &[Waiter]) -> Result<HttpResponse, ApiError> {
@@ -179,7 +179,7 @@ pub async fn broadcast(
     }
     tracing::debug!(tenant = %tenant, event_id = %event, notified = taken.len(), "broadcast");
     let waiters = parse_waiters(&taken)?;
-    record_notified(&state, &tenant, &event, &taken, &waiters).await;
+    record_notified(&state, &tenant, &event, &taken, &waiters);
     responses(&taken, &waiters)
 }
 
@@ -245,7 +245,7 @@ pub async fn lookback(
     match reply {
         NotifyRunReply::Delivered(taken) => {
             let waiters = parse_waiters(&taken)?;
-            record_notified(&state, &tenant, &event, &taken, &waiters).await;
+            record_notified(&state, &tenant, &event, &taken, &waiters);
             responses(&taken, &waiters)
         }
         NotifyRunReply::Saved { message_id } => {
@@ -253,7 +253,7 @@ pub async fn lookback(
             metrics::notify(NotifyOutcome::Saved, 0);
             let mut entry = Entry::new(Outcome::Saved).message(&message_id);
             entry.workflow_run_id = Some(run.as_str().to_owned());
-            state.record_history(&tenant, &event, &[entry]).await;
+            state.record_history(&tenant, &event, &[entry]);
             Ok(HttpResponse::build(StatusCode::CREATED)
                 .insert_header(("Herald-Notify-Outcome", "saved"))
                 .insert_header(("Herald-Message-Id", message_id))

@@ -316,7 +316,7 @@ pub async fn wait(
             crate::telemetry::metrics::wait(false);
             let mut entry = Entry::new(Outcome::Registered).waiter(&stored, false);
             entry.deadline = Some(stored.deadline);
-            state.record_history(&tenant, &event, &[entry]).await;
+            state.record_history(&tenant, &event, &[entry]);
             Ok(json_ok(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -336,7 +336,7 @@ pub async fn wait(
                 let entry = Entry::new(Outcome::Consumed)
                     .waiter(&stored, false)
                     .message(&message_id);
-                state.record_history(&tenant, &event, &[entry]).await;
+                state.record_history(&tenant, &event, &[entry]);
             }
             Ok(json_ok(
                 StatusCode::OK,

@@ -36,6 +36,7 @@ use self::fairness::{defer_delay, TenantSlots};
 use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
+use crate::history::Recorder;
 use crate::store::scripts::{self, DeadLetterArgs, ReclaimArgs, ReclaimCandidate, RetryLaterArgs};
 use crate::store::{tenants, Conn, Keys, Partition, RedisPool, StoreError, GROUP};
 use crate::waiter::Job;
@@ -50,6 +51,7 @@ pub struct Deliverer {
     pub(crate) redis: RedisPool,
     pub(crate) keys: Keys,
     pub(crate) settings: Settings,
+    pub(crate) history: Recorder,
     sender: Sender,
     /// Bounds concurrent attempts of this process.
     slots: Arc<Semaphore>,
@@ -72,7 +74,13 @@ impl Deliverer {
             .saturating_mul(1000)
     }
 
-    pub fn new(redis: RedisPool, keys: Keys, settings: Settings, sender: Sender) -> Arc<Self> {
+    pub fn new(
+        redis: RedisPool,
+        keys: Keys,
+        settings: Settings,
+        sender: Sender,
+        history: Recorder,
+    ) -> Arc<Self> {
         let consumer = format!(
             "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
@@ -89,6 +97,7 @@ impl Deliverer {
             redis,
             keys,
             settings,
+            history,
             sender,
             consumer,
             signing_keys: Mutex::new(HashMap::new()),
@@ -360,7 +369,8 @@ impl Deliverer {
             let _ = scripts::dead_letter(&mut self.redis.get(), &args).await;
             return;
         };
-        let Some(_tenant_slot) = self.tenant_slots.try_acquire(&job.t) else {
+        let tenant_slot = self.tenant_slots.acquire(&job.t, fairness::MAX_WAIT).await;
+        let Some(_tenant_slot) = tenant_slot else {
             self.defer(partition, &entry.id, job, &body).await;
             return;
         };

@@ -126,13 +126,5 @@ pub async fn finished(
     entry.status = Some(summary.status);
     entry.attempt = Some(attempt);
     entry.error = summary.error;
-    history::record(
-        &mut deliverer.redis.get(),
-        &deliverer.keys,
-        &deliverer.settings.history,
-        &tenant,
-        &event,
-        &[entry],
-    )
-    .await;
+    deliverer.history.record(&tenant, &event, &[entry]);
 }

@@ -78,6 +78,10 @@ fn describe() {
         "herald_notify_fanout_waiters",
         "Waiters one notify reached."
     );
+    describe_counter!(
+        "herald_history_dropped_total",
+        "Event history entries dropped because the history writer's queue was full."
+    );
     describe_gauge!(
         "herald_waiters",
         "Registered waiters (deadline set size), by partition; sampled by the scheduler."
@@ -192,6 +196,11 @@ pub fn timed_out(lateness_ms: i64) {
 pub fn dead_lettered(refused: bool) {
     let reason = if refused { "refused" } else { "exhausted" };
     counter!("herald_dead_letters_total", "reason" => reason).increment(1);
+}
+
+/// History entries dropped because the writer's queue was full.
+pub fn history_dropped() {
+    counter!("herald_history_dropped_total").increment(1);
 }
 
 pub fn redis_error(unavailable: bool) {

@@ -169,7 +169,17 @@ async fn history_bad_input_is_refused_and_the_list_is_bounded() {
     for _ in 0..5 {
         app.notify("capped", "x").await;
     }
-    let entries = history(&app, &app.token, "capped").await;
+    // Written in the background, in order: once the wait's entry shows, the five are in.
+    let (status, _) = app
+        .wait("capped", json!({"url": "https://example.com/h"}))
+        .await;
+    assert_eq!(status, 200);
+    let entries = expect_history(
+        &app,
+        "capped",
+        &["registered", "nobody_waiting", "nobody_waiting"],
+    )
+    .await;
     assert_eq!(entries.len(), 3, "capped at history.max_entries");
     // Kept for history.ttl_secs after the last entry.
     let mut conn = redis.client();
