@@ -6,6 +6,7 @@ KEYS[2] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
 KEYS[3] deliveries     (STREAM) delivery jobs of the partition
 KEYS[4] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[5] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[8] > 0
+KEYS[6] history        (LIST)   the event's history (see shared/delivery.lua add_history)
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -17,6 +18,10 @@ ARGV[7] trace context    W3C traceparent of the request ("" for none), kept with
 ARGV[8] rate             the tenant's notify requests per second (0 = not checked here; a
                          broadcast checks it in its first call only)
 ARGV[9] burst            notify requests allowed at once
+ARGV[10] history ttl     milliseconds the event's history is kept (0 = no history)
+ARGV[11] history max     entries the event's history keeps
+ARGV[12] first call      "1" on a request's first call: it records "nobody_waiting" when it
+                         finds nobody (a later call finding nobody records nothing)
 
 Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
 how many were left for a further call (large fan-outs are taken in bounded batches).
@@ -33,6 +38,7 @@ local tenant, event, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local msg_base, limit, trace = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local count_key, bucket_key = KEYS[4], KEYS[5]
 local rate, burst = tonumber(ARGV[8]), tonumber(ARGV[9])
+local history = {key = KEYS[6], ttl_ms = tonumber(ARGV[10]), max = tonumber(ARGV[11])}
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -40,7 +46,10 @@ local refused = rate_refusal(bucket_key, rate, burst, t)
 if refused then return refused end
 
 local count = rcall('HLEN', ev_key)
-if count == 0 then return {0} end
+if count == 0 then
+  if ARGV[12] == '1' then add_history(history, {history_entry(now_ms, 'nobody_waiting', {})}) end
+  return {0}
+end
 
 local pairs_list
 if count <= limit then
@@ -62,7 +71,7 @@ local out = {0}
 local taken = deliver_waiters(pairs_list, out, {
   ev = ev_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
   msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
-  ct = ct, body = body,
+  ct = ct, body = body, history = history,
 })
 out[1] = count - taken
 return out

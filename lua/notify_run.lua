@@ -10,6 +10,7 @@ KEYS[6] run events     (SET)    event ids the run has state for in this partitio
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[9] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[11] > 0
+KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history)
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -24,6 +25,8 @@ ARGV[9] max saved        most saved notifications per (run, event) (0 = unlimite
 ARGV[10] trace context   W3C traceparent of the request ("" for none), kept with each delivery
 ARGV[11] rate            the tenant's notify requests per second (0 = not checked here)
 ARGV[12] burst           notify requests allowed at once
+ARGV[13] history ttl     milliseconds the event's history is kept (0 = no history)
+ARGV[14] history max     entries the event's history keeps
 
 Returns one of
   {"delivered", field1, waiterJSON1, messageId1, ...}   the run's waiters were taken
@@ -45,6 +48,7 @@ local op_ttl, max_saved = tonumber(ARGV[8]), tonumber(ARGV[9])
 local trace = ARGV[10]
 local count_key, bucket_key = KEYS[8], KEYS[9]
 local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
+local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[13]), max = tonumber(ARGV[14])}
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,7 +85,7 @@ if #found > 0 then
   deliver_waiters(found, out, {
     ev = ev_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
     msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
-    ct = ct, body = body,
+    ct = ct, body = body, history = history,
   })
   return remember(out)
 end
@@ -95,4 +99,5 @@ rcall('RPUSH', saved_key, (now_ms + saved_ttl) .. '\n' .. msg .. '\n' .. ct .. '
 if rcall('PTTL', saved_key) < saved_ttl then rcall('PEXPIRE', saved_key, saved_ttl) end
 rcall('SADD', run_key, event)
 if rcall('PTTL', run_key) < saved_ttl then rcall('PEXPIRE', run_key, saved_ttl) end
+add_history(history, {history_entry(now_ms, 'saved', {'messageId', msg, 'workflowRunId', run})})
 return remember({'saved', msg})

@@ -10,7 +10,8 @@ KEYS[6] run events     (SET)    event ids the run has state for in this partitio
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run (exists = cancelled)
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[9] rate bucket    (STRING) the tenant's wait rate limit (GCRA); only read when ARGV[11] > 0
-KEYS[10..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
+KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history)
+KEYS[11..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
                                 (standalone Redis; on a cluster the caller counts them: ARGV[14])
 
 ARGV[1] field            "<runId>|<waiterId>" (runId empty for plain waiters)
@@ -28,6 +29,8 @@ ARGV[11] rate            the tenant's wait requests per second (0 = not checked 
 ARGV[12] burst           wait requests allowed at once
 ARGV[13] max active      waiters per tenant in all partitions (0 = unlimited)
 ARGV[14] active elsewhere waiters the caller counted in other partitions (cluster), else 0
+ARGV[15] history ttl     milliseconds the event's history is kept (0 = no history)
+ARGV[16] history max     entries the event's history keeps
 
 Returns one of
   {"waiting",  waiterJSON}                  registered (or already registered: same reply)
@@ -52,6 +55,7 @@ local trace = ARGV[10]
 local count_key, bucket_key = KEYS[8], KEYS[9]
 local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
 local max_active, active_elsewhere = tonumber(ARGV[13]), tonumber(ARGV[14])
+local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[15]), max = tonumber(ARGV[16])}
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -91,6 +95,10 @@ if run ~= '' then
         msg = msg, kind = 'event', tenant = tenant, event = event,
         at_ms = saved_at, now_ms = now_ms, trace = trace, ct = ct,
       }, full, string.sub(item, p4 + 1))
+      local entry = waiter_fields(field, full)
+      entry[#entry + 1] = 'messageId'
+      entry[#entry + 1] = msg
+      add_history(history, {history_entry(now_ms, 'consumed', entry)})
       return remember({'consumed', msg, full})
     end
   end
@@ -103,7 +111,7 @@ if rcall('HEXISTS', ev_key, field) == 0 then
   end
   if max_active > 0 then
     local total = active_elsewhere
-    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 10))) do
+    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 11))) do
       total = total + (tonumber(n) or 0)
     end
     if total >= max_active then return {'tenant_full', total} end
@@ -118,4 +126,8 @@ if run ~= '' then
   local want = math.max(run_ttl, timeout_ms + 60000)
   if ttl < want then rcall('PEXPIRE', run_key, want) end
 end
+local entry = waiter_fields(field, full)
+entry[#entry + 1] = 'deadline'
+entry[#entry + 1] = math.floor(deadline_ms / 1000)
+add_history(history, {history_entry(now_ms, 'registered', entry)})
 return remember({'waiting', full})

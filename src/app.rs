@@ -91,7 +91,6 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
         settings: settings.clone(),
         redis: redis.clone(),
         keys: keys.clone(),
-        history: history.clone(),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();

@@ -3,18 +3,19 @@
 //! found nobody waiting, or was saved), its delivery landed with status 200, failed and
 //! was retried, was dead-lettered, or the waiter timed out.
 //!
-//! Entries are appended from Rust after each outcome (LPUSH + LTRIM + PEXPIRE) to a list
-//! per (tenant, event) in the event's partition, newest first, kept `history.ttl_secs`
-//! after the last entry and capped at `history.max_entries`. A [`Recorder`] writes them in
-//! the background, many events per round trip, a few milliseconds after the outcome.
-//! Writing history is best effort: a failure is logged and never fails the request or
-//! delivery it describes (the state change is already done); entries still queued when a
-//! process is killed (not stopped) are lost.
-
-use serde::{Deserialize, Serialize};
+//! Entries go to a list per (tenant, event) in the event's partition, newest first, kept
+//! `history.ttl_secs` after the last entry and capped at `history.max_entries`
+//! (LPUSH + LTRIM + PEXPIRE). The API's outcomes (registered, consumed, notified, nobody
+//! waiting, saved) are written by the operation's own script, in the same step as the
+//! state change (`add_history` in `lua/shared/delivery.lua`). Timeouts and delivery
+//! attempts are recorded from Rust through a [`Recorder`], which writes in the background,
+//! many events per round trip, a few milliseconds after the outcome; entries it still
+//! holds when a process is killed (not stopped) are lost. Writing history is best effort:
+//! a failure is logged and never fails the delivery it describes.
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -124,8 +125,7 @@ const BATCH: usize = 512;
 /// Appends history entries in the background. Callers hand entries over without waiting;
 /// one writer task sends whatever gathered meanwhile in one round trip (one per partition
 /// on Redis Cluster, all at once). So a request or a delivery pays no round trip for its
-/// history, and a busy process writes many events' entries per round trip: recording
-/// history inline cost about a third of Herald's CPU per notify.
+/// history, and a busy process writes many events' entries per round trip.
 #[derive(Clone)]
 pub struct Recorder {
     /// None when history is disabled.

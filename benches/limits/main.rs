@@ -210,6 +210,10 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 message_id_base: "m_",
                 limit: 500,
                 trace: "",
+                first_call: true,
+                history: herald::store::scripts::HistoryArgs::from_settings(
+                    &herald::config::Settings::defaults().history,
+                ),
                 rate: folded.then_some(rate),
             };
             scripts::notify(&mut conn, &args).await.unwrap();
@@ -264,6 +268,9 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 run_ttl_ms: 60_000,
                 max_waiters: if limited { 10_000 } else { 0 },
                 trace: "",
+                history: herald::store::scripts::HistoryArgs::from_settings(
+                    &herald::config::Settings::defaults().history,
+                ),
                 rate: (mode == "folded").then_some(rate),
                 active: ActiveQuota {
                     max: if limited { 100_000_000 } else { 0 },

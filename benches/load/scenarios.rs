@@ -727,6 +727,9 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         run_ttl_ms: 0,
                         max_waiters: 0,
                         trace: "",
+                        history: herald::store::scripts::HistoryArgs::from_settings(
+                            &herald::config::Settings::defaults().history,
+                        ),
                         rate: None,
                         active: ActiveQuota {
                             max: 0,
@@ -768,6 +771,10 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         message_id_base: &format!("msg_{}_", random_id(20)),
                         limit: 500,
                         trace: "",
+                        first_call: true,
+                        history: herald::store::scripts::HistoryArgs::from_settings(
+                            &herald::config::Settings::defaults().history,
+                        ),
                         rate: None,
                     },
                 )

@@ -1,7 +1,7 @@
 --[[
 shared/delivery.lua: functions joined (after shared/quota.lua) in front of the scripts
-that enqueue deliveries or write dead letters (wait, notify, notify_run, expire_due,
-dead_letter, reclaim). Not a script of its own.
+that enqueue deliveries, write event history or dead letters (wait, notify, notify_run,
+expire_due, dead_letter, reclaim). Not a script of its own.
 
 enqueue_delivery(stream, job, waiter, body)
   XADDs one delivery job to the partition's stream: field j (the job JSON) and b (the body,
@@ -18,10 +18,24 @@ enqueue_delivery(stream, job, waiter, body)
 
 deliver_waiters(found, out, d) -> taken
   found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
-  d        {ev, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct, body}
+  d        {ev, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct, body,
+            history}
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
   it and its deadline, append field, waiter JSON and message id to `out`; then lower the
-  tenant's waiter count by the number taken.
+  tenant's waiter count by the number taken, and add a "notified" entry per waiter to the
+  event's history.
+
+history_entry(at_ms, outcome, fields) -> one entry of an event's history as JSON (the
+  shape of src/history.rs `Entry`). fields: flat list name, value…; a nil or "" value is
+  left out, a number is written bare, a string as it is (ids, and URLs as the waiter JSON
+  holds them: already JSON-escaped).
+waiter_fields(field, waiter) -> {"waiterId", id, "workflowRunId", run, "url", url}
+  from a waiter's hash field "<run>|<waiterId>" and its JSON, whose first key is "id"
+  (validated characters) and second "url".
+add_history(h, entries)
+  h = {key, ttl_ms, max}: LPUSH the entries (oldest first; only the newest max can stay),
+  LTRIM to max, PEXPIRE ttl_ms. Nothing when ttl_ms or max is 0 (history disabled).
+  Written in the script that changed the state: no round trip of its own.
 
 add_dead_letter(key, retention_ms, now_ms, fields) -> dead letter id
   XADDs the fields (flat list) to a tenant's dead letters in the partition. With a
@@ -29,6 +43,47 @@ add_dead_letter(key, retention_ms, now_ms, fields) -> dead letter id
   are Redis times) and lets the key expire that long after its newest letter, so every
   dead letter is kept at least `retention_ms` and gone before twice that.
 ]]
+local function history_entry(at_ms, outcome, fields)
+  local json = '{"at":' .. at_ms .. ',"outcome":"' .. outcome .. '"'
+  for i = 1, #fields, 2 do
+    local value = fields[i + 1]
+    if type(value) == 'number' then
+      json = json .. ',"' .. fields[i] .. '":' .. value
+    elseif value and value ~= '' then
+      json = json .. ',"' .. fields[i] .. '":"' .. value .. '"'
+    end
+  end
+  return json .. '}'
+end
+
+local function waiter_fields(field, waiter)
+  local bar = string.find(field, '|', 1, true)
+  local url
+  local _, open = string.find(waiter, '"url":"', 1, true)
+  if open then
+    -- The value ends at the first quote not escaped by a backslash.
+    local pos = open + 1
+    for _ = 1, 4096 do
+      local at = string.find(waiter, '["\\]', pos)
+      if not at then break end
+      if string.sub(waiter, at, at) == '"' then
+        url = string.sub(waiter, open + 1, at - 1)
+        break
+      end
+      pos = at + 2
+    end
+  end
+  return {'waiterId', string.sub(field, bar + 1), 'workflowRunId', string.sub(field, 1, bar - 1),
+    'url', url}
+end
+
+local function add_history(h, entries)
+  if h.ttl_ms <= 0 or h.max <= 0 or #entries == 0 then return end
+  redis.call('LPUSH', h.key, unpack(entries, math.max(1, #entries - h.max + 1)))
+  redis.call('LTRIM', h.key, 0, h.max - 1)
+  redis.call('PEXPIRE', h.key, h.ttl_ms)
+end
+
 local function add_dead_letter(key, retention_ms, now_ms, fields)
   local id = redis.call('XADD', key, '*', unpack(fields))
   if retention_ms > 0 then
@@ -47,6 +102,7 @@ end
 
 local function deliver_waiters(found, out, d)
   local taken = 0
+  local entries = {}
   for i = 1, #found, 2 do
     local field, waiter = found[i], found[i + 1]
     taken = taken + 1
@@ -60,7 +116,12 @@ local function deliver_waiters(found, out, d)
     out[#out + 1] = field
     out[#out + 1] = waiter
     out[#out + 1] = msg
+    local fields = waiter_fields(field, waiter)
+    fields[#fields + 1] = 'messageId'
+    fields[#fields + 1] = msg
+    entries[#entries + 1] = history_entry(d.now_ms, 'notified', fields)
   end
   count_waiters(d.count, -taken)
+  add_history(d.history, entries)
   return taken
 end

@@ -32,7 +32,6 @@ pub struct AppState {
     pub keys: Keys,
     pub auth: auth::TokenCache,
     pub limits: crate::limits::cache::LimitsCache,
-    pub history: crate::history::Recorder,
 }
 
 impl AppState {
@@ -63,19 +62,6 @@ impl AppState {
 }
 
 pub type State = web::Data<Arc<AppState>>;
-
-impl AppState {
-    /// Appends to an event's history (best effort, in the background, see
-    /// [`crate::history`]).
-    pub fn record_history(
-        &self,
-        tenant: &crate::domain::TenantName,
-        event: &crate::domain::EventId,
-        entries: &[crate::history::Entry],
-    ) {
-        self.history.record(tenant, event, entries);
-    }
-}
 
 /// Worker processes serve only the operator probes.
 pub fn configure_health_only(cfg: &mut web::ServiceConfig) {

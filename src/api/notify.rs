@@ -6,11 +6,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::auth::Tenant;
 use super::wait::{hash_id, random_id};
 use super::{path_param, read_body, State};
-use crate::domain::{EventId, RunId, TenantName};
+use crate::domain::{EventId, RunId};
 use crate::error::ApiError;
-use crate::history::{Entry, Outcome};
 use crate::limits::{admission, LimitError, Limits, RateClass};
-use crate::store::scripts::{self, NotifyArgs, NotifyReply, NotifyRunArgs, NotifyRunReply, Taken};
+use crate::store::scripts::{
+    self, HistoryArgs, NotifyArgs, NotifyReply, NotifyRunArgs, NotifyRunReply, Taken,
+};
 use crate::telemetry::metrics::{self, NotifyOutcome};
 use crate::waiter::{NotifyResponse, Waiter};
 
@@ -39,34 +40,15 @@ fn parse_waiters(taken: &[Taken]) -> Result<Vec<Waiter>, ApiError> {
         .map_err(|e| ApiError::Internal(format!("stored waiter: {e}")))
 }
 
-/// Metrics and history of a notify that took `taken` waiters (none: nobody waits).
-fn record_notified(
-    state: &State,
-    tenant: &TenantName,
-    event: &EventId,
-    taken: &[Taken],
-    waiters: &[Waiter],
-) {
+/// Metrics of a notify that took `taken` waiters (none: nobody waits); its history
+/// entries were written by the script.
+fn record_notified(taken: &[Taken]) {
     let outcome = if taken.is_empty() {
         NotifyOutcome::NobodyWaiting
     } else {
         NotifyOutcome::Delivered
     };
     metrics::notify(outcome, taken.len());
-    let entries: Vec<Entry> = if taken.is_empty() {
-        vec![Entry::new(Outcome::NobodyWaiting)]
-    } else {
-        waiters
-            .iter()
-            .zip(taken)
-            .map(|(w, t)| {
-                Entry::new(Outcome::Notified)
-                    .waiter(w, false)
-                    .message(&t.message_id)
-            })
-            .collect()
-    };
-    state.record_history(tenant, event, &entries);
 }
 
 fn responses(taken: &[Taken], waiters: &[Waiter]) -> Result<HttpResponse, ApiError> {
@@ -155,6 +137,8 @@ pub async fn broadcast(
                 trace: &traceparent,
                 // The request is admitted once, by its first call.
                 rate: admitted.rate.as_ref().filter(|_| batch == 0),
+                first_call: batch == 0,
+                history: HistoryArgs::from_settings(&state.settings.history),
             },
         )
         .await?;
@@ -179,7 +163,7 @@ pub async fn broadcast(
     }
     tracing::debug!(tenant = %tenant, event_id = %event, notified = taken.len(), "broadcast");
     let waiters = parse_waiters(&taken)?;
-    record_notified(&state, &tenant, &event, &taken, &waiters);
+    record_notified(&taken);
     responses(&taken, &waiters)
 }
 
@@ -239,21 +223,19 @@ pub async fn lookback(
             max_saved: limits.saved_per_run_event,
             trace: &super::observe::job_traceparent(&req),
             rate: admitted.rate.as_ref(),
+            history: HistoryArgs::from_settings(&settings.history),
         },
     )
     .await?;
     match reply {
         NotifyRunReply::Delivered(taken) => {
             let waiters = parse_waiters(&taken)?;
-            record_notified(&state, &tenant, &event, &taken, &waiters);
+            record_notified(&taken);
             responses(&taken, &waiters)
         }
         NotifyRunReply::Saved { message_id } => {
             tracing::debug!(tenant = %tenant, event_id = %event, run_id = %run, message_id = %message_id, "lookback saved");
             metrics::notify(NotifyOutcome::Saved, 0);
-            let mut entry = Entry::new(Outcome::Saved).message(&message_id);
-            entry.workflow_run_id = Some(run.as_str().to_owned());
-            state.record_history(&tenant, &event, &[entry]);
             Ok(HttpResponse::build(StatusCode::CREATED)
                 .insert_header(("Herald-Notify-Outcome", "saved"))
                 .insert_header(("Herald-Message-Id", message_id))

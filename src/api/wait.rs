@@ -10,10 +10,9 @@ use super::auth::Tenant;
 use super::{json_ok, path_param, read_body, State};
 use crate::domain::{parse_duration, EventId, HeaderMap, RunId};
 use crate::error::ApiError;
-use crate::history::{Entry, Outcome};
 use crate::limits::{admission, LimitError, Limits, RateClass};
 use crate::store::keys::waiter_field;
-use crate::store::scripts::{self, WaitArgs, WaitReply};
+use crate::store::scripts::{self, HistoryArgs, WaitArgs, WaitReply};
 use crate::waiter::Waiter;
 
 /// The largest per-waiter retry count a tenant may ask for.
@@ -305,6 +304,7 @@ pub async fn wait(
             trace: &traceparent,
             rate: admitted.rate.as_ref(),
             active: admitted.active_quota(),
+            history: HistoryArgs::from_settings(&settings.history),
         },
     )
     .await?;
@@ -314,9 +314,6 @@ pub async fn wait(
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             tracing::debug!(tenant = %tenant, event_id = %event, waiter = %waiter_id, "waiter registered");
             crate::telemetry::metrics::wait(false);
-            let mut entry = Entry::new(Outcome::Registered).waiter(&stored, false);
-            entry.deadline = Some(stored.deadline);
-            state.record_history(&tenant, &event, &[entry]);
             Ok(json_ok(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -326,18 +323,9 @@ pub async fn wait(
                 }),
             ))
         }
-        WaitReply::Consumed {
-            message_id,
-            waiter_json,
-        } => {
+        WaitReply::Consumed { message_id, .. } => {
             tracing::debug!(tenant = %tenant, event_id = %event, waiter = %waiter_id, message_id = %message_id, "saved notification consumed");
             crate::telemetry::metrics::wait(true);
-            if let Ok(stored) = serde_json::from_str::<Waiter>(&waiter_json) {
-                let entry = Entry::new(Outcome::Consumed)
-                    .waiter(&stored, false)
-                    .message(&message_id);
-                state.record_history(&tenant, &event, &[entry]);
-            }
             Ok(json_ok(
                 StatusCode::OK,
                 &serde_json::json!({

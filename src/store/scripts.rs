@@ -224,6 +224,29 @@ pub struct ActiveQuota<'a> {
     pub counted_elsewhere: u64,
 }
 
+/// How the operation's script writes the event's history (`history.*`; see
+/// `add_history` in `lua/shared/delivery.lua`).
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryArgs {
+    /// Milliseconds the event's history is kept after its last entry (0 = no history).
+    pub ttl_ms: u64,
+    /// Entries it keeps.
+    pub max_entries: usize,
+}
+
+impl HistoryArgs {
+    pub fn from_settings(settings: &crate::config::HistorySettings) -> Self {
+        Self {
+            ttl_ms: settings.ttl_secs.saturating_mul(1000),
+            max_entries: settings.max_entries,
+        }
+    }
+
+    fn add(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.ttl_ms).arg(self.max_entries);
+    }
+}
+
 pub struct WaitArgs<'a> {
     pub partition: &'a Partition,
     pub tenant: &'a TenantName,
@@ -243,6 +266,7 @@ pub struct WaitArgs<'a> {
     pub trace: &'a str,
     pub rate: Option<&'a RateCheck>,
     pub active: ActiveQuota<'a>,
+    pub history: HistoryArgs,
 }
 
 #[derive(Debug)]
@@ -291,6 +315,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
     };
     inv.key(p.waiter_count(a.tenant));
     rate_key(&mut inv, p, a.rate);
+    inv.key(p.history(a.tenant, a.event));
     for other in a.active.summed {
         inv.key(other.waiter_count(a.tenant));
     }
@@ -306,6 +331,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
     inv.arg(a.active.max).arg(a.active.counted_elsewhere);
+    a.history.add(&mut inv);
     let items = array(invoke(conn, "wait", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
@@ -337,6 +363,9 @@ pub struct NotifyArgs<'a> {
     pub trace: &'a str,
     /// Checked by the first call of a broadcast only.
     pub rate: Option<&'a RateCheck>,
+    /// A request's first call records "nobody_waiting" when it takes nobody.
+    pub first_call: bool,
+    pub history: HistoryArgs,
 }
 
 pub enum NotifyReply {
@@ -364,6 +393,9 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .arg(a.limit)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
+    inv.key(p.history(a.tenant, a.event));
+    a.history.add(&mut inv);
+    inv.arg(if a.first_call { "1" } else { "0" });
     let items = array(invoke(conn, "notify", inv).await?)?;
     if let [Value::BulkString(tag), rest @ ..] = &items[..] {
         if tag.as_slice() == b"limited" {
@@ -393,6 +425,7 @@ pub struct NotifyRunArgs<'a> {
     pub max_saved: u64,
     pub trace: &'a str,
     pub rate: Option<&'a RateCheck>,
+    pub history: HistoryArgs,
 }
 
 #[derive(Debug)]
@@ -434,6 +467,8 @@ pub async fn notify_run(
         .arg(a.max_saved)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
+    inv.key(p.history(a.tenant, a.event));
+    a.history.add(&mut inv);
     let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),

@@ -192,3 +192,18 @@ async fn history_bad_input_is_refused_and_the_list_is_bounded() {
     assert!(ttl > 86_000 && ttl <= 86_400, "{ttl}");
     app.stop().await;
 }
+
+/// Entries written by the scripts carry the waiter's url exactly, JSON escapes included.
+#[tokio::test]
+async fn a_url_with_quotes_and_backslashes_is_recorded_as_given() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let url = r#"https://example.com/a"b\c?d="e""#;
+    let (status, body) = app.wait("quoted", json!({ "url": url })).await;
+    assert_eq!(status, 200, "{body}");
+    let entries = expect_history(&app, "quoted", &["registered"]).await;
+    assert_eq!(entries[0]["url"], url);
+    assert_eq!(entries[0]["waiterId"], body["waiterId"]);
+    assert!(entries[0].get("workflowRunId").is_none(), "{}", entries[0]);
+    app.stop().await;
+}
