@@ -211,9 +211,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 limit: 500,
                 trace: "",
                 first_call: true,
-                history: herald::store::scripts::HistoryArgs::from_settings(
-                    &herald::config::Settings::defaults().history,
-                ),
+                history: herald::store::scripts::HistoryArgs::defaults(),
                 rate: folded.then_some(rate),
             };
             scripts::notify(&mut conn, &args).await.unwrap();
@@ -268,9 +266,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 run_ttl_ms: 60_000,
                 max_waiters: if limited { 10_000 } else { 0 },
                 trace: "",
-                history: herald::store::scripts::HistoryArgs::from_settings(
-                    &herald::config::Settings::defaults().history,
-                ),
+                history: herald::store::scripts::HistoryArgs::defaults(),
                 rate: (mode == "folded").then_some(rate),
                 active: ActiveQuota {
                     max: if limited { 100_000_000 } else { 0 },

@@ -727,9 +727,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         run_ttl_ms: 0,
                         max_waiters: 0,
                         trace: "",
-                        history: herald::store::scripts::HistoryArgs::from_settings(
-                            &herald::config::Settings::defaults().history,
-                        ),
+                        history: herald::store::scripts::HistoryArgs::defaults(),
                         rate: None,
                         active: ActiveQuota {
                             max: 0,
@@ -772,9 +770,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         limit: 500,
                         trace: "",
                         first_call: true,
-                        history: herald::store::scripts::HistoryArgs::from_settings(
-                            &herald::config::Settings::defaults().history,
-                        ),
+                        history: herald::store::scripts::HistoryArgs::defaults(),
                         rate: None,
                     },
                 )

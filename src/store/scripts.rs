@@ -242,6 +242,14 @@ impl HistoryArgs {
         }
     }
 
+    /// Those of the default configuration (parsed once: benchmarks call this per request).
+    pub fn defaults() -> Self {
+        static DEFAULTS: LazyLock<HistoryArgs> = LazyLock::new(|| {
+            HistoryArgs::from_settings(&crate::config::Settings::defaults().history)
+        });
+        *DEFAULTS
+    }
+
     fn add(&self, inv: &mut ScriptInvocation<'_>) {
         inv.arg(self.ttl_ms).arg(self.max_entries);
     }

@@ -794,9 +794,7 @@ async fn the_cluster_admission_path_checks_the_same_limits() {
                     run_ttl_ms: 60_000,
                     max_waiters: 0,
                     trace: "",
-                    history: herald::store::scripts::HistoryArgs::from_settings(
-                        &herald::config::Settings::defaults().history,
-                    ),
+                    history: herald::store::scripts::HistoryArgs::defaults(),
                     rate: None,
                     active: ActiveQuota {
                         max: 3,
