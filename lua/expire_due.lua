@@ -7,12 +7,16 @@ notified meanwhile, or whose deadline is not reached by Redis' clock, is left al
 
 KEYS[1] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
 KEYS[2] deliveries     (STREAM) delivery jobs of the partition
-KEYS[3..] per candidate, in ARGV order, 2 keys: event waiters (HASH), and the count of
-          its tenant's waiters in this partition (STRING)
+KEYS[3..] per candidate, in ARGV order, 3 keys: event waiters (HASH), the count of its
+          tenant's waiters in this partition (STRING), the event's history (LIST)
 
 ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
-ARGV[2..] per candidate, 5 values: member, field, tenant, event id, trace context
-          (W3C traceparent kept with the timeout delivery, "" for none)
+ARGV[2] history ttl      milliseconds an event's history is kept (0 = no history)
+ARGV[3] history max      entries an event's history keeps
+ARGV[4..] per candidate, 4 values: member, field, tenant, event id
+
+The timeout delivery continues the trace of the waiter's registration (its stored
+"traceparent"), and a "timed_out" entry goes to the event's history.
 
 Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed out.
 
@@ -24,15 +28,15 @@ out leaves its tenant's count in the same script.
 local rcall = redis.call
 local deadlines_key, stream_key = KEYS[1], KEYS[2]
 local msg_base = ARGV[1]
+local history_ttl, history_max = tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-local n = (#ARGV - 1) / 5
+local n = (#ARGV - 3) / 4
 for i = 1, n do
-  local base = 1 + (i - 1) * 5
+  local base = 3 + (i - 1) * 4
   local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local trace = ARGV[base + 5]
-  local ev_key, count_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local ev_key, count_key, history_key = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
   local score = rcall('ZSCORE', deadlines_key, member)
   if score and tonumber(score) <= now_ms then
     rcall('ZREM', deadlines_key, member)
@@ -40,10 +44,19 @@ for i = 1, n do
     if waiter then
       rcall('HDEL', ev_key, field)
       count_waiters(count_key, -1)
+      local trace = json_string(waiter, 'traceparent') or ''
+      if not string.match(trace, '^%x%x%-%x+%-%x+%-%x%x$') then trace = '' end
       enqueue_delivery(stream_key, {
         msg = msg_base .. i, kind = 'timeout', tenant = tenant, event = event,
         at_ms = score, now_ms = now_ms, trace = trace, ct = 'null',
       }, waiter, '')
+      local entry = waiter_fields(field, waiter, 'timeoutUrl')
+      entry[#entry + 1] = 'messageId'
+      entry[#entry + 1] = msg_base .. i
+      entry[#entry + 1] = 'deadline'
+      entry[#entry + 1] = math.floor(tonumber(score) / 1000)
+      add_history({key = history_key, ttl_ms = history_ttl, max = history_max},
+        {history_entry(now_ms, 'timed_out', entry)})
       out[#out + 1] = member
       out[#out + 1] = now_ms - tonumber(score)
     end

@@ -107,10 +107,10 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             keys.clone(),
             settings.clone(),
             sender,
-            history.clone(),
+            history,
         );
         tasks.push(tokio::spawn(deliverer.run(shutdown.clone())));
-        let scheduler = Scheduler::new(redis.clone(), keys.clone(), settings.clone(), history);
+        let scheduler = Scheduler::new(redis.clone(), keys.clone(), settings.clone());
         tasks.push(tokio::spawn(scheduler.run(shutdown.clone())));
     }
 

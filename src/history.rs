@@ -5,10 +5,10 @@
 //!
 //! Entries go to a list per (tenant, event) in the event's partition, newest first, kept
 //! `history.ttl_secs` after the last entry and capped at `history.max_entries`
-//! (LPUSH + LTRIM + PEXPIRE). The API's outcomes (registered, consumed, notified, nobody
-//! waiting, saved) are written by the operation's own script, in the same step as the
-//! state change (`add_history` in `lua/shared/delivery.lua`). Timeouts and delivery
-//! attempts are recorded from Rust through a [`Recorder`], which writes in the background,
+//! (LPUSH + LTRIM + PEXPIRE). Registered, consumed, notified, nobody waiting, saved and
+//! timed out are written by the operation's own script, in the same step as the state
+//! change (`add_history` in `lua/shared/delivery.lua`). Delivery attempts are recorded
+//! from Rust through a [`Recorder`], which writes in the background,
 //! many events per round trip, a few milliseconds after the outcome; entries it still
 //! holds when a process is killed (not stopped) are lost. Writing history is best effort:
 //! a failure is logged and never fails the delivery it describes.

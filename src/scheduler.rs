@@ -5,35 +5,29 @@
 //! waiter times out once and a retry is promoted once. "Due" is decided by Redis TIME, so
 //! a pod whose clock is off cannot fire a timeout early or late.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::api::wait::random_id;
 use crate::config::Settings;
-use crate::history::{Entry, Outcome, Recorder};
 use crate::store::keys::parse_deadline_member;
-use crate::store::scripts::{self, DueCandidate};
+use crate::store::scripts::{self, DueCandidate, HistoryArgs};
 use crate::store::{Conn, Keys, Partition, RedisPool, StoreError};
 use crate::telemetry::metrics;
-use crate::telemetry::trace::{format_traceparent, parse_traceparent};
-use crate::waiter::Waiter;
 
 pub struct Scheduler {
     redis: RedisPool,
     keys: Keys,
     settings: Settings,
-    history: Recorder,
 }
 
 impl Scheduler {
-    pub fn new(redis: RedisPool, keys: Keys, settings: Settings, history: Recorder) -> Self {
+    pub fn new(redis: RedisPool, keys: Keys, settings: Settings) -> Self {
         Self {
             redis,
             keys,
             settings,
-            history,
         }
     }
 
@@ -129,7 +123,7 @@ impl Scheduler {
             .arg(batch)
             .query_async(conn)
             .await?;
-        let mut candidates: Vec<DueCandidate> = due
+        let candidates: Vec<DueCandidate> = due
             .into_iter()
             .filter_map(|member| {
                 let (tenant, field, event) = parse_deadline_member(&member)?;
@@ -138,67 +132,22 @@ impl Scheduler {
                     field,
                     tenant,
                     event,
-                    trace: String::new(),
                 })
             })
             .collect();
         if candidates.is_empty() {
             return Ok(false);
         }
-        // The waiters' records: their registration's traceparent continues into the
-        // timeout delivery, and the event history names the waiter.
-        let waiters = self.due_waiters(conn, partition, &candidates).await?;
-        for (candidate, waiter) in candidates.iter_mut().zip(&waiters) {
-            candidate.trace = waiter
-                .as_ref()
-                .and_then(|w| w.traceparent.as_deref())
-                .and_then(parse_traceparent)
-                .map(|c| format_traceparent(&c))
-                .unwrap_or_default();
-        }
+        // The script continues each registration's trace into its timeout delivery and
+        // writes the "timed_out" history entries.
         let base = format!("msg_{}_t", random_id(20));
-        let fired = scripts::expire_due(conn, partition, &base, &candidates).await?;
-        let index: HashMap<&str, usize> = candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.member.as_str(), i))
-            .collect();
+        let history = HistoryArgs::from_settings(&self.settings.history);
+        let fired = scripts::expire_due(conn, partition, &base, &candidates, history).await?;
         for (member, lateness_ms) in &fired {
             tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
             metrics::timed_out(*lateness_ms);
-            let Some(&i) = index.get(member.as_str()) else {
-                continue;
-            };
-            // expire_due names the i-th candidate's delivery "<base><i>" (1-based).
-            let mut entry = Entry::new(Outcome::TimedOut).message(&format!("{base}{}", i + 1));
-            if let Some(w) = &waiters[i] {
-                entry = entry.waiter(w, true);
-                entry.deadline = Some(w.deadline);
-            }
-            self.history
-                .record(&candidates[i].tenant, &candidates[i].event, &[entry]);
         }
         Ok(candidates.len() >= batch)
-    }
-
-    /// The stored waiter of each candidate (None when it is gone or does not decode).
-    async fn due_waiters(
-        &self,
-        conn: &mut Conn,
-        partition: &Partition,
-        candidates: &[DueCandidate],
-    ) -> Result<Vec<Option<Waiter>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for c in candidates {
-            pipe.cmd("HGET")
-                .arg(partition.event_waiters(&c.tenant, &c.event))
-                .arg(&c.field);
-        }
-        let raw: Vec<Option<String>> = pipe.query_async(conn).await?;
-        Ok(raw
-            .into_iter()
-            .map(|r| r.and_then(|json| serde_json::from_str(&json).ok()))
-            .collect())
     }
 }
 

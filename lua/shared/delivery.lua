@@ -29,9 +29,13 @@ history_entry(at_ms, outcome, fields) -> one entry of an event's history as JSON
   shape of src/history.rs `Entry`). fields: flat list name, value…; a nil or "" value is
   left out, a number is written bare, a string as it is (ids, and URLs as the waiter JSON
   holds them: already JSON-escaped).
-waiter_fields(field, waiter) -> {"waiterId", id, "workflowRunId", run, "url", url}
-  from a waiter's hash field "<run>|<waiterId>" and its JSON, whose first key is "id"
-  (validated characters) and second "url".
+json_string(json, key) -> the value of the first string member "key" of a JSON text, as
+  it stands (still escaped), or nil. Used on waiter JSON, where the first `"url":"`,
+  `"timeoutUrl":"` and `"traceparent":"` are the waiter's own: "id" comes first (validated
+  characters), header values are arrays, and every other string is escaped.
+waiter_fields(field, waiter, url_key) -> {"waiterId", id, "workflowRunId", run, "url", url}
+  from a waiter's hash field "<run>|<waiterId>" and its JSON; url_key "url" (default) or
+  "timeoutUrl" names the URL recorded.
 add_history(h, entries)
   h = {key, ttl_ms, max}: LPUSH the entries (oldest first; only the newest max can stay),
   LTRIM to max, PEXPIRE ttl_ms. Nothing when ttl_ms or max is 0 (history disabled).
@@ -56,25 +60,24 @@ local function history_entry(at_ms, outcome, fields)
   return json .. '}'
 end
 
-local function waiter_fields(field, waiter)
-  local bar = string.find(field, '|', 1, true)
-  local url
-  local _, open = string.find(waiter, '"url":"', 1, true)
-  if open then
-    -- The value ends at the first quote not escaped by a backslash.
-    local pos = open + 1
-    for _ = 1, 4096 do
-      local at = string.find(waiter, '["\\]', pos)
-      if not at then break end
-      if string.sub(waiter, at, at) == '"' then
-        url = string.sub(waiter, open + 1, at - 1)
-        break
-      end
-      pos = at + 2
-    end
+local function json_string(json, key)
+  local _, open = string.find(json, '"' .. key .. '":"', 1, true)
+  if not open then return nil end
+  -- The value ends at the first quote not escaped by a backslash.
+  local pos = open + 1
+  for _ = 1, 4096 do
+    local at = string.find(json, '["\\]', pos)
+    if not at then return nil end
+    if string.sub(json, at, at) == '"' then return string.sub(json, open + 1, at - 1) end
+    pos = at + 2
   end
+  return nil
+end
+
+local function waiter_fields(field, waiter, url_key)
+  local bar = string.find(field, '|', 1, true)
   return {'waiterId', string.sub(field, bar + 1), 'workflowRunId', string.sub(field, 1, bar - 1),
-    'url', url}
+    'url', json_string(waiter, url_key or 'url')}
 end
 
 local function add_history(h, entries)

@@ -540,8 +540,6 @@ pub struct DueCandidate {
     pub field: String,
     pub tenant: TenantName,
     pub event: EventId,
-    /// W3C `traceparent` for the timeout delivery (empty for none).
-    pub trace: String,
 }
 
 /// Times out the candidates that are due by Redis' clock; returns (member, lateness ms).
@@ -550,19 +548,21 @@ pub async fn expire_due(
     partition: &Partition,
     message_id_base: &str,
     candidates: &[DueCandidate],
+    history: HistoryArgs,
 ) -> Result<Vec<(String, i64)>, StoreError> {
     let mut inv = EXPIRE_DUE.prepare_invoke();
     inv.key(partition.deadlines())
         .key(partition.deliveries())
         .arg(message_id_base);
+    history.add(&mut inv);
     for c in candidates {
         inv.key(partition.event_waiters(&c.tenant, &c.event))
             .key(partition.waiter_count(&c.tenant))
+            .key(partition.history(&c.tenant, &c.event))
             .arg(&c.member)
             .arg(&c.field)
             .arg(c.tenant.as_str())
-            .arg(c.event.as_str())
-            .arg(&c.trace);
+            .arg(c.event.as_str());
     }
     let items = array(invoke(conn, "expire_due", inv).await?)?;
     items
