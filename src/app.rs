@@ -45,8 +45,9 @@ pub struct Running {
     server: actix_web::dev::ServerHandle,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Ended last: what the others recorded is written first.
-    history_writer: RecorderTask,
+    /// The delivery history writer (workers only); ended last, so what the deliveries
+    /// recorded is written first.
+    history_writer: Option<RecorderTask>,
     grace: Duration,
 }
 
@@ -83,8 +84,6 @@ pub async fn prepare_redis(
 pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let (redis, keys) = prepare_redis(&settings, Duration::from_secs(60)).await?;
     crate::telemetry::metrics::handle();
-    let (history, history_writer) =
-        Recorder::start(redis.clone(), keys.clone(), settings.history.clone());
     let state = Arc::new(AppState {
         auth: TokenCache::new(Duration::from_millis(settings.server.auth_cache_ms)),
         limits: LimitsCache::new(Duration::from_millis(settings.limits.cache_ms)),
@@ -94,7 +93,11 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     });
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
+    let mut history_writer = None;
     if role.runs_workers() {
+        let (history, writer) =
+            Recorder::start(redis.clone(), keys.clone(), settings.history.clone());
+        history_writer = Some(writer);
         let policy = IpPolicy::new(settings.allow_cidrs().map_err(anyhow::Error::msg)?);
         let sender = Sender::new(
             policy,
@@ -167,7 +170,9 @@ impl Running {
             for t in self.tasks {
                 let _ = t.await;
             }
-            self.history_writer.finish().await;
+            if let Some(writer) = self.history_writer {
+                writer.finish().await;
+            }
         };
         if tokio::time::timeout(self.grace, all).await.is_err() {
             tracing::warn!("shutdown grace time over; unfinished deliveries stay pending");
