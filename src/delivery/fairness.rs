@@ -12,10 +12,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::Notify;
+// Tokio's clock, so that tests can advance it.
+use tokio::time::Instant;
 
 /// A tenant at its bound counts as flowing while one of its attempts ended (or its first
 /// began) this recently.
@@ -55,15 +57,11 @@ impl TenantSlots {
         self.tenants.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot for `tenant`, or None when it is at its bound.
-    pub fn try_acquire(&self, tenant: &str) -> Option<TenantSlot> {
-        self.take_or_wait(tenant).ok()
-    }
-
     /// A slot for `tenant`: at once, or after waiting for one of its attempts to end while
-    /// it is flowing (at most `max_wait`); None when the delivery should be put back.
+    /// it is flowing (at most `max_wait`; zero: only at once); None when the delivery
+    /// should be put back.
     pub async fn acquire(&self, tenant: &str, max_wait: Duration) -> Option<TenantSlot> {
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let deadline = Instant::now() + max_wait;
         loop {
             let ended = match self.take_or_wait(tenant) {
                 Ok(slot) => return Some(slot),
@@ -140,25 +138,31 @@ pub fn defer_delay(deferrals: u32, max: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_tenant_holds_at_most_its_bound_and_slots_come_back() {
+    const AT_ONCE: Duration = Duration::ZERO;
+
+    #[tokio::test]
+    async fn a_tenant_holds_at_most_its_bound_and_slots_come_back() {
         let slots = TenantSlots::new(2);
-        let a1 = slots.try_acquire("a").unwrap();
-        let _a2 = slots.try_acquire("a").unwrap();
-        assert!(slots.try_acquire("a").is_none(), "third slot refused");
+        let a1 = slots.acquire("a", AT_ONCE).await.unwrap();
+        let _a2 = slots.acquire("a", AT_ONCE).await.unwrap();
+        assert!(
+            slots.acquire("a", AT_ONCE).await.is_none(),
+            "third slot refused"
+        );
         let _b = slots
-            .try_acquire("b")
+            .acquire("b", AT_ONCE)
+            .await
             .expect("another tenant is not affected");
         drop(a1);
         assert_eq!(slots.in_flight("a"), 1);
-        assert!(slots.try_acquire("a").is_some());
+        assert!(slots.acquire("a", AT_ONCE).await.is_some());
         assert_eq!(slots.in_flight("c"), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_flowing_tenant_waits_for_its_slot_and_a_stuck_one_does_not() {
         let slots = TenantSlots::new(1);
-        let held = slots.try_acquire("a").unwrap();
+        let held = slots.acquire("a", AT_ONCE).await.unwrap();
         let (freed, waiting) = tokio::join!(
             async {
                 tokio::task::yield_now().await;
@@ -170,11 +174,15 @@ mod tests {
         let slot = waiting.expect("the slot freed while waiting is taken");
         // No attempt of "a" ended for longer than FLOWING: put back at once, no wait.
         let stuck = TenantSlots::new(1);
-        let _hung = stuck.try_acquire("a").unwrap();
-        std::thread::sleep(FLOWING + Duration::from_millis(20));
-        let started = std::time::Instant::now();
+        let _hung = stuck.acquire("a", AT_ONCE).await.unwrap();
+        tokio::time::advance(FLOWING + Duration::from_millis(1)).await;
+        let started = Instant::now();
         assert!(stuck.acquire("a", Duration::from_secs(5)).await.is_none());
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no wait for a stuck tenant"
+        );
         drop(slot);
     }
 

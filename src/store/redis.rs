@@ -52,7 +52,7 @@ pub enum Conn {
 
 /// A node whose keys a `SCAN` walks: a cluster master (host, port), or `None` for the one
 /// server of a standalone or Sentinel deployment.
-pub type ScanNode = Option<(String, u16)>;
+type ScanNode = Option<(String, u16)>;
 
 impl Conn {
     /// Redis Cluster: a script may touch the keys of one slot only.
@@ -84,7 +84,7 @@ impl Conn {
 
     /// The nodes whose keys together are the whole keyspace: every master of a cluster
     /// (`SCAN` on a cluster connection walks one node only), else the one server.
-    pub async fn scan_nodes(&mut self) -> RedisResult<Vec<ScanNode>> {
+    async fn scan_nodes(&mut self) -> RedisResult<Vec<ScanNode>> {
         let Conn::Cluster(c) = self else {
             return Ok(vec![None]);
         };
@@ -111,9 +111,37 @@ impl Conn {
         Ok(masters.into_iter().map(Some).collect())
     }
 
-    /// One page of `SCAN cursor MATCH pattern COUNT count` on `node` (from
-    /// [`Conn::scan_nodes`]): the next cursor (0 = done) and the keys found.
-    pub async fn scan_page(
+    /// Every key matching `pattern` on every node (`SCAN … COUNT 1000` pages), or None
+    /// when more than `max_examined` keys would have to be examined (SCAN is O(keyspace)).
+    pub async fn scan_keys(
+        &mut self,
+        pattern: &str,
+        max_examined: Option<usize>,
+    ) -> RedisResult<Option<Vec<String>>> {
+        const PAGE: usize = 1000;
+        let mut found = Vec::new();
+        let mut examined = 0usize;
+        for node in self.scan_nodes().await? {
+            let mut cursor = 0u64;
+            loop {
+                if max_examined.is_some_and(|max| examined >= max) {
+                    return Ok(None);
+                }
+                let (next, batch) = self.scan_page(&node, cursor, pattern, PAGE).await?;
+                examined += PAGE;
+                found.extend(batch);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count` on `node`: the next cursor
+    /// (0 = done) and the keys found.
+    async fn scan_page(
         &mut self,
         node: &ScanNode,
         cursor: u64,

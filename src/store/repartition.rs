@@ -145,19 +145,10 @@ async fn refuse_while_workers_run(
 
 /// Every key of the deployment's partitions (all masters of a cluster).
 async fn partition_keys(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, StoreError> {
-    let pattern = keys.partition_pattern();
-    let mut found = Vec::new();
-    for node in conn.scan_nodes().await? {
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch) = conn.scan_page(&node, cursor, &pattern, 1000).await?;
-            found.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-    }
+    let mut found = conn
+        .scan_keys(&keys.partition_pattern(), None)
+        .await?
+        .unwrap_or_default();
     found.sort();
     found.dedup();
     Ok(found)

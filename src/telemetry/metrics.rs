@@ -292,26 +292,16 @@ fn group_counts(reply: &redis::Value) -> Option<(i64, Option<i64>)> {
 }
 
 async fn sample_saved(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
+    let Some(found) = conn
+        .scan_keys(&keys.saved_pattern(), Some(SAVED_SCAN_LIMIT))
+        .await?
+    else {
+        // A partial count would be wrong; keep the previous sample.
+        tracing::debug!("keyspace too large to count saved notifications this time");
+        return Ok(());
+    };
     let mut per_partition = vec![0u64; keys.partitions() as usize];
-    let pattern = keys.saved_pattern();
-    let mut examined = 0usize;
-    for node in conn.scan_nodes().await? {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found) = conn.scan_page(&node, cursor, &pattern, 1000).await?;
-            examined += 1000;
-            count_saved(conn, keys, &found, &mut per_partition).await?;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-            if examined >= SAVED_SCAN_LIMIT {
-                // A partial count would be wrong; keep the previous sample.
-                tracing::debug!("keyspace too large to count saved notifications this time");
-                return Ok(());
-            }
-        }
-    }
+    count_saved(conn, keys, &found, &mut per_partition).await?;
     for (index, count) in per_partition.into_iter().enumerate() {
         gauge!("herald_saved_notifications", "partition" => index.to_string()).set(count as f64);
     }
