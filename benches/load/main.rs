@@ -274,14 +274,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     out.line(&machine(&redis_version, &args));
 
     let ctx = Ctx {
-        api: Api::new(base, created.token, args.concurrency)?,
+        api: Api::new(base, created.token)?,
         receiver,
         redis,
         keys,
         tenant,
         herald_pid: herald_process.pid(),
         redis_pid: redis_process.pid(),
-        api_only: Api::new(api_base, api_tenant.token, args.concurrency)?,
+        api_only: Api::new(api_base, api_tenant.token)?,
         api_only_pid: api_process.pid(),
         p: Params {
             waiters: args.waiters,
