@@ -16,7 +16,7 @@ ARGV[3] history max      entries an event's history keeps
 ARGV[4..] per candidate, 4 values: member, field, tenant, event id
 
 The timeout delivery continues the trace of the waiter's registration (its stored
-"traceparent"), and a "timed_out" entry goes to the event's history.
+"traceparent"), and its "registered" and "timed_out" entries go to the event's history.
 
 Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed out.
 
@@ -55,8 +55,9 @@ for i = 1, n do
       entry[#entry + 1] = msg_base .. i
       entry[#entry + 1] = 'deadline'
       entry[#entry + 1] = math.floor(tonumber(score) / 1000)
-      add_history({key = history_key, ttl_ms = history_ttl, max = history_max},
-        {history_entry(now_ms, 'timed_out', entry)})
+      local entries = {registered_entry(field, waiter)}
+      entries[#entries + 1] = history_entry(now_ms, 'timed_out', entry)
+      add_history({key = history_key, ttl_ms = history_ttl, max = history_max}, entries)
       out[#out + 1] = member
       out[#out + 1] = now_ms - tonumber(score)
     end

@@ -10,7 +10,8 @@ KEYS[6] run events     (SET)    event ids the run has state for in this partitio
 KEYS[7] cancelled      (STRING) tombstone of a cancelled run (exists = cancelled)
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[9] rate bucket    (STRING) the tenant's wait rate limit (GCRA); only read when ARGV[11] > 0
-KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history)
+KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history);
+                                written when a saved notification is consumed
 KEYS[11..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
                                 (standalone Redis; on a cluster the caller counts them: ARGV[14])
 
@@ -126,8 +127,6 @@ if run ~= '' then
   local want = math.max(run_ttl, timeout_ms + 60000)
   if ttl < want then rcall('PEXPIRE', run_key, want) end
 end
-local entry = waiter_fields(field, full)
-entry[#entry + 1] = 'deadline'
-entry[#entry + 1] = math.floor(deadline_ms / 1000)
-add_history(history, {history_entry(now_ms, 'registered', entry)})
+-- No history entry here: while it waits, the waiter in the event hash is its own record
+-- (history reads show it as "registered"); the entry is written when it stops waiting.
 return remember({'waiting', full})

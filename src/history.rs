@@ -5,9 +5,12 @@
 //!
 //! Entries go to a list per (tenant, event) in the event's partition, newest first, kept
 //! `history.ttl_secs` after the last entry and capped at `history.max_entries`
-//! (LPUSH + LTRIM + PEXPIRE). Registered, consumed, notified, nobody waiting, saved and
-//! timed out are written by the operation's own script, in the same step as the state
-//! change (`add_history` in `lua/shared/delivery.lua`). Delivery attempts are recorded
+//! (LPUSH + LTRIM + PEXPIRE). Consumed, notified, nobody waiting, saved and timed out are
+//! written by the operation's own script, in the same step as the state change
+//! (`add_history` in `lua/shared/delivery.lua`). A waiter's "registered" entry is written
+//! when it stops waiting (notified or timed out); while it waits, the waiter itself is the
+//! record and [`read`] shows it as that entry. So an idle waiter costs no history list:
+//! with one waiter per event, the list had cost more Redis memory than the waiter. Delivery attempts are recorded
 //! from Rust through a [`Recorder`], which writes in the background,
 //! many events per round trip, a few milliseconds after the outcome; entries it still
 //! holds when a process is killed (not stopped) are lost. Writing history is best effort:
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HistorySettings;
 use crate::domain::{EventId, TenantName};
 use crate::store::{Conn, Keys, RedisPool, StoreError};
+use crate::waiter::Waiter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,7 +96,7 @@ impl Entry {
     }
 
     /// The waiter's id, run id and the url its delivery goes to.
-    pub fn waiter(mut self, waiter: &crate::waiter::Waiter, timeout: bool) -> Self {
+    pub fn waiter(mut self, waiter: &Waiter, timeout: bool) -> Self {
         self.waiter_id = Some(waiter.id.clone());
         self.workflow_run_id = waiter.run_id.clone();
         self.url = Some(if timeout {
@@ -276,8 +280,14 @@ async fn write(conn: &mut Conn, settings: &HistorySettings, batch: Vec<Pending>)
     }
 }
 
+/// Waiters of the event read to show their "registered" entries, at most (one HSCAN
+/// page: an event with more waiters shows some of them).
+const WAITING_SHOWN: usize = 1000;
+
 /// The newest `limit` entries, newest first (by their time). Entries that do not decode
-/// are skipped.
+/// are skipped. The event's current waiters are shown as their "registered" entries,
+/// made from the waiter itself: a waiter's entry is written to the list only when it
+/// stops waiting (see `registered_entry` in `lua/shared/delivery.lua`).
 pub async fn read(
     conn: &mut Conn,
     keys: &Keys,
@@ -285,20 +295,41 @@ pub async fn read(
     event: &EventId,
     limit: usize,
 ) -> Result<Vec<Entry>, StoreError> {
-    let key = keys.partition_of(tenant, event).history(tenant, event);
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(&key)
+    let partition = keys.partition_of(tenant, event);
+    // Both keys are in the event's partition (one slot): one pipeline on every topology.
+    let (raw, (_, waiting)): (Vec<String>, (String, Vec<(String, String)>)) = redis::pipe()
+        .cmd("LRANGE")
+        .arg(partition.history(tenant, event))
         .arg(0)
         .arg(limit.max(1) as i64 - 1)
+        .cmd("HSCAN")
+        .arg(partition.event_waiters(tenant, event))
+        .arg(0)
+        .arg("COUNT")
+        .arg(WAITING_SHOWN)
         .query_async(conn)
         .await?;
-    let mut entries: Vec<Entry> = raw
+    // The waiting ones first: within one millisecond, a registration that is still
+    // waiting is newer than what the list holds (the stable sort keeps that order).
+    let mut entries: Vec<Entry> = waiting
         .iter()
-        .filter_map(|r| serde_json::from_str(r).ok())
+        .filter_map(|(_, w)| serde_json::from_str::<Waiter>(w).ok())
+        .map(|w| registered(&w))
+        .chain(raw.iter().filter_map(|r| serde_json::from_str(r).ok()))
         .collect();
     // API and worker processes append concurrently: show them in time order.
     entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+    entries.truncate(limit.max(1));
     Ok(entries)
+}
+
+/// A waiting waiter's "registered" entry (the same one the scripts write when it stops
+/// waiting).
+fn registered(waiter: &Waiter) -> Entry {
+    let mut entry = Entry::new(Outcome::Registered).waiter(waiter, false);
+    entry.at = waiter.created_at;
+    entry.deadline = Some(waiter.deadline);
+    entry
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ deliver_waiters(found, out, d) -> taken
             history}
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
   it and its deadline, append field, waiter JSON and message id to `out`; then lower the
-  tenant's waiter count by the number taken, and add a "notified" entry per waiter to the
-  event's history.
+  tenant's waiter count by the number taken, and add a "registered" and a "notified" entry
+  per waiter to the event's history.
 
 history_entry(at_ms, outcome, fields) -> one entry of an event's history as JSON (the
   shape of src/history.rs `Entry`). fields: flat list name, value…; a nil or "" value is
@@ -36,6 +36,11 @@ json_string(json, key) -> the value of the first string member "key" of a JSON t
 waiter_fields(field, waiter, url_key) -> {"waiterId", id, "workflowRunId", run, "url", url}
   from a waiter's hash field "<run>|<waiterId>" and its JSON; url_key "url" (default) or
   "timeoutUrl" names the URL recorded.
+registered_entry(field, waiter) -> the waiter's "registered" entry (at its createdAt, with
+  its deadline), or nil for a waiter JSON without the appended deadline/createdAt. Written
+  when the waiter stops waiting (notified, timed out), not by the wait: while it waits the
+  waiter in its event hash is the record, and history reads show it as this same entry
+  (src/history.rs), so an idle waiter costs no history list.
 add_history(h, entries)
   h = {key, ttl_ms, max}: LPUSH the entries (oldest first; only the newest max can stay),
   LTRIM to max, PEXPIRE ttl_ms. Nothing when ttl_ms or max is 0 (history disabled).
@@ -80,6 +85,15 @@ local function waiter_fields(field, waiter, url_key)
     'url', json_string(waiter, url_key or 'url')}
 end
 
+local function registered_entry(field, waiter)
+  local deadline, created = string.match(waiter, '"deadline":(%d+),"createdAt":(%d+)}$')
+  if not created then return nil end
+  local fields = waiter_fields(field, waiter)
+  fields[#fields + 1] = 'deadline'
+  fields[#fields + 1] = tonumber(deadline)
+  return history_entry(tonumber(created), 'registered', fields)
+end
+
 local function add_history(h, entries)
   if h.ttl_ms <= 0 or h.max <= 0 or #entries == 0 then return end
   redis.call('LPUSH', h.key, unpack(entries, math.max(1, #entries - h.max + 1)))
@@ -119,6 +133,7 @@ local function deliver_waiters(found, out, d)
     out[#out + 1] = field
     out[#out + 1] = waiter
     out[#out + 1] = msg
+    entries[#entries + 1] = registered_entry(field, waiter)
     local fields = waiter_fields(field, waiter)
     fields[#fields + 1] = 'messageId'
     fields[#fields + 1] = msg

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use herald::domain::{EventId, TenantName};
 use serde_json::{json, Value};
 
 use crate::support::{eventually_async, test_settings, Receiver, RedisServer, TestApp};
@@ -169,7 +170,7 @@ async fn history_bad_input_is_refused_and_the_list_is_bounded() {
     for _ in 0..5 {
         app.notify("capped", "x").await;
     }
-    // Written in the background, in order: once the wait's entry shows, the five are in.
+    // The notifies' entries are written by their scripts; the waiter shows as registered.
     let (status, _) = app
         .wait("capped", json!({"url": "https://example.com/h"}))
         .await;
@@ -204,6 +205,42 @@ async fn a_url_with_quotes_and_backslashes_is_recorded_as_given() {
     let entries = expect_history(&app, "quoted", &["registered"]).await;
     assert_eq!(entries[0]["url"], url);
     assert_eq!(entries[0]["waiterId"], body["waiterId"]);
+    assert_eq!(entries[0]["deadline"], body["deadline"]);
     assert!(entries[0].get("workflowRunId").is_none(), "{}", entries[0]);
+    // While it waits, the waiter is its own record: no history list is kept for it.
+    let mut conn = redis.client();
+    let lists: Vec<String> = redis::cmd("KEYS")
+        .arg("*:history:acme:quoted")
+        .query(&mut conn)
+        .unwrap();
+    assert!(lists.is_empty(), "{lists:?}");
+    // Once notified, its registration is in the list, beside the notify.
+    app.notify("quoted", "x").await;
+    let state = &app.running.as_ref().unwrap().state;
+    let (tenant, event) = (
+        TenantName::parse("acme").unwrap(),
+        EventId::parse("quoted").unwrap(),
+    );
+    let list = state
+        .keys
+        .partition_of(&tenant, &event)
+        .history(&tenant, &event);
+    let written: Vec<String> = redis::cmd("LRANGE")
+        .arg(list)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    let written: Vec<Value> = written
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(
+        outcomes(&written),
+        ["notified", "registered"],
+        "{written:?}"
+    );
+    assert_eq!(written[1]["url"], url);
+    assert_eq!(written[1]["at"], entries[0]["at"]);
     app.stop().await;
 }
