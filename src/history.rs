@@ -297,7 +297,8 @@ pub async fn read(
 ) -> Result<Vec<Entry>, StoreError> {
     let partition = keys.partition_of(tenant, event);
     // Both keys are in the event's partition (one slot): one pipeline on every topology.
-    let (raw, (_, waiting)): (Vec<String>, (String, Vec<(String, String)>)) = redis::pipe()
+    type ScanPage = (String, Vec<(String, String)>);
+    let (raw, (_, waiting)): (Vec<String>, ScanPage) = redis::pipe()
         .cmd("LRANGE")
         .arg(partition.history(tenant, event))
         .arg(0)
