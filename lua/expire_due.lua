@@ -47,7 +47,7 @@ for i = 1, n do
       local trace = json_string(waiter, 'traceparent') or ''
       if not string.match(trace, '^%x%x%-%x+%-%x+%-%x%x$') then trace = '' end
       enqueue_delivery(stream_key, {
-        msg = msg_base .. i, kind = 'timeout', tenant = tenant, event = event,
+        field = field, msg = msg_base .. i, kind = 'timeout', tenant = tenant, event = event,
         at_ms = score, now_ms = now_ms, trace = trace, ct = 'null',
       }, waiter, '')
       local entry = waiter_fields(field, waiter, 'timeoutUrl')

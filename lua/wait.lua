@@ -16,7 +16,8 @@ KEYS[11..] waiter counts (STRING) the tenant's in the other partitions, summed f
                                 (standalone Redis; on a cluster the caller counts them: ARGV[14])
 
 ARGV[1] field            "<runId>|<waiterId>" (runId empty for plain waiters)
-ARGV[2] waiter JSON      object without "deadline"/"createdAt" (appended here, from TIME)
+ARGV[2] waiter JSON      object without "deadline"/"createdAt" (appended here, from TIME) and
+                         without its id (ARGV[1] ends with it; see src/waiter.rs)
 ARGV[3] timeout          milliseconds until the deadline
 ARGV[4] tenant
 ARGV[5] event id
@@ -93,7 +94,7 @@ if run ~= '' then
       local ct = string.sub(item, p2 + 1, p3 - 1)
       local saved_at = string.sub(item, p3 + 1, p4 - 1)
       enqueue_delivery(stream_key, {
-        msg = msg, kind = 'event', tenant = tenant, event = event,
+        field = field, msg = msg, kind = 'event', tenant = tenant, event = event,
         at_ms = saved_at, now_ms = now_ms, trace = trace, ct = ct,
       }, full, string.sub(item, p4 + 1))
       local entry = waiter_fields(field, full)

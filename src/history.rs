@@ -100,7 +100,7 @@ impl Entry {
         self.waiter_id = Some(waiter.id.clone());
         self.workflow_run_id = waiter.run_id.clone();
         self.url = Some(if timeout {
-            waiter.timeout_url.clone()
+            waiter.timeout_url().to_owned()
         } else {
             waiter.url.clone()
         });
@@ -314,7 +314,7 @@ pub async fn read(
     // waiting is newer than what the list holds (the stable sort keeps that order).
     let mut entries: Vec<Entry> = waiting
         .iter()
-        .filter_map(|(_, w)| serde_json::from_str::<Waiter>(w).ok())
+        .filter_map(|(field, w)| Waiter::from_stored(field, w).ok())
         .map(|w| registered(&w))
         .chain(raw.iter().filter_map(|r| serde_json::from_str(r).ok()))
         .collect();

@@ -16,13 +16,23 @@ fn is_zero_u32(v: &u32) -> bool {
 /// A registered waiter, as stored. `deadline` (unix seconds) and `createdAt` (unix ms)
 /// are appended by the `wait` script from Redis TIME, so they are never serialized from a
 /// fresh registration.
+///
+/// What the waiter's keys already say is not stored again (an idle waiter's memory is
+/// mostly this JSON): in its event hash the waiter has no `id` (its hash field ends with
+/// it; [`Waiter::from_stored`] puts it back) and no event id, and `timeoutUrl` is `""`
+/// when it is `url`. The delivery job carries the id again (`enqueue_delivery` in
+/// `lua/shared/delivery.lua`). Waiters stored with all of them still read the same.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Waiter {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     pub url: String,
     #[serde(default, skip_serializing_if = "HeaderMap::is_empty")]
     pub headers: HeaderMap,
+    /// `""` when it is `url`: read it with [`Waiter::timeout_url`]. Always written (the
+    /// scripts find it in front of `step`, which holds client JSON).
+    #[serde(default)]
     pub timeout_url: String,
     /// Base64 of the body sent to `timeoutUrl` (Upstash `timeoutBody`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,7 +44,6 @@ pub struct Waiter {
     pub step: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
-    pub event_id: String,
     /// The timeout as requested (e.g. "10m"), echoed in workflow step deliveries.
     pub timeout: String,
     /// Per-waiter override of the retry count.
@@ -62,12 +71,47 @@ pub struct WaiterView<'a> {
 }
 
 impl Waiter {
+    /// A waiter from its event hash: `field` is its hash field, `<runId>|<waiterId>`.
+    pub fn from_stored(field: &str, json: &str) -> serde_json::Result<Self> {
+        let mut waiter: Waiter = serde_json::from_str(json)?;
+        if waiter.id.is_empty() {
+            waiter.id = field.rsplit('|').next().unwrap_or(field).to_owned();
+        }
+        Ok(waiter)
+    }
+
+    /// The waiter as it is stored: without what its keys say (see [`Waiter`]).
+    pub fn for_storage(mut self) -> Self {
+        self.id.clear();
+        if self.timeout_url == self.url {
+            self.timeout_url.clear();
+        }
+        self
+    }
+
+    /// Where the timeout goes.
+    pub fn timeout_url(&self) -> &str {
+        if self.timeout_url.is_empty() {
+            &self.url
+        } else {
+            &self.timeout_url
+        }
+    }
+
+    /// Where a delivery of this kind goes, and with which headers.
+    pub fn target(&self, kind: JobKind) -> (&str, &HeaderMap) {
+        match kind {
+            JobKind::Event => (&self.url, &self.headers),
+            JobKind::Timeout => (self.timeout_url(), &self.timeout_headers),
+        }
+    }
+
     pub fn view(&self) -> WaiterView<'_> {
         WaiterView {
             url: &self.url,
             headers: &self.headers,
             deadline: self.deadline,
-            timeout_url: &self.timeout_url,
+            timeout_url: self.timeout_url(),
             timeout_body: self.timeout_body.as_deref(),
             timeout_headers: &self.timeout_headers,
         }
@@ -123,4 +167,46 @@ pub struct Job {
     #[serde(default)]
     pub c: Option<String>,
     pub w: Waiter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(url: &str, timeout_url: &str) -> Waiter {
+        serde_json::from_value(serde_json::json!({
+            "id": "w1", "url": url, "timeoutUrl": timeout_url, "timeout": "1h",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stored_waiter_leaves_out_what_its_keys_say() {
+        let json =
+            serde_json::to_string(&waiter("https://a/x", "https://a/x").for_storage()).unwrap();
+        assert!(
+            !json.contains("\"id\"") && !json.contains("eventId"),
+            "{json}"
+        );
+        assert!(
+            json.starts_with(r#"{"url":"https://a/x","timeoutUrl":"","#),
+            "{json}"
+        );
+        let back = Waiter::from_stored("wfr_1|w1", &json).unwrap();
+        assert_eq!(back.id, "w1");
+        assert_eq!(back.timeout_url(), "https://a/x");
+        assert_eq!(back.target(JobKind::Timeout).0, "https://a/x");
+
+        let other = waiter("https://a/x", "https://a/late").for_storage();
+        assert_eq!(other.timeout_url(), "https://a/late");
+    }
+
+    #[test]
+    fn a_waiter_stored_in_full_reads_the_same() {
+        let full = r#"{"id":"w9","url":"https://a/x","timeoutUrl":"https://a/t","eventId":"e","timeout":"1h","deadline":5,"createdAt":7}"#;
+        let w = Waiter::from_stored("|other", full).unwrap();
+        assert_eq!(w.id, "w9");
+        assert_eq!(w.timeout_url(), "https://a/t");
+        assert_eq!((w.deadline, w.created_at), (5, 7));
+    }
 }

@@ -6,6 +6,8 @@ expire_due, dead_letter, reclaim). Not a script of its own.
 enqueue_delivery(stream, job, waiter, body)
   XADDs one delivery job to the partition's stream: field j (the job JSON) and b (the body,
   "" for a timeout). `job` names its parts:
+    field    the waiter's hash field "<runId>|<waiterId>": a waiter stored without its id
+             (src/waiter.rs) gets it back in the job
     msg      message id (the Upstash-Message-Id of every attempt)
     kind     "event" or "timeout"
     tenant, event
@@ -13,8 +15,9 @@ enqueue_delivery(stream, job, waiter, body)
     now_ms   when it was enqueued (Redis TIME, ms)
     trace    W3C traceparent of the request, "" for none
     ct       content type as a JSON string, or "null"
-  `waiter` is the waiter's JSON, embedded as it is. Ids and tenant names were validated
-  by the api ([A-Za-z0-9._:-]), so they need no JSON escaping.
+  `waiter` is the waiter's JSON, embedded as it is (with its id put first when it has
+  none). Ids and tenant names were validated by the api ([A-Za-z0-9._:-]), so they need no
+  JSON escaping.
 
 deliver_waiters(found, out, d) -> taken
   found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
@@ -30,12 +33,14 @@ history_entry(at_ms, outcome, fields) -> one entry of an event's history as JSON
   left out, a number is written bare, a string as it is (ids, and URLs as the waiter JSON
   holds them: already JSON-escaped).
 json_string(json, key) -> the value of the first string member "key" of a JSON text, as
-  it stands (still escaped), or nil. Used on waiter JSON, where the first `"url":"`,
-  `"timeoutUrl":"` and `"traceparent":"` are the waiter's own: "id" comes first (validated
-  characters), header values are arrays, and every other string is escaped.
+  it stands (still escaped), or nil. Used on waiter JSON, where the first `"url":"` and
+  `"timeoutUrl":"` are the waiter's own: they come first (after the id of a waiter stored
+  with one: validated characters), header values are arrays, and every other string is
+  escaped. (`traceparent` comes after `step`, client JSON: its value is checked by the
+  caller.)
 waiter_fields(field, waiter, url_key) -> {"waiterId", id, "workflowRunId", run, "url", url}
   from a waiter's hash field "<run>|<waiterId>" and its JSON; url_key "url" (default) or
-  "timeoutUrl" names the URL recorded.
+  "timeoutUrl" names the URL recorded (an empty timeoutUrl is the url).
 registered_entry(field, waiter) -> the waiter's "registered" entry (at its createdAt, with
   its deadline), or nil for a waiter JSON without the appended deadline/createdAt. Written
   when the waiter stops waiting (notified, timed out), not by the wait: while it waits the
@@ -81,8 +86,10 @@ end
 
 local function waiter_fields(field, waiter, url_key)
   local bar = string.find(field, '|', 1, true)
+  local url = json_string(waiter, url_key or 'url')
+  if url == '' then url = json_string(waiter, 'url') end
   return {'waiterId', string.sub(field, bar + 1), 'workflowRunId', string.sub(field, 1, bar - 1),
-    'url', json_string(waiter, url_key or 'url')}
+    'url', url}
 end
 
 local function registered_entry(field, waiter)
@@ -111,6 +118,10 @@ local function add_dead_letter(key, retention_ms, now_ms, fields)
 end
 
 local function enqueue_delivery(stream, job, waiter, body)
+  if string.sub(waiter, 1, 6) ~= '{"id":' then
+    local id = string.sub(job.field, string.find(job.field, '|', 1, true) + 1)
+    waiter = '{"id":"' .. id .. '",' .. string.sub(waiter, 2)
+  end
   local json = '{"m":"' .. job.msg .. '","k":"' .. job.kind .. '","t":"' .. job.tenant
     .. '","e":"' .. job.event .. '","n":' .. job.at_ms .. ',"q":' .. job.now_ms
     .. ',"a":0,"p":"' .. job.trace .. '","c":' .. job.ct .. ',"w":' .. waiter .. '}'
@@ -125,7 +136,7 @@ local function deliver_waiters(found, out, d)
     taken = taken + 1
     local msg = d.msg_base .. taken
     enqueue_delivery(d.stream, {
-      msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
+      field = field, msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
       at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
     }, waiter, d.body)
     redis.call('HDEL', d.ev, field)

@@ -35,7 +35,7 @@ fn message_id_base() -> String {
 fn parse_waiters(taken: &[Taken]) -> Result<Vec<Waiter>, ApiError> {
     taken
         .iter()
-        .map(|t| serde_json::from_str(&t.waiter_json))
+        .map(|t| Waiter::from_stored(&t.field, &t.waiter_json))
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::Internal(format!("stored waiter: {e}")))
 }

@@ -262,15 +262,14 @@ pub async fn wait(
         timeout_headers,
         step,
         run_id: run.as_ref().map(|r| r.as_str().to_owned()),
-        event_id: event.as_str().to_owned(),
         timeout: timeout_text,
         retries,
         traceparent: Some(traceparent.clone()).filter(|t| !t.is_empty()),
         deadline: 0,
         created_at: 0,
     };
-    let waiter_json =
-        serde_json::to_string(&waiter).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let waiter_json = serde_json::to_string(&waiter.for_storage())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let partition = state.keys.partition_of(&tenant, &event);
     let field = waiter_field(run.as_ref(), &waiter_id);
     // Only a registration a client can repeat (same step, same Idempotency-Key) needs an

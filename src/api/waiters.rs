@@ -27,7 +27,7 @@ pub async fn list(
     state
         .check_rate(&mut conn, &tenant, RateClass::Read)
         .await?;
-    let mut values: Vec<String> = Vec::new();
+    let mut values: Vec<(String, String)> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
@@ -38,7 +38,7 @@ pub async fn list(
             .query_async(&mut conn)
             .await
             .map_err(StoreError::from)?;
-        values.extend(batch.into_iter().map(|(_, v)| v));
+        values.extend(batch);
         cursor = next;
         if cursor == 0 || values.len() >= MAX_LISTED {
             break;
@@ -46,7 +46,7 @@ pub async fn list(
     }
     let mut waiters: Vec<Waiter> = values
         .iter()
-        .filter_map(|v| serde_json::from_str(v).ok())
+        .filter_map(|(field, json)| Waiter::from_stored(field, json).ok())
         .collect();
     waiters.sort_by_key(|w| (w.created_at, w.id.clone()));
     waiters.truncate(MAX_LISTED);

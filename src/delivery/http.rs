@@ -107,10 +107,7 @@ fn workflow_body(job: &Job, event_body: &[u8]) -> Vec<u8> {
 /// Builds the request of a job: the event to `url`, or the timeout to `timeoutUrl`.
 pub fn build(job: &Job, event_body: &[u8]) -> Outbound {
     let w = &job.w;
-    let (url, source_headers) = match job.k {
-        JobKind::Event => (&w.url, &w.headers),
-        JobKind::Timeout => (&w.timeout_url, &w.timeout_headers),
-    };
+    let (url, source_headers) = w.target(job.k);
     let mut headers = Vec::new();
     for (name, values) in source_headers.iter() {
         if let Some(v) = values.first() {
@@ -157,7 +154,7 @@ pub fn build(job: &Job, event_body: &[u8]) -> Outbound {
         }
     }
     Outbound {
-        url: url.clone(),
+        url: url.to_owned(),
         headers,
         body,
     }

@@ -17,7 +17,7 @@ use ::redis::AsyncCommands;
 
 use super::{scripts, Conn, Keys, Partition, StoreError};
 use crate::domain::{InvalidInput, TenantName};
-use crate::waiter::{Job, JobKind};
+use crate::waiter::Job;
 
 /// Most dead letters examined for one page; with a filter a page can hold fewer matches
 /// than asked for (even none) and still carry a cursor to go on from.
@@ -127,10 +127,7 @@ impl DeadLetter {
 
     /// The URL of the failed attempt: the event's, or the timeout's.
     pub fn url(&self) -> &str {
-        match self.job.k {
-            JobKind::Event => &self.job.w.url,
-            JobKind::Timeout => &self.job.w.timeout_url,
-        }
+        self.job.w.target(self.job.k).0
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use herald::domain::{EventId, TenantName};
 use serde_json::json;
 
 use crate::support::{test_settings, Receiver, RedisServer, TestApp};
@@ -305,5 +306,72 @@ async fn deadlines_follow_redis_time() {
         (secs + 5390..=secs + 5401).contains(&deadline),
         "{deadline} vs {secs}"
     );
+    app.stop().await;
+}
+
+/// Waiters stored before the compact form (with their id, event id and a timeoutUrl equal
+/// to the url written out) are listed, notified, timed out and recorded as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_stored_in_the_earlier_full_form_are_still_served() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let receiver = Receiver::start().await;
+    let state = &app.running.as_ref().unwrap().state;
+    let tenant = TenantName::parse("acme").unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut conn = redis.client();
+    for (event, id, deadline_ms) in [
+        ("legacy-paid", "wOld1", now_ms + 3_600_000),
+        ("legacy-late", "wOld2", now_ms + 500),
+    ] {
+        let url = receiver.url(&format!("/{event}"));
+        // Written out in the order the earlier version wrote it (the struct's, then the
+        // wait script's deadline and createdAt).
+        let waiter = format!(
+            r#"{{"id":"{id}","url":"{url}","timeoutUrl":"{url}","eventId":"{event}","timeout":"1h","deadline":{},"createdAt":{now_ms}}}"#,
+            deadline_ms / 1000
+        );
+        let event_id = EventId::parse(event).unwrap();
+        let partition = state.keys.partition_of(&tenant, &event_id);
+        let field = format!("|{id}");
+        let _: () = redis::pipe()
+            .hset(
+                partition.event_waiters(&tenant, &event_id),
+                &field,
+                waiter.to_string(),
+            )
+            .zadd(
+                partition.deadlines(),
+                format!("acme|{field}|{event}"),
+                deadline_ms,
+            )
+            .incr(partition.waiter_count(&tenant), 1)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let listed = app.waiters("legacy-paid").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["timeoutUrl"], receiver.url("/legacy-paid"));
+
+    let (status, notified) = app.notify("legacy-paid", "paid").await;
+    assert_eq!(status, 201, "{notified}");
+    assert_eq!(notified[0]["waiter"]["url"], receiver.url("/legacy-paid"));
+    let got = receiver.expect("/legacy-paid", 1).await;
+    assert_eq!(got[0].body_text(), "paid");
+    let got = receiver.expect("/legacy-late", 1).await;
+    assert_eq!(got[0].body_text(), "", "the timeout delivery");
+
+    // History names the waiter in every entry, from the stored id.
+    let (status, body) = app.get("/v2/events/legacy-late/history", &app.token).await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body["entries"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{body}");
+    for e in entries {
+        assert_eq!(e["waiterId"], "wOld2", "{e}");
+        assert_eq!(e["url"], receiver.url("/legacy-late"), "{e}");
+    }
     app.stop().await;
 }
