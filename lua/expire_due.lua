@@ -55,9 +55,8 @@ for i = 1, n do
       entry[#entry + 1] = msg_base .. i
       entry[#entry + 1] = 'deadline'
       entry[#entry + 1] = math.floor(tonumber(score) / 1000)
-      local entries = {registered_entry(field, waiter)}
-      entries[#entries + 1] = history_entry(now_ms, 'timed_out', entry)
-      add_history({key = history_key, ttl_ms = history_ttl, max = history_max}, entries)
+      add_history({key = history_key, ttl_ms = history_ttl, max = history_max},
+        {registered_entry(field, waiter), history_entry(now_ms, 'timed_out', entry)})
       out[#out + 1] = member
       out[#out + 1] = now_ms - tonumber(score)
     end

@@ -7,9 +7,10 @@
 //! `history.ttl_secs` after the last entry and capped at `history.max_entries`
 //! (LPUSH + LTRIM + PEXPIRE). Consumed, notified, nobody waiting, saved and timed out are
 //! written by the operation's own script, in the same step as the state change
-//! (`add_history` in `lua/shared/delivery.lua`). A waiter's "registered" entry is written
-//! when it stops waiting (notified or timed out); while it waits, the waiter itself is the
-//! record and [`read`] shows it as that entry. So an idle waiter costs no history list:
+//! (`add_history` in `lua/shared/delivery.lua`). A waiter's registration is written when
+//! it stops waiting (notified or timed out), as the waiter itself (`<field>\n<JSON>`);
+//! while it waits, the waiter in its event hash is the record; [`read`] shows either as
+//! the same "registered" entry. So an idle waiter costs no history list:
 //! with one waiter per event, the list had cost more Redis memory than the waiter. Delivery attempts are recorded
 //! from Rust through a [`Recorder`], which writes in the background,
 //! many events per round trip, a few milliseconds after the outcome; entries it still
@@ -316,7 +317,7 @@ pub async fn read(
         .iter()
         .filter_map(|(field, w)| Waiter::from_stored(field, w).ok())
         .map(|w| registered(&w))
-        .chain(raw.iter().filter_map(|r| serde_json::from_str(r).ok()))
+        .chain(raw.iter().filter_map(|r| decode(r)))
         .collect();
     // API and worker processes append concurrently: show them in time order.
     entries.sort_by_key(|e| std::cmp::Reverse(e.at));
@@ -324,8 +325,19 @@ pub async fn read(
     Ok(entries)
 }
 
-/// A waiting waiter's "registered" entry (the same one the scripts write when it stops
-/// waiting).
+/// One list element: an entry's JSON, or a waiter's "registered" record as the scripts
+/// write it when it stops waiting, `<hash field>\n<waiter JSON>`.
+fn decode(raw: &str) -> Option<Entry> {
+    if raw.starts_with('{') {
+        return serde_json::from_str(raw).ok();
+    }
+    let (field, json) = raw.split_once('\n')?;
+    Waiter::from_stored(field, json)
+        .ok()
+        .map(|w| registered(&w))
+}
+
+/// A waiter's "registered" entry, made from the waiter.
 fn registered(waiter: &Waiter) -> Entry {
     let mut entry = Entry::new(Outcome::Registered).waiter(waiter, false);
     entry.at = waiter.created_at;

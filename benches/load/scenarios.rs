@@ -468,13 +468,20 @@ pub async fn timeouts(ctx: &Ctx) -> Value {
     let mut check = Check::default();
     let prefix = format!("to{}-", random_id(6));
     let url = ctx.receiver.url("/timeout");
-    // Registration must end before the deadline second: allow 1,000 waits/s and 2 s more.
-    let deadline_s = unix_now().as_secs() + 2 + t.div_ceil(1000) as u64;
+    // The registrations are paced over one whole second, from the start of the next one,
+    // so the deadlines spread evenly over the deadline second whatever the wait rate (a
+    // faster Herald registering in half a second would otherwise get a burst twice as
+    // dense). Sends that fall behind only shift their deadlines later in that second.
+    let now = unix_now();
+    let first_send = Instant::now() + (Duration::from_secs(now.as_secs() + 1) - now);
+    let deadline_s = now.as_secs() + 3 + t.div_ceil(10_000) as u64;
     let registered = {
         let (api, prefix) = (ctx.api.clone(), prefix.clone());
         run_concurrently(t, ctx.p.concurrency, move |i| {
             let (api, event, url) = (api.clone(), format!("{prefix}{i}"), url.clone());
+            let send_at = first_send + Duration::from_secs(1).mul_f64(i as f64 / t as f64);
             async move {
+                tokio::time::sleep_until(send_at.into()).await;
                 // A whole number of seconds from now lands in the deadline second, at the
                 // same fraction of a second as now: deadlines spread over that one second.
                 let secs = deadline_s.saturating_sub(unix_now().as_secs());
@@ -514,11 +521,15 @@ pub async fn timeouts(ctx: &Ctx) -> Value {
         )
     });
 
+    // CPU from here to the last delivery: firing and delivering the timeouts (the
+    // registrations are done), per timeout.
+    let cpu = CpuMeter::start(ctx, ctx.herald_pid);
     let remaining = Duration::from_secs(deadline_s + 1).saturating_sub(unix_now());
     let all = ctx
         .receiver
         .wait_for(t, remaining + delivery_limit(t))
         .await;
+    let cpu_us_per_timeout = cpu.per_op(ctx, t);
     ctx.receiver.settle(Duration::from_millis(200)).await;
     let arrivals = ctx.receiver.take();
     let delivered = distinct_messages(&arrivals);
@@ -546,6 +557,7 @@ pub async fn timeouts(ctx: &Ctx) -> Value {
         "deadline_second": deadline_s,
         "deadline_spread_ms": if known.is_empty() { 0.0 } else { spread },
         "lateness_ms": summary(lateness),
+        "cpu_us_per_timeout": cpu_us_per_timeout,
         "delivered": delivered,
         "lost": t.saturating_sub(delivered),
         "duplicates": arrivals.len() - delivered,

@@ -182,7 +182,9 @@ pub async fn wait(
     let url = string_field(body, "url")?.ok_or_else(|| ApiError::bad("url is required"))?;
     validate_url("url", url)?;
     let timeout_url = string_field(body, "timeoutUrl")?.unwrap_or(url);
-    validate_url("timeoutUrl", timeout_url)?;
+    if timeout_url != url {
+        validate_url("timeoutUrl", timeout_url)?;
+    }
     let timeout_body = string_field(body, "timeoutBody")?;
     if let Some(b) = timeout_body {
         base64::engine::general_purpose::STANDARD

@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `<prefix>:{p<n>}:ev:<tenant>:<event>` | HASH | waiters of the event: `<run>\|<waiterId>` → waiter JSON |
+//! | `<prefix>:{p<n>}:ev:<tenant>:<event>` | HASH | waiters of the event: `<run>\|<waiterId>` → waiter JSON (stored form: [`crate::waiter::Waiter`]) |
 //! | `<prefix>:{p<n>}:saved:<tenant>:<run>:<event>` | LIST | saved lookback notifications, FIFO |
 //! | `<prefix>:{p<n>}:run:<tenant>:<run>` | SET | event ids the run has state for in the partition |
 //! | `<prefix>:{p<n>}:cancelled:<tenant>:<run>` | STRING | tombstone of a cancelled run |
