@@ -10,10 +10,10 @@
 //! (`add_history` in `lua/shared/delivery.lua`). A waiter's registration is written when
 //! it stops waiting (notified or timed out), as the waiter itself (`<field>\n<JSON>`);
 //! while it waits, the waiter in its event hash is the record; [`read`] shows either as
-//! the same "registered" entry. So an idle waiter costs no history list:
-//! with one waiter per event, the list had cost more Redis memory than the waiter. Delivery attempts are recorded
-//! from Rust through a [`Recorder`], which writes in the background,
-//! many events per round trip, a few milliseconds after the outcome; entries it still
+//! the same "registered" entry. So an idle waiter costs no history list (with one waiter
+//! per event, the list had cost more Redis memory than the waiter). Delivery attempts are
+//! recorded from Rust through a [`Recorder`], which writes in the background, many events
+//! per round trip, a few milliseconds after the outcome; entries it still
 //! holds when a process is killed (not stopped) are lost. Writing history is best effort:
 //! a failure is logged and never fails the delivery it describes.
 
@@ -315,8 +315,7 @@ pub async fn read(
     // waiting is newer than what the list holds (the stable sort keeps that order).
     let mut entries: Vec<Entry> = waiting
         .iter()
-        .filter_map(|(field, w)| Waiter::from_stored(field, w).ok())
-        .map(|w| registered(&w))
+        .filter_map(|(field, json)| registered(field, json))
         .chain(raw.iter().filter_map(|r| decode(r)))
         .collect();
     // API and worker processes append concurrently: show them in time order.
@@ -332,17 +331,16 @@ fn decode(raw: &str) -> Option<Entry> {
         return serde_json::from_str(raw).ok();
     }
     let (field, json) = raw.split_once('\n')?;
-    Waiter::from_stored(field, json)
-        .ok()
-        .map(|w| registered(&w))
+    registered(field, json)
 }
 
-/// A waiter's "registered" entry, made from the waiter.
-fn registered(waiter: &Waiter) -> Entry {
-    let mut entry = Entry::new(Outcome::Registered).waiter(waiter, false);
+/// A waiter's "registered" entry, made from its hash field and stored JSON.
+fn registered(field: &str, json: &str) -> Option<Entry> {
+    let waiter = Waiter::from_stored(field, json).ok()?;
+    let mut entry = Entry::new(Outcome::Registered).waiter(&waiter, false);
     entry.at = waiter.created_at;
     entry.deadline = Some(waiter.deadline);
-    entry
+    Some(entry)
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ deliver_waiters(found, out, d) -> taken
             history}
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
   it and its deadline, append field, waiter JSON and message id to `out`; then lower the
-  tenant's waiter count by the number taken, and add a "registered" and a "notified" entry
-  per waiter to the event's history.
+  tenant's waiter count by the number taken, and add each waiter's registered record and
+  a "notified" entry to the event's history.
 
 history_entry(at_ms, outcome, fields) -> one entry of an event's history as JSON (the
   shape of src/history.rs `Entry`). fields: flat list name, value…; a nil or "" value is
