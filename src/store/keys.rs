@@ -277,10 +277,10 @@ impl Partition {
         format!("{}saved:{}:{}|{}", self.base, tenant, run, event)
     }
 
-    /// The saved list's name before schema 2 (`<run>:<event>`, ambiguous); read by
-    /// `herald migrate` only.
-    pub fn legacy_saved_prefix(&self, tenant: &TenantName) -> String {
-        format!("{}saved:{}:", self.base, tenant)
+    /// What every saved list's name of the partition starts with (schema 1's too: see
+    /// [`super::migrate`]).
+    pub fn saved_prefix(&self) -> String {
+        format!("{}saved:", self.base)
     }
 
     /// The event's run waiters (ZSET, score 0, member = waiter field `<run>|<waiterId>`):

@@ -320,19 +320,44 @@ fn median_of(calls: &[(String, i64)], script: &redis::Script) -> (usize, i64) {
 async fn run_costs(app: &TestApp, receiver: &Receiver, event: &str, rounds: usize) {
     for i in 0..rounds {
         let (status, _) = app
-            .post(&format!("/v2/notify/fresh-{event}-{i}/{event}"), &app.token, "yes")
+            .post(
+                &format!("/v2/notify/fresh-{event}-{i}/{event}"),
+                &app.token,
+                "yes",
+            )
             .await;
         assert_eq!(status, 201);
-        let (_, body) =
-            wait_as_run(app, &format!("fresh-{event}-{i}"), event, &receiver.url("/fresh")).await;
+        let (_, body) = wait_as_run(
+            app,
+            &format!("fresh-{event}-{i}"),
+            event,
+            &receiver.url("/fresh"),
+        )
+        .await;
         assert_eq!(body["status"], "notified", "{body}");
-        let (_, body) = wait_as_run(app, &format!("late-{event}-{i}"), event, &receiver.url("/late")).await;
+        let (_, body) = wait_as_run(
+            app,
+            &format!("late-{event}-{i}"),
+            event,
+            &receiver.url("/late"),
+        )
+        .await;
         assert_eq!(body["status"], "waiting", "{body}");
         let (_, body) = app
-            .post(&format!("/v2/notify/late-{event}-{i}/{event}"), &app.token, "ok")
+            .post(
+                &format!("/v2/notify/late-{event}-{i}/{event}"),
+                &app.token,
+                "ok",
+            )
             .await;
         assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
-        let (_, body) = wait_as_run(app, &format!("gone-{event}-{i}"), event, &receiver.url("/gone")).await;
+        let (_, body) = wait_as_run(
+            app,
+            &format!("gone-{event}-{i}"),
+            event,
+            &receiver.url("/gone"),
+        )
+        .await;
         assert_eq!(body["status"], "waiting", "{body}");
         let (status, body) = app
             .send(

@@ -24,3 +24,4 @@ mod races;
 mod repartition;
 mod topology;
 mod traces;
+mod upgrade;
