@@ -19,7 +19,7 @@ mod record;
 pub mod retry;
 pub mod signing;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use redis::streams::{
     StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
 };
 use redis::AsyncCommands;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -184,38 +184,40 @@ impl Deliverer {
                     }
                 },
             };
-            // Read without holding attempt slots: a reader blocked on a quiet partition
-            // must not keep the slots another partition's entries are waiting for (that
-            // delayed deliveries by up to `block_ms`). Each entry read then waits for a
-            // slot, so a reader holds at most `read_batch` entries not yet started.
-            let batch = self.settings.delivery.read_batch;
+            // Take no more than can start: wait until an attempt slot is free, then read at
+            // most as many entries as slots are free. The read does not hold the slots: a
+            // reader blocked on a quiet partition must not keep the slots another
+            // partition's entries are waiting for (that delayed deliveries by up to
+            // `block_ms`). Another partition's reader may take them meanwhile; what then
+            // waits for a slot is kept renewed (`start`).
+            let free = tokio::select! {
+                permit = self.slots.acquire() => permit.map(drop),
+                _ = shutdown.cancelled() => break,
+            };
+            if free.is_err() {
+                break;
+            }
+            let count = self
+                .slots
+                .available_permits()
+                .clamp(1, self.settings.delivery.read_batch.max(1));
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
-                self.reclaim(c, &partition, batch).await
+                self.reclaim(c, &partition, count).await
             } else {
-                self.read(c, &partition, batch, block).await
+                self.read(c, &partition, count, block).await
+            };
+            let result = match result {
+                Ok(entries) => self.start(c, &partition, entries, &shutdown).await,
+                Err(e) => Err(e),
             };
             match result {
-                Ok(entries) => {
-                    failures = 0;
-                    for entry in entries {
-                        let permit = tokio::select! {
-                            p = self.slots.clone().acquire_owned() => p,
-                            // Entries not started stay pending and are reclaimed later.
-                            _ = shutdown.cancelled() => break,
-                        };
-                        let Ok(permit) = permit else { break };
-                        let this = self.clone();
-                        let partition = partition.clone();
-                        self.tasks.spawn(async move {
-                            this.deliver(&partition, entry).await;
-                            drop(permit);
-                        });
-                    }
-                }
+                Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(partition = partition.index, error = %e, "delivery read failed");
+                    // Entries read and not started stay pending; they are taken over (and
+                    // counted as handed out once more) after `reclaim_idle_secs`.
                     if matches!(e, StoreError::Unavailable(_)) {
                         conn = None;
                     }
@@ -226,6 +228,109 @@ impl Deliverer {
                 }
             }
         }
+    }
+
+    /// Starts the entries a read returned, in order, each as soon as an attempt slot is
+    /// free.
+    ///
+    /// An entry waiting for a slot is still pending with this consumer and ages in the
+    /// pending list; without care, receivers that hang (every slot held until the request
+    /// timeout) would let it pass `reclaim_idle_secs`, and another worker would take it
+    /// over as abandoned: delivered twice, and dead-lettered as poison once handed out
+    /// `max_deliveries` times although its receiver is healthy. So while entries wait,
+    /// they are renewed (the `renew` script: idle time reset, owner checked, no delivery
+    /// counted) every third of `reclaim_idle_secs`, and an entry that waited is renewed
+    /// once more right before it starts, so its attempt begins as fresh as one started at
+    /// once. An entry the renewal reports lost (another worker took it over while this one
+    /// was cut off from Redis) is dropped here, not delivered. A failed renewal returns the
+    /// error; the entries not started stay pending and are taken over later.
+    async fn start(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        partition: &Partition,
+        entries: Vec<StreamId>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let renew_every =
+            Duration::from_millis((self.settings.delivery.reclaim_idle_secs * 1000 / 3).max(100));
+        let mut queued: VecDeque<StreamId> = entries.into();
+        let mut renewed = Instant::now();
+        while !queued.is_empty() {
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(TryAcquireError::Closed) => return Ok(()),
+                Err(TryAcquireError::NoPermits) => {
+                    // Kept across renewals: the reader keeps its place in the queue.
+                    let acquire = self.slots.clone().acquire_owned();
+                    tokio::pin!(acquire);
+                    let p = loop {
+                        let due = renewed + renew_every;
+                        tokio::select! {
+                            p = &mut acquire => break p,
+                            _ = tokio::time::sleep_until(due.into()) => {
+                                self.renew(conn, partition, &mut queued, usize::MAX).await?;
+                                renewed = Instant::now();
+                                if queued.is_empty() {
+                                    return Ok(());
+                                }
+                            }
+                            // Entries not started stay pending and are taken over later.
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                    };
+                    let Ok(p) = p else { return Ok(()) };
+                    self.renew(conn, partition, &mut queued, 1).await?;
+                    if queued.is_empty() {
+                        return Ok(());
+                    }
+                    p
+                }
+            };
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let Some(entry) = queued.pop_front() else {
+                return Ok(());
+            };
+            let this = self.clone();
+            let partition = partition.clone();
+            self.tasks.spawn(async move {
+                this.deliver(&partition, entry).await;
+                drop(slot);
+            });
+        }
+        Ok(())
+    }
+
+    /// Renews the first `first` of the queued entries (see [`Deliverer::start`]) and drops
+    /// those this consumer no longer owns.
+    async fn renew(
+        &self,
+        conn: &mut Conn,
+        partition: &Partition,
+        queued: &mut VecDeque<StreamId>,
+        first: usize,
+    ) -> Result<(), StoreError> {
+        let n = first.min(queued.len());
+        let ids: Vec<&str> = queued.iter().take(n).map(|e| e.id.as_str()).collect();
+        let kept: HashSet<String> = scripts::renew(conn, partition, &self.consumer, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        if kept.len() < n {
+            let mut lost = Vec::new();
+            let mut index = 0;
+            queued.retain(|e| {
+                let keep = index >= n || kept.contains(&e.id);
+                if !keep {
+                    lost.push(e.id.clone());
+                }
+                index += 1;
+                keep
+            });
+            tracing::warn!(partition = partition.index, ids = ?lost, "queued deliveries were taken over by another worker; not delivered here");
+        }
+        Ok(())
     }
 
     async fn read(
