@@ -258,7 +258,51 @@ async fn loopback_is_refused_unless_allow_listed() {
             "{}",
             field(&entry, "r")
         );
+        let job: serde_json::Value = serde_json::from_str(&field(&entry, "j")).unwrap();
+        assert_eq!(job["a"], 1, "refused for good at the first attempt: {job}");
     }
     assert!(canary.all().is_empty(), "the canary received a connection");
+    app.stop().await;
+}
+
+/// A connection refused is retried, whatever the URL contains: the failure is classified
+/// by its type, not by matching words in its message (which holds the URL). The recorded
+/// error leaves out the URL's query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_whatever_the_url_contains() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.max_retries = 2;
+    let app = TestApp::start(settings).await;
+    // Nothing listens there: every attempt's connection is refused.
+    let port = crate::support::redis::free_port();
+    for (event, url) in [
+        ("in-path", format!("http://127.0.0.1:{port}/blocked:/hook")),
+        (
+            "in-query",
+            format!("http://127.0.0.1:{port}/hook?next=blocked:1&sig=query-secret"),
+        ),
+    ] {
+        assert_eq!(app.wait(event, json!({"url": url})).await.0, 200, "{url}");
+        assert_eq!(app.notify(event, "x").await.0, 201);
+    }
+    let all_dead =
+        crate::support::eventually(Duration::from_secs(20), || dead_letters(&redis).len() == 2)
+            .await;
+    assert!(all_dead, "{:?}", dead_letters(&redis));
+    for (_, entry) in dead_letters(&redis) {
+        let job: serde_json::Value = serde_json::from_str(&field(&entry, "j")).unwrap();
+        assert_eq!(
+            job["a"],
+            3,
+            "1 attempt + 2 retries, not dead-lettered at once: {job} {}",
+            field(&entry, "r")
+        );
+        assert!(
+            !field(&entry, "r").contains("query-secret"),
+            "{}",
+            field(&entry, "r")
+        );
+    }
     app.stop().await;
 }
