@@ -434,21 +434,29 @@ impl Deliverer {
         Ok(reply.claimed)
     }
 
-    async fn signing_key(&self, tenant: &str) -> Option<String> {
-        if let Some((key, at)) = self.signing_keys.lock().ok()?.get(tenant) {
-            if at.elapsed() < SIGNING_KEY_TTL {
-                return Some(key.clone());
-            }
+    /// The tenant's current signing key (cached for [`SIGNING_KEY_TTL`]), or why it cannot
+    /// be read: a Redis error, or a tenant record without its keys. There is no unsigned
+    /// fallback: the caller reschedules the delivery ([`Deliverer::attempt`]).
+    async fn signing_key(&self, tenant: &str) -> Result<String, String> {
+        let cached = |keys: &Mutex<HashMap<String, (String, Instant)>>| {
+            keys.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(tenant)
+                .filter(|(_, at)| at.elapsed() < SIGNING_KEY_TTL)
+                .map(|(key, _)| key.clone())
+        };
+        if let Some(key) = cached(&self.signing_keys) {
+            return Ok(key);
         }
-        let name = TenantName::parse(tenant).ok()?;
+        let name = TenantName::parse(tenant).map_err(|e| e.to_string())?;
         let keys = tenants::signing_keys(&mut self.redis.get(), &self.keys, &name)
             .await
-            .ok()?;
+            .map_err(|e| e.to_string())?;
         self.signing_keys
             .lock()
-            .ok()?
+            .unwrap_or_else(|e| e.into_inner())
             .insert(tenant.to_owned(), (keys.current.clone(), Instant::now()));
-        Some(keys.current)
+        Ok(keys.current)
     }
 
     /// One attempt of one entry, and its outcome written back.
@@ -476,7 +484,9 @@ impl Deliverer {
         };
         let tenant_slot = self.tenant_slots.acquire(&job.t, fairness::MAX_WAIT).await;
         let Some(_tenant_slot) = tenant_slot else {
-            self.defer(partition, &entry.id, job, &body).await;
+            tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
+            let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
+            self.defer(partition, &entry.id, job, &body, max).await;
             return;
         };
         let span = crate::telemetry::trace::delivery_span(&job);
@@ -487,20 +497,38 @@ impl Deliverer {
 
     /// One attempt of a decoded job, inside its span, and its outcome written back.
     async fn attempt(&self, partition: &Partition, entry_id: &str, mut job: Job, body: Vec<u8>) {
+        // Signing never fails open: without the tenant's key no request leaves. The delivery
+        // goes back into the retry schedule like a deferral (no attempt counted: nothing
+        // was sent, and `Upstash-Retried` keeps counting requests the receiver could have
+        // seen), backing off from 100 ms up to `max_backoff_secs` while the key stays
+        // unreadable.
+        let key = match self.signing_key(&job.t).await {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(tenant = %job.t, message_id = %job.m, deferrals = job.d, error = %error, "signing key unreadable; delivery rescheduled, not sent");
+                let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
+                self.defer(partition, entry_id, job, &body, max).await;
+                return;
+            }
+        };
         let mut outbound = http::build(&job, &body);
         record::trace_header(&mut outbound, &job);
-        if let Some(key) = self.signing_key(&job.t).await {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let jti = format!("jwt_{}", crate::api::wait::random_id(20));
-            let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
-            if let Ok(v) = reqwest::header::HeaderValue::from_str(&token) {
-                outbound.headers.push((
-                    reqwest::header::HeaderName::from_static("upstash-signature"),
-                    v,
-                ));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let jti = format!("jwt_{}", crate::api::wait::random_id(20));
+        let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
+        match reqwest::header::HeaderValue::from_str(&token) {
+            Ok(v) => outbound.headers.push((
+                reqwest::header::HeaderName::from_static("upstash-signature"),
+                v,
+            )),
+            // Not reached (a JWT is base64url and dots); if it were, nothing leaves unsigned.
+            Err(_) => {
+                let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
+                self.defer(partition, entry_id, job, &body, max).await;
+                return;
             }
         }
         let started = Instant::now();
@@ -593,14 +621,21 @@ impl Deliverer {
 }
 
 impl Deliverer {
-    /// Puts a delivery of a tenant at its concurrency bound back into the retry schedule
-    /// for a moment: no attempt is made or counted, and the entry leaves the pending list
-    /// (a deferred entry held here would be taken over by another worker as idle).
-    async fn defer(&self, partition: &Partition, entry_id: &str, mut job: Job, body: &[u8]) {
-        let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
+    /// Puts a delivery back into the retry schedule for a moment (its tenant is at its
+    /// concurrency bound, or its signing key cannot be read): no attempt is made or
+    /// counted, and the entry leaves the pending list (a deferred entry held here would be
+    /// taken over by another worker as idle). The delay doubles with each deferral of the
+    /// delivery, up to `max`.
+    async fn defer(
+        &self,
+        partition: &Partition,
+        entry_id: &str,
+        mut job: Job,
+        body: &[u8],
+        max: Duration,
+    ) {
         let delay = defer_delay(job.d, max);
         job.d = job.d.saturating_add(1);
-        tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
         let job_json = serde_json::to_string(&job).unwrap_or_default();
         let result = scripts::retry_later(
             &mut self.redis.get(),
