@@ -7,7 +7,9 @@
 //! At-least-once: an entry leaves the pending list only through one of those scripts.
 //! A worker that dies mid-attempt leaves its entries pending; any worker takes them over
 //! (`reclaim`) once they are idle for `delivery.reclaim_idle_secs`, unless they were
-//! already handed out `delivery.max_deliveries` times: then they are dead-lettered.
+//! already handed out `delivery.max_deliveries` times: then they are dead-lettered. A live
+//! worker's entries are never taken for a dead one's: it reads no more entries than it has
+//! free attempt slots, and renews those that still wait for a slot ([`Deliverer::start`]).
 //!
 //! Fairness: besides the worker-wide bound (`delivery.concurrency`), each tenant holds at
 //! most `delivery.tenant_concurrency` attempts of a worker ([`fairness`]).
