@@ -125,9 +125,10 @@ impl Drop for TenantSlot {
 }
 
 /// How long a delivery put back for the `deferrals`-th time waits: 100 ms doubling, ±25%
-/// jitter, at most `max` (the request timeout: by then every attempt that held the tenant's
-/// slots has ended). Doubling keeps a hanging tenant's backlog from cycling through Redis
-/// at a high rate.
+/// jitter, at most `max` (for a tenant at its bound, the request timeout: by then every
+/// attempt that held the tenant's slots has ended; for an unreadable signing key,
+/// `delivery.max_backoff_secs`). Doubling keeps a hanging tenant's backlog from cycling
+/// through Redis at a high rate.
 pub fn defer_delay(deferrals: u32, max: Duration) -> Duration {
     let base = 100.0 * f64::from(1u32 << deferrals.min(16));
     let jitter = rand::rng().random_range(0.75..1.25);

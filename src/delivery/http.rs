@@ -178,6 +178,28 @@ pub enum Attempt {
     Refused { reason: String },
 }
 
+/// A name that resolves only to addresses the [`IpPolicy`] refuses. The resolver returns it
+/// as a typed error, and [`Sender::send`] finds it in the error's source chain: a refusal
+/// is recognised by its type, never by words in a message (which also holds the URL, so a
+/// URL containing `blocked:` whose connection was refused would look refused for good).
+#[derive(Debug)]
+pub struct Blocked {
+    host: String,
+    reason: String,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "blocked: {} resolves to a refused address ({})",
+            self.host, self.reason
+        )
+    }
+}
+
+impl std::error::Error for Blocked {}
+
 /// Filters resolved addresses through the policy (DNS rebinding cannot bypass the check:
 /// the connection uses exactly these addresses).
 struct GuardedResolver {
@@ -202,9 +224,7 @@ impl Resolve for GuardedResolver {
                     .and_then(|a| policy.check(a.ip()).err())
                     .map(|r| r.to_string())
                     .unwrap_or_else(|| "no address".into());
-                return Err(
-                    format!("blocked: {host} resolves to a refused address ({reason})").into(),
-                );
+                return Err(Box::new(Blocked { host, reason }) as _);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -249,6 +269,7 @@ impl Sender {
         if let Some(reason) = self.refusal(&url) {
             return Attempt::Refused { reason };
         }
+        let shown = without_query(&url);
         let mut request = self.client.post(url);
         for (name, value) in outbound.headers {
             request = request.header(name, value);
@@ -256,11 +277,16 @@ impl Sender {
         let response = match request.body(outbound.body).send().await {
             Ok(r) => r,
             Err(e) => {
-                let text = error_chain(&e);
-                if text.contains("blocked:") {
-                    return Attempt::Refused { reason: text };
+                if let Some(blocked) = find_source::<Blocked>(&e) {
+                    return Attempt::Refused {
+                        reason: blocked.to_string(),
+                    };
                 }
-                return Attempt::Unreachable { error: text };
+                // The error's own text would hold the whole URL: its query string may
+                // carry a receiver's secret, and the text is logged and kept in the dead
+                // letter.
+                let error = format!("{shown}: {}", error_chain(&e.without_url()));
+                return Attempt::Unreachable { error };
             }
         };
         let status = response.status().as_u16();
@@ -297,6 +323,40 @@ impl Sender {
     }
 }
 
+/// The URL as logged and recorded: without its query string, fragment or user info (any of
+/// them may carry a secret of the receiver).
+pub fn without_query(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// The first error of type `T` in `e`'s source chain, looking inside `io::Error`s too (their
+/// `source` skips the error they wrap).
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find_source::<T>(inner) {
+                return Some(found);
+            }
+        }
+        next = err.source();
+    }
+    None
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -320,4 +380,29 @@ async fn read_excerpt(mut response: reqwest::Response) -> String {
     }
     buf.truncate(RESPONSE_EXCERPT);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_query_fragment_or_user_info() {
+        let url =
+            reqwest::Url::parse("https://user:pw@example.com:8443/a/blocked:b?key=secret#frag")
+                .unwrap();
+        assert_eq!(without_query(&url), "https://example.com:8443/a/blocked:b");
+    }
+
+    #[test]
+    fn a_refusal_is_found_by_type_inside_wrapping_errors() {
+        let blocked = Blocked {
+            host: "internal.example".into(),
+            reason: "private".into(),
+        };
+        let wrapped = std::io::Error::other(blocked);
+        assert!(find_source::<Blocked>(&wrapped).is_some());
+        let text_only = std::io::Error::other("blocked: looks refused but is not");
+        assert!(find_source::<Blocked>(&text_only).is_none());
+    }
 }

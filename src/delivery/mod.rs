@@ -7,7 +7,9 @@
 //! At-least-once: an entry leaves the pending list only through one of those scripts.
 //! A worker that dies mid-attempt leaves its entries pending; any worker takes them over
 //! (`reclaim`) once they are idle for `delivery.reclaim_idle_secs`, unless they were
-//! already handed out `delivery.max_deliveries` times: then they are dead-lettered.
+//! already handed out `delivery.max_deliveries` times: then they are dead-lettered. A live
+//! worker's entries are never taken for a dead one's: it reads no more entries than it has
+//! free attempt slots, and renews those that still wait for a slot ([`Deliverer::start`]).
 //!
 //! Fairness: besides the worker-wide bound (`delivery.concurrency`), each tenant holds at
 //! most `delivery.tenant_concurrency` attempts of a worker ([`fairness`]).
@@ -19,7 +21,7 @@ mod record;
 pub mod retry;
 pub mod signing;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,7 @@ use redis::streams::{
     StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
 };
 use redis::AsyncCommands;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -184,38 +186,40 @@ impl Deliverer {
                     }
                 },
             };
-            // Read without holding attempt slots: a reader blocked on a quiet partition
-            // must not keep the slots another partition's entries are waiting for (that
-            // delayed deliveries by up to `block_ms`). Each entry read then waits for a
-            // slot, so a reader holds at most `read_batch` entries not yet started.
-            let batch = self.settings.delivery.read_batch;
+            // Take no more than can start: wait until an attempt slot is free, then read at
+            // most as many entries as slots are free. The read does not hold the slots: a
+            // reader blocked on a quiet partition must not keep the slots another
+            // partition's entries are waiting for (that delayed deliveries by up to
+            // `block_ms`). Another partition's reader may take them meanwhile; what then
+            // waits for a slot is kept renewed (`start`).
+            let free = tokio::select! {
+                permit = self.slots.acquire() => permit.map(drop),
+                _ = shutdown.cancelled() => break,
+            };
+            if free.is_err() {
+                break;
+            }
+            let count = self
+                .slots
+                .available_permits()
+                .clamp(1, self.settings.delivery.read_batch.max(1));
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
-                self.reclaim(c, &partition, batch).await
+                self.reclaim(c, &partition, count).await
             } else {
-                self.read(c, &partition, batch, block).await
+                self.read(c, &partition, count, block).await
+            };
+            let result = match result {
+                Ok(entries) => self.start(c, &partition, entries, &shutdown).await,
+                Err(e) => Err(e),
             };
             match result {
-                Ok(entries) => {
-                    failures = 0;
-                    for entry in entries {
-                        let permit = tokio::select! {
-                            p = self.slots.clone().acquire_owned() => p,
-                            // Entries not started stay pending and are reclaimed later.
-                            _ = shutdown.cancelled() => break,
-                        };
-                        let Ok(permit) = permit else { break };
-                        let this = self.clone();
-                        let partition = partition.clone();
-                        self.tasks.spawn(async move {
-                            this.deliver(&partition, entry).await;
-                            drop(permit);
-                        });
-                    }
-                }
+                Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(partition = partition.index, error = %e, "delivery read failed");
+                    // Entries read and not started stay pending; they are taken over (and
+                    // counted as handed out once more) after `reclaim_idle_secs`.
                     if matches!(e, StoreError::Unavailable(_)) {
                         conn = None;
                     }
@@ -226,6 +230,109 @@ impl Deliverer {
                 }
             }
         }
+    }
+
+    /// Starts the entries a read returned, in order, each as soon as an attempt slot is
+    /// free.
+    ///
+    /// An entry waiting for a slot is still pending with this consumer and ages in the
+    /// pending list; without care, receivers that hang (every slot held until the request
+    /// timeout) would let it pass `reclaim_idle_secs`, and another worker would take it
+    /// over as abandoned: delivered twice, and dead-lettered as poison once handed out
+    /// `max_deliveries` times although its receiver is healthy. So while entries wait,
+    /// they are renewed (the `renew` script: idle time reset, owner checked, no delivery
+    /// counted) every third of `reclaim_idle_secs`, and an entry that waited is renewed
+    /// once more right before it starts, so its attempt begins as fresh as one started at
+    /// once. An entry the renewal reports lost (another worker took it over while this one
+    /// was cut off from Redis) is dropped here, not delivered. A failed renewal returns the
+    /// error; the entries not started stay pending and are taken over later.
+    async fn start(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        partition: &Partition,
+        entries: Vec<StreamId>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let renew_every =
+            Duration::from_millis((self.settings.delivery.reclaim_idle_secs * 1000 / 3).max(100));
+        let mut queued: VecDeque<StreamId> = entries.into();
+        let mut renewed = Instant::now();
+        while !queued.is_empty() {
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(TryAcquireError::Closed) => return Ok(()),
+                Err(TryAcquireError::NoPermits) => {
+                    // Kept across renewals: the reader keeps its place in the queue.
+                    let acquire = self.slots.clone().acquire_owned();
+                    tokio::pin!(acquire);
+                    let p = loop {
+                        let due = renewed + renew_every;
+                        tokio::select! {
+                            p = &mut acquire => break p,
+                            _ = tokio::time::sleep_until(due.into()) => {
+                                self.renew(conn, partition, &mut queued, usize::MAX).await?;
+                                renewed = Instant::now();
+                                if queued.is_empty() {
+                                    return Ok(());
+                                }
+                            }
+                            // Entries not started stay pending and are taken over later.
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                    };
+                    let Ok(p) = p else { return Ok(()) };
+                    self.renew(conn, partition, &mut queued, 1).await?;
+                    if queued.is_empty() {
+                        return Ok(());
+                    }
+                    p
+                }
+            };
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let Some(entry) = queued.pop_front() else {
+                return Ok(());
+            };
+            let this = self.clone();
+            let partition = partition.clone();
+            self.tasks.spawn(async move {
+                this.deliver(&partition, entry).await;
+                drop(slot);
+            });
+        }
+        Ok(())
+    }
+
+    /// Renews the first `first` of the queued entries (see [`Deliverer::start`]) and drops
+    /// those this consumer no longer owns.
+    async fn renew(
+        &self,
+        conn: &mut Conn,
+        partition: &Partition,
+        queued: &mut VecDeque<StreamId>,
+        first: usize,
+    ) -> Result<(), StoreError> {
+        let n = first.min(queued.len());
+        let ids: Vec<&str> = queued.iter().take(n).map(|e| e.id.as_str()).collect();
+        let kept: HashSet<String> = scripts::renew(conn, partition, &self.consumer, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        if kept.len() < n {
+            let mut lost = Vec::new();
+            let mut index = 0;
+            queued.retain(|e| {
+                let keep = index >= n || kept.contains(&e.id);
+                if !keep {
+                    lost.push(e.id.clone());
+                }
+                index += 1;
+                keep
+            });
+            tracing::warn!(partition = partition.index, ids = ?lost, "queued deliveries were taken over by another worker; not delivered here");
+        }
+        Ok(())
     }
 
     async fn read(
@@ -329,21 +436,29 @@ impl Deliverer {
         Ok(reply.claimed)
     }
 
-    async fn signing_key(&self, tenant: &str) -> Option<String> {
-        if let Some((key, at)) = self.signing_keys.lock().ok()?.get(tenant) {
-            if at.elapsed() < SIGNING_KEY_TTL {
-                return Some(key.clone());
-            }
+    /// The tenant's current signing key (cached for [`SIGNING_KEY_TTL`]), or why it cannot
+    /// be read: a Redis error, or a tenant record without its keys. There is no unsigned
+    /// fallback: the caller reschedules the delivery ([`Deliverer::attempt`]).
+    async fn signing_key(&self, tenant: &str) -> Result<String, String> {
+        let cached = |keys: &Mutex<HashMap<String, (String, Instant)>>| {
+            keys.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(tenant)
+                .filter(|(_, at)| at.elapsed() < SIGNING_KEY_TTL)
+                .map(|(key, _)| key.clone())
+        };
+        if let Some(key) = cached(&self.signing_keys) {
+            return Ok(key);
         }
-        let name = TenantName::parse(tenant).ok()?;
+        let name = TenantName::parse(tenant).map_err(|e| e.to_string())?;
         let keys = tenants::signing_keys(&mut self.redis.get(), &self.keys, &name)
             .await
-            .ok()?;
+            .map_err(|e| e.to_string())?;
         self.signing_keys
             .lock()
-            .ok()?
+            .unwrap_or_else(|e| e.into_inner())
             .insert(tenant.to_owned(), (keys.current.clone(), Instant::now()));
-        Some(keys.current)
+        Ok(keys.current)
     }
 
     /// One attempt of one entry, and its outcome written back.
@@ -371,7 +486,9 @@ impl Deliverer {
         };
         let tenant_slot = self.tenant_slots.acquire(&job.t, fairness::MAX_WAIT).await;
         let Some(_tenant_slot) = tenant_slot else {
-            self.defer(partition, &entry.id, job, &body).await;
+            tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
+            let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
+            self.defer(partition, &entry.id, job, &body, max).await;
             return;
         };
         let span = crate::telemetry::trace::delivery_span(&job);
@@ -382,20 +499,38 @@ impl Deliverer {
 
     /// One attempt of a decoded job, inside its span, and its outcome written back.
     async fn attempt(&self, partition: &Partition, entry_id: &str, mut job: Job, body: Vec<u8>) {
+        // Signing never fails open: without the tenant's key no request leaves. The delivery
+        // goes back into the retry schedule like a deferral (no attempt counted: nothing
+        // was sent, and `Upstash-Retried` keeps counting requests the receiver could have
+        // seen), backing off from 100 ms up to `max_backoff_secs` while the key stays
+        // unreadable.
+        let key = match self.signing_key(&job.t).await {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(tenant = %job.t, message_id = %job.m, deferrals = job.d, error = %error, "signing key unreadable; delivery rescheduled, not sent");
+                let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
+                self.defer(partition, entry_id, job, &body, max).await;
+                return;
+            }
+        };
         let mut outbound = http::build(&job, &body);
         record::trace_header(&mut outbound, &job);
-        if let Some(key) = self.signing_key(&job.t).await {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let jti = format!("jwt_{}", crate::api::wait::random_id(20));
-            let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
-            if let Ok(v) = reqwest::header::HeaderValue::from_str(&token) {
-                outbound.headers.push((
-                    reqwest::header::HeaderName::from_static("upstash-signature"),
-                    v,
-                ));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let jti = format!("jwt_{}", crate::api::wait::random_id(20));
+        let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
+        match reqwest::header::HeaderValue::from_str(&token) {
+            Ok(v) => outbound.headers.push((
+                reqwest::header::HeaderName::from_static("upstash-signature"),
+                v,
+            )),
+            // Not reached (a JWT is base64url and dots); if it were, nothing leaves unsigned.
+            Err(_) => {
+                let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
+                self.defer(partition, entry_id, job, &body, max).await;
+                return;
             }
         }
         let started = Instant::now();
@@ -488,14 +623,21 @@ impl Deliverer {
 }
 
 impl Deliverer {
-    /// Puts a delivery of a tenant at its concurrency bound back into the retry schedule
-    /// for a moment: no attempt is made or counted, and the entry leaves the pending list
-    /// (a deferred entry held here would be taken over by another worker as idle).
-    async fn defer(&self, partition: &Partition, entry_id: &str, mut job: Job, body: &[u8]) {
-        let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
+    /// Puts a delivery back into the retry schedule for a moment (its tenant is at its
+    /// concurrency bound, or its signing key cannot be read): no attempt is made or
+    /// counted, and the entry leaves the pending list (a deferred entry held here would be
+    /// taken over by another worker as idle). The delay doubles with each deferral of the
+    /// delivery, up to `max`.
+    async fn defer(
+        &self,
+        partition: &Partition,
+        entry_id: &str,
+        mut job: Job,
+        body: &[u8],
+        max: Duration,
+    ) {
         let delay = defer_delay(job.d, max);
         job.d = job.d.saturating_add(1);
-        tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
         let job_json = serde_json::to_string(&job).unwrap_or_default();
         let result = scripts::retry_later(
             &mut self.redis.get(),

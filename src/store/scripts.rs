@@ -46,10 +46,11 @@ script!(RETRY_LATER, "retry_later.lua");
 script!(PROMOTE_DUE, "promote_due.lua");
 script!(DEAD_LETTER, "dead_letter.lua", with_shared);
 script!(RECLAIM, "reclaim.lua", with_shared);
+script!(RENEW, "renew.lua");
 script!(REDRIVE, "redrive.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 12] {
+pub fn all() -> [(&'static str, &'static Script); 13] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -61,6 +62,7 @@ pub fn all() -> [(&'static str, &'static Script); 12] {
         ("promote_due", &PROMOTE_DUE),
         ("dead_letter", &DEAD_LETTER),
         ("reclaim", &RECLAIM),
+        ("renew", &RENEW),
         ("redrive", &REDRIVE),
         ("rate_limit", &RATE_LIMIT),
     ]
@@ -766,6 +768,25 @@ pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimRepl
             .collect::<Result<_, _>>()?,
         gone: array(gone)?.iter().map(text).collect::<Result<_, _>>()?,
     })
+}
+
+/// Resets the idle time of entries `consumer` read and has not started yet; returns the
+/// ids it still owns (the others must not be delivered by it).
+pub async fn renew(
+    conn: &mut Conn,
+    partition: &Partition,
+    consumer: &str,
+    entry_ids: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    let mut inv = RENEW.prepare_invoke();
+    inv.key(partition.deliveries()).arg(GROUP).arg(consumer);
+    for id in entry_ids {
+        inv.arg(*id);
+    }
+    array(invoke(conn, "renew", inv).await?)?
+        .iter()
+        .map(text)
+        .collect()
 }
 
 /// Moves a dead letter back into its partition's delivery stream with `job_json` (the

@@ -258,7 +258,183 @@ async fn loopback_is_refused_unless_allow_listed() {
             "{}",
             field(&entry, "r")
         );
+        let job: serde_json::Value = serde_json::from_str(&field(&entry, "j")).unwrap();
+        assert_eq!(job["a"], 1, "refused for good at the first attempt: {job}");
     }
     assert!(canary.all().is_empty(), "the canary received a connection");
+    app.stop().await;
+}
+
+/// A connection refused is retried, whatever the URL contains: the failure is classified
+/// by its type, not by matching words in its message (which holds the URL). The recorded
+/// error leaves out the URL's query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_whatever_the_url_contains() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.max_retries = 2;
+    let app = TestApp::start(settings).await;
+    // Nothing listens there: every attempt's connection is refused.
+    let port = crate::support::redis::free_port();
+    for (event, url) in [
+        ("in-path", format!("http://127.0.0.1:{port}/blocked:/hook")),
+        (
+            "in-query",
+            format!("http://127.0.0.1:{port}/hook?next=blocked:1&sig=query-secret"),
+        ),
+    ] {
+        assert_eq!(app.wait(event, json!({"url": url})).await.0, 200, "{url}");
+        assert_eq!(app.notify(event, "x").await.0, 201);
+    }
+    let all_dead =
+        crate::support::eventually(Duration::from_secs(20), || dead_letters(&redis).len() == 2)
+            .await;
+    assert!(all_dead, "{:?}", dead_letters(&redis));
+    for (_, entry) in dead_letters(&redis) {
+        let job: serde_json::Value = serde_json::from_str(&field(&entry, "j")).unwrap();
+        assert_eq!(
+            job["a"],
+            3,
+            "1 attempt + 2 retries, not dead-lettered at once: {job} {}",
+            field(&entry, "r")
+        );
+        assert!(
+            !field(&entry, "r").contains("query-secret"),
+            "{}",
+            field(&entry, "r")
+        );
+    }
+    app.stop().await;
+}
+
+/// The job of message `message_id` while it sits in the retry schedule, if it does.
+fn scheduled_job(
+    redis: &RedisServer,
+    keys: &herald::store::Keys,
+    message_id: &str,
+) -> Option<serde_json::Value> {
+    let mut conn = redis.client();
+    keys.all_partitions().find_map(|p| {
+        let job: Option<String> = redis::cmd("HGET")
+            .arg(p.retry_jobs())
+            .arg(message_id)
+            .query(&mut conn)
+            .unwrap();
+        job.map(|j| serde_json::from_str(&j).unwrap())
+    })
+}
+
+/// Whether `token` is an HS256 JWT signed with `key`.
+fn signed_with(token: &str, key: &str) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some((input, signature)) = token.rsplit_once('.') else {
+        return false;
+    };
+    let Ok(signature) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    mac.verify_slice(&signature).is_ok()
+}
+
+/// Signing never fails open: while a tenant's signing key cannot be read (its fields are
+/// gone, or Redis refuses the read), its deliveries wait in the retry schedule, without an
+/// attempt counted; once the key is back they leave signed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_never_leaves_unsigned_when_the_signing_key_cannot_be_read() {
+    // Standalone whatever the suite's topology: the second case changes the server's ACL.
+    let redis = RedisServer::start_with(&[]);
+    let settings = test_settings(&redis.url());
+    let keys = herald::store::Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let app = TestApp::start(settings).await;
+    let receiver = Receiver::start().await;
+    let other = app.tenant_token("other").await;
+    let cases = [
+        ("acme", app.token.clone(), "fields-gone"),
+        ("other", other, "read-refused"),
+    ];
+    for (tenant, token, case) in cases {
+        let tenant_key = keys.tenant(&herald::domain::TenantName::parse(tenant).unwrap());
+        let mut conn = redis.client();
+        let (current, next): (String, String) = redis::cmd("HMGET")
+            .arg(&tenant_key)
+            .arg("signing_current")
+            .arg("signing_next")
+            .query(&mut conn)
+            .unwrap();
+        let path = format!("/signed/{case}");
+        let (status, _) = app
+            .post(
+                &format!("/v2/wait/{case}"),
+                &token,
+                json!({ "url": receiver.url(&path) }).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200);
+        if case == "fields-gone" {
+            let _: () = redis::cmd("HDEL")
+                .arg(&tenant_key)
+                .arg("signing_current")
+                .arg("signing_next")
+                .query(&mut conn)
+                .unwrap();
+        } else {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg("-hmget")
+                .query(&mut conn)
+                .unwrap();
+        }
+        let (status, notified) = app.post(&format!("/v2/notify/{case}"), &token, "x").await;
+        assert_eq!(status, 201, "{notified}");
+        let message_id = notified[0]["messageId"].as_str().unwrap().to_owned();
+        // Put back into the retry schedule, again and again, without an attempt counted.
+        let rescheduled = crate::support::eventually(Duration::from_secs(10), || {
+            scheduled_job(&redis, &keys, &message_id).is_some_and(|j| j["d"].as_u64() >= Some(2))
+        })
+        .await;
+        assert!(
+            rescheduled,
+            "{case}: the delivery is rescheduled while the key cannot be read; received: {:?}",
+            receiver.at(&path)
+        );
+        assert!(
+            receiver.at(&path).is_empty(),
+            "{case}: nothing leaves unsigned: {:?}",
+            receiver.at(&path)
+        );
+        assert_eq!(scheduled_job(&redis, &keys, &message_id).unwrap()["a"], 0);
+        if case == "fields-gone" {
+            let _: () = redis::cmd("HSET")
+                .arg(&tenant_key)
+                .arg("signing_current")
+                .arg(&current)
+                .arg("signing_next")
+                .arg(&next)
+                .query(&mut conn)
+                .unwrap();
+        } else {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg("+hmget")
+                .query(&mut conn)
+                .unwrap();
+        }
+        let got = receiver.expect(&path, 1).await;
+        let signature = got[0].header("upstash-signature").unwrap_or("");
+        assert!(
+            signed_with(signature, &current),
+            "{case}: signed with the tenant's current key: {signature:?}"
+        );
+        assert_eq!(
+            got[0].header("upstash-retried"),
+            Some("0"),
+            "{case}: no attempt was counted"
+        );
+    }
+    assert!(dead_letters(&redis).is_empty());
     app.stop().await;
 }

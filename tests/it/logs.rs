@@ -99,7 +99,42 @@ async fn logs_carry_context_fields_and_never_secrets() {
     .await;
     secrets.push(new_token["token"].as_str().unwrap().to_owned());
 
+    // A failing delivery's log lines leave out its URL's query string (it may hold a
+    // receiver's secret).
+    let query_secret = "query-secret-61b0c4".to_owned();
+    secrets.push(query_secret.clone());
+    let refused = format!(
+        "http://127.0.0.1:{}/hook?key={query_secret}",
+        crate::support::redis::free_port()
+    );
+    let token = new_token["token"].as_str().unwrap().to_owned();
+    let status = http
+        .post(format!("{base}/v2/wait/refused"))
+        .bearer_auth(&token)
+        .body(json!({ "url": refused }).to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let status = http
+        .post(format!("{base}/v2/notify/refused"))
+        .bearer_auth(&token)
+        .body("x")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+
     receiver.expect("/flaky", 2).await;
+    let refused_logged = crate::support::eventually(Duration::from_secs(10), || {
+        herald.logs().iter().any(|l| {
+            l.contains("\"message\":\"delivery attempt failed\"") && l.contains("\"refused\"")
+        })
+    })
+    .await;
+    assert!(refused_logged, "{}", herald.logs().join("\n"));
     let delivered = crate::support::eventually(Duration::from_secs(10), || {
         herald
             .logs()
@@ -127,7 +162,7 @@ async fn logs_carry_context_fields_and_never_secrets() {
     let failed = logs
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "delivery attempt failed")
+        .find(|v| v["message"] == "delivery attempt failed" && v["span"]["event_id"] == "logged")
         .unwrap_or_else(|| panic!("no failed attempt logged: {}", logs.join("\n")));
     let span = &failed["span"];
     assert_eq!(span["tenant"], "acme", "{failed}");
