@@ -40,7 +40,8 @@ use crate::client::Api;
 use crate::receiver::Receiver;
 use crate::scenarios::{Ctx, Params};
 
-const ALL: &str = "baseline,notify_api_only,notify,notify_at_rate,lookback,fanout,timeouts,memory";
+const ALL: &str =
+    "baseline,notify_api_only,notify,notify_at_rate,lookback,lookback_crowd,fanout,timeouts,memory";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,6 +80,12 @@ struct Args {
     /// Idle waiters, and saved notifications, measured by the memory scenario.
     #[arg(long, default_value_t = 100_000)]
     memory_entries: usize,
+    /// N of lookback_crowd: how many runs wait on its one event (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100,10000,100000")]
+    crowd: Vec<usize>,
+    /// Lookback notifies lookback_crowd measures per N (rounds of N runs).
+    #[arg(long, default_value_t = 10_000)]
+    crowd_notifies: usize,
     /// Redis persistence: "no" (no AOF, as `herald dev`), "everysec" or "always".
     #[arg(long, default_value = "no")]
     appendfsync: String,
@@ -110,6 +117,8 @@ impl Args {
         self.fanout = 300;
         self.timeouts = 200;
         self.memory_entries = 1_000;
+        self.crowd = vec![20, 400];
+        self.crowd_notifies = 400;
         self
     }
 }
@@ -291,6 +300,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             fanout: args.fanout,
             timeouts: args.timeouts,
             memory_entries: args.memory_entries,
+            crowd: args.crowd.clone(),
+            crowd_notifies: args.crowd_notifies,
         },
     };
     let mut all_ok = true;
@@ -307,6 +318,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "notify_api_only" => scenarios::notify_api_only(&ctx, baseline_per_s).await,
             "notify_at_rate" => scenarios::notify_at_rate(&ctx).await,
             "lookback" => scenarios::lookback(&ctx).await,
+            "lookback_crowd" => scenarios::lookback_crowd(&ctx).await,
             "fanout" => scenarios::fanout(&ctx).await,
             "timeouts" => scenarios::timeouts(&ctx).await,
             "memory" => scenarios::memory(&ctx).await,

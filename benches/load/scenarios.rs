@@ -31,6 +31,10 @@ pub struct Params {
     pub fanout: usize,
     pub timeouts: usize,
     pub memory_entries: usize,
+    /// N of lookback_crowd: runs waiting on one event.
+    pub crowd: Vec<usize>,
+    /// Lookback notifies measured per N (in rounds of N).
+    pub crowd_notifies: usize,
 }
 
 pub struct Ctx {
@@ -810,4 +814,134 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
         })),
         Some(per_s),
     )
+}
+
+/// Redis' own accounting of EVALSHA since the last `CONFIG RESETSTAT`: (calls, µs).
+async fn evalsha_stats(ctx: &Ctx) -> anyhow::Result<(u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut ctx.redis.get())
+        .await?;
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or("");
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("calls"), field("usec")))
+}
+
+/// Lookback in a crowd: for each N of `--crowd`, N runs wait on one event id, then each
+/// is notified by its run id (lookback notify). Rounds repeat until about
+/// `--crowd-notifies` notifies were measured per N. Per notify: the script's time in Redis
+/// (INFO commandstats), Redis' CPU and the request latency, on the API-only Herald (no
+/// deliveries compete; each notify must take its run's waiter). With the run index the
+/// cost does not depend on N.
+pub async fn lookback_crowd(ctx: &Ctx) -> Value {
+    let c = ctx.p.concurrency;
+    let mut check = Check::default();
+    let mut sizes = Vec::new();
+    let api = ctx.api_only.clone();
+    let body = wait_body(&ctx.receiver.url("/crowd"), "1h");
+    for &n in &ctx.p.crowd {
+        let rounds = ctx.p.crowd_notifies.div_ceil(n.max(1)).max(1);
+        let (mut latencies_ms, mut notify_s, mut calls, mut script_us) = (Vec::new(), 0.0, 0, 0);
+        let mut redis_cpu_ms = 0.0;
+        for _ in 0..rounds {
+            let tag = random_id(6);
+            let event = format!("crowd{tag}");
+            let runs = format!("wfr_{tag}-");
+            let registered = {
+                let (api, event, runs, body) =
+                    (api.clone(), event.clone(), runs.clone(), body.clone());
+                run_concurrently(n, c, move |i| {
+                    let (api, event, body) = (api.clone(), event.clone(), body.clone());
+                    let run = format!("{runs}{i}");
+                    async move {
+                        let reply = api.wait(&event, &body, Some(&run)).await?;
+                        anyhow::ensure!(reply["status"] == "waiting", "wait {run}: {reply}");
+                        Ok(())
+                    }
+                })
+                .await
+            };
+            check.failures("crowd waits", &registered);
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut ctx.redis.get())
+                .await
+                .unwrap_or(());
+            let cpu_before = procs::cpu_ms(ctx.redis_pid);
+            let started = Instant::now();
+            let notified = {
+                let (api, event, runs) = (api.clone(), event.clone(), runs.clone());
+                run_concurrently(n, c, move |i| {
+                    let (api, event) = (api.clone(), event.clone());
+                    let run = format!("{runs}{i}");
+                    async move {
+                        let sent = Instant::now();
+                        let outcome = api.notify_run(&run, &event, NOTIFY_BODY).await?;
+                        anyhow::ensure!(outcome == "delivered", "lookback notify {run}: {outcome}");
+                        Ok(sent.elapsed().as_secs_f64() * 1000.0)
+                    }
+                })
+                .await
+            };
+            notify_s += started.elapsed().as_secs_f64();
+            if let (Some(a), Some(b)) = (cpu_before, procs::cpu_ms(ctx.redis_pid)) {
+                redis_cpu_ms += b - a;
+            }
+            match evalsha_stats(ctx).await {
+                Ok((k, us)) => {
+                    calls += k;
+                    script_us += us;
+                }
+                Err(e) => check.expect(false, || format!("INFO commandstats: {e:#}")),
+            }
+            check.failures("crowd lookback notifies", &notified);
+            latencies_ms.extend(notified.into_iter().filter_map(Result::ok));
+        }
+        let notifies = latencies_ms.len();
+        let per = |total: f64| {
+            if notifies == 0 {
+                Value::Null
+            } else {
+                json!((total / notifies as f64 * 10.0).round() / 10.0)
+            }
+        };
+        sizes.push(json!({
+            "waiting": n,
+            "rounds": rounds,
+            "notifies": notifies,
+            "notify_per_s": rate(notifies, notify_s),
+            "latency_ms": summary(latencies_ms),
+            "script_us_per_notify": per(script_us as f64),
+            "script_calls": calls,
+            "redis_cpu_us_per_notify": per(redis_cpu_ms * 1000.0),
+        }));
+    }
+    let ratio = |field: &str| {
+        let first = sizes.first()?.get(field)?.as_f64()?;
+        let last = sizes.last()?.get(field)?.as_f64()?;
+        (first > 0.0).then(|| (last / first * 100.0).round() / 100.0)
+    };
+    let p50 = |s: &Value| s["latency_ms"]["p50"].as_f64();
+    let p50_ratio = match (sizes.first().and_then(p50), sizes.last().and_then(p50)) {
+        (Some(a), Some(b)) if a > 0.0 => Some((b / a * 100.0).round() / 100.0),
+        _ => None,
+    };
+    check.finish(json!({
+        "scenario": "lookback_crowd",
+        "concurrency": c,
+        "sizes": sizes,
+        "largest_to_smallest": {
+            "script_us_per_notify": ratio("script_us_per_notify"),
+            "redis_cpu_us_per_notify": ratio("redis_cpu_us_per_notify"),
+            "latency_p50": p50_ratio,
+        },
+    }))
 }
