@@ -783,6 +783,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         first_call: true,
                         history: herald::store::scripts::HistoryArgs::defaults(),
                         rate: None,
+                        body_id: &random_id(20),
                     },
                 )
                 .await?;
