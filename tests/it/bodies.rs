@@ -93,9 +93,13 @@ async fn a_broadcast_stores_its_body_once_and_drops_it_after_the_last_delivery()
     // Deliveries are enqueued while no worker runs, so what they store can be measured.
     let api = TestApp::start_role(settings.clone(), Role::Api).await;
     let receiver = Receiver::start().await;
+    // Two receivers fail once: their jobs are retried (scheduled, then promoted) first.
+    for i in 0..2 {
+        receiver.script(&format!("/r/{i:02}"), &[500, 200], &[]);
+    }
     const WAITERS: usize = 20;
     for i in 0..WAITERS {
-        let url = receiver.url(&format!("/r/{i}"));
+        let url = receiver.url(&format!("/r/{i:02}"));
         assert_eq!(api.wait("bulk", json!({ "url": url })).await.0, 200);
     }
     let before = stored_bytes(&redis, &prefix);
@@ -112,8 +116,11 @@ async fn a_broadcast_stores_its_body_once_and_drops_it_after_the_last_delivery()
 
     let worker = app::start(settings, Role::Worker).await.unwrap();
     for i in 0..WAITERS {
-        let got = receiver.expect(&format!("/r/{i}"), 1).await;
-        assert_eq!(got[0].body_text(), body, "waiter {i}");
+        let attempts = if i < 2 { 2 } else { 1 };
+        let got = receiver.expect(&format!("/r/{i:02}"), attempts).await;
+        for attempt in &got {
+            assert_eq!(attempt.body_text(), body, "waiter {i}");
+        }
     }
     // Acknowledged: nothing of the body is left.
     no_body_keys_left(&redis, &prefix).await;
@@ -284,6 +291,94 @@ async fn jobs_and_dead_letters_holding_their_body_inline_still_deliver_and_redri
         messages,
         ["msg_old_dead", "msg_old_retry", "msg_old_stream"]
     );
+    worker.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_deliveries_of_a_broadcast_are_dead_lettered_with_their_body() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.reclaim_idle_secs = 2;
+    settings.delivery.max_deliveries = 3;
+    let prefix = settings.redis.key_prefix.clone();
+    let api = TestApp::start_role(settings.clone(), Role::Api).await;
+    let receiver = Receiver::start().await;
+    for i in 0..2 {
+        let url = receiver.url(&format!("/poison/{i}"));
+        assert_eq!(api.wait("poison", json!({ "url": url })).await.0, 200);
+    }
+    let body = body_of(16 * 1024);
+    assert_eq!(api.notify("poison", &body).await.0, 201);
+    // Consumers that "die" holding both entries, three times over.
+    let state = &api.running.as_ref().unwrap().state;
+    let stream = state
+        .keys
+        .partition_of(
+            &TenantName::parse("acme").unwrap(),
+            &EventId::parse("poison").unwrap(),
+        )
+        .deliveries();
+    let mut conn = redis.client();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("herald")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(ids.len(), 2);
+    for ghost in ["ghost-2", "ghost-3"] {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg("herald")
+            .arg(ghost)
+            .arg(0)
+            .arg(&ids[0])
+            .arg(&ids[1])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let worker = app::start(settings, Role::Worker).await.unwrap();
+    let letters = dead_letters(&api, 2).await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["attempts"], 3, "{letter}");
+        assert_eq!(b64(&letter["body"]), body.as_bytes());
+    }
+    assert!(
+        receiver.all().is_empty(),
+        "poison entries are not handed out"
+    );
+    // One is sent again and delivered; the other is deleted: then nothing holds the body.
+    let first = letters[0]["dlqId"].as_str().unwrap();
+    let (status, reply) = api
+        .post(&format!("/v2/dlq/retry/{first}"), &api.token, "")
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let url = letters[0]["url"].as_str().unwrap();
+    let path = url.rsplit_once(&receiver.port.to_string()).unwrap().1;
+    let got = receiver.expect(path, 1).await;
+    assert_eq!(got[0].body_text(), body);
+    assert!(
+        !body_keys(&redis, &prefix).is_empty(),
+        "the other dead letter holds it"
+    );
+    let second = letters[1]["dlqId"].as_str().unwrap();
+    let (status, reply) = api
+        .send(
+            api.http
+                .delete(api.url(&format!("/v2/dlq/{second}")))
+                .bearer_auth(&api.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    no_body_keys_left(&redis, &prefix).await;
     worker.stop().await;
     api.stop().await;
 }
