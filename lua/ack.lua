@@ -28,18 +28,24 @@ for i = 2, #ARGV, 2 do
 end
 local now_ms
 local acked = 0
+local inline = {}
 for i = 2, #ARGV, 2 do
   local id, k = ARGV[i], tonumber(ARGV[i + 1])
-  if rcall('XACK', stream, group, id) == 1 then
+  if k == 0 then
+    inline[#inline + 1] = id
+  elseif rcall('XACK', stream, group, id) == 1 then
     acked = acked + 1
     rcall('XDEL', stream, id)
-    if k > 0 then
-      if not now_ms then
-        local t = rcall('TIME')
-        now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      release_body(KEYS[k], now_ms)
+    if not now_ms then
+      local t = rcall('TIME')
+      now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
+    release_body(KEYS[k], now_ms)
   end
+end
+-- Entries holding their body: one XACK and one XDEL for all of them.
+if #inline > 0 then
+  acked = acked + rcall('XACK', stream, group, unpack(inline))
+  rcall('XDEL', stream, unpack(inline))
 end
 return acked
