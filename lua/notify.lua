@@ -8,6 +8,7 @@ KEYS[4] waiter count   (STRING) the tenant's waiters registered in this partitio
 KEYS[5] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[8] > 0
 KEYS[6] history        (LIST)   the event's history (see shared/delivery.lua add_history)
 KEYS[7] event runs     (ZSET)   the event's run waiters (each taken run waiter leaves it)
+KEYS[8] body           (HASH)   the notify's body key (see shared/delivery.lua hold_body)
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -23,6 +24,10 @@ ARGV[10] history ttl     milliseconds the event's history is kept (0 = no histor
 ARGV[11] history max     entries the event's history keeps
 ARGV[12] first call      "1" on a request's first call: it records "nobody_waiting" when it
                          finds nobody (a later call finding nobody records nothing)
+ARGV[13] body id         the id KEYS[8] ends with: the same for every call of one request
+ARGV[14] inline max      bodies of at most this many bytes are kept in each job (as is the
+                         body of a call that takes one waiter); longer ones are stored once
+                         in KEYS[8] and referenced by the jobs
 
 Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
 how many were left for a further call (large fan-outs are taken in bounded batches).
@@ -30,7 +35,8 @@ Or {"limited", remaining, resetMs, retryAfterMs}: over the notify rate limit, no
 
 Invariants: each waiter taken is removed from the hash, the run index and the deadline set in the same
 script that enqueues its delivery, so it can never also time out (I1), and leaves the
-tenant's count (KEYS[4]). Running the script again after a lost reply finds the taken
+tenant's count (KEYS[4]). A body stored in KEYS[8] gains one reference per job enqueued,
+in the same script. Running the script again after a lost reply finds the taken
 waiters gone and enqueues nothing twice.
 ]]
 local rcall = redis.call
@@ -40,6 +46,7 @@ local msg_base, limit, trace = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local count_key, bucket_key = KEYS[4], KEYS[5]
 local rate, burst = tonumber(ARGV[8]), tonumber(ARGV[9])
 local history = {key = KEYS[6], ttl_ms = tonumber(ARGV[10]), max = tonumber(ARGV[11])}
+local body_key, body_id, inline_max = KEYS[8], ARGV[13], tonumber(ARGV[14])
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -68,11 +75,17 @@ else
   until cursor == '0' or #pairs_list >= 2 * limit
 end
 
+local body_ref = nil
+if #pairs_list > 2 and #body > inline_max then
+  hold_body(body_key, body, #pairs_list / 2)
+  body_ref = body_id
+end
+
 local out = {0}
 local taken = deliver_waiters(pairs_list, out, {
   ev = ev_key, runs = KEYS[7], deadlines = deadlines_key, stream = stream_key, count = count_key,
   msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
-  ct = ct, body = body, history = history,
+  ct = ct, body = body, body_ref = body_ref, history = history,
 })
 out[1] = count - taken
 return out

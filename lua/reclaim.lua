@@ -9,7 +9,8 @@ was acknowledged meanwhile is left alone.
 
 KEYS[1]     deliveries   (STREAM) delivery jobs of the partition; consumer group ARGV[1]
 KEYS[2..n]  dead letters (STREAM) the dead letters of the tenants of the candidates the
-                                  caller saw at or over the limit (none when there are none)
+                                  caller saw at or over the limit (none when there are none),
+            and bodies   (HASH)   the body keys those candidates reference
 
 ARGV[1] consumer group
 ARGV[2] consumer         the consumer taking the entries over
@@ -17,8 +18,9 @@ ARGV[3] min idle         milliseconds an entry must have been idle to be taken
 ARGV[4] max deliveries   an entry handed out this many times is dead-lettered, not taken
 ARGV[5] note             last error recorded on a poison dead letter
 ARGV[6] retention        milliseconds dead letters are kept (0 = until deleted or sent again)
-ARGV[7..] candidates, in pairs: entry id, index into KEYS of its tenant's dead letters
-          (0 when the caller saw it below the limit: it is never dead-lettered then)
+ARGV[7..] candidates, in threes: entry id, index into KEYS of its tenant's dead letters
+          (0 when the caller saw it below the limit: it is never dead-lettered then), index
+          into KEYS of the body key its entry references (0 for a body inline)
 
 Returns {claimed, dead, gone}:
   claimed  entries now owned by ARGV[2], as XCLAIM returns them ({id, {field, value, ...}})
@@ -28,7 +30,9 @@ Returns {claimed, dead, gone}:
 
 Invariants: an entry leaves the pending list only by XCLAIM to ARGV[2] or by XACK in the
 same step that writes its dead letter, so nothing is lost; a dead letter gets field
-`d` = the times the entry was handed out without an outcome.
+`d` = the times the entry was handed out without an outcome. A poison entry referencing a
+body key is dead-lettered only with that key (else it waits for the next call), and its
+dead letter keeps the body (shared/delivery.lua dead_letter_body).
 ]]
 local rcall = redis.call
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
@@ -36,18 +40,21 @@ local min_idle, max_deliveries, note = tonumber(ARGV[3]), tonumber(ARGV[4]), ARG
 local retention_ms = tonumber(ARGV[6])
 
 -- Validate before the first write: every dead-letter index names a declared key.
-for i = 7, #ARGV, 2 do
-  local k = tonumber(ARGV[i + 1])
+for i = 7, #ARGV, 3 do
+  local k, kb = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if k == nil or k < 0 or k == 1 or k > #KEYS then
     return redis.error_reply('reclaim: candidate ' .. ARGV[i] .. ' names no dead-letter key')
+  end
+  if kb == nil or kb < 0 or kb == 1 or kb > #KEYS then
+    return redis.error_reply('reclaim: candidate ' .. ARGV[i] .. ' names no body key')
   end
 end
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local claimed, dead, gone = {}, {}, {}
-for i = 7, #ARGV, 2 do
-  local id, k = ARGV[i], tonumber(ARGV[i + 1])
+for i = 7, #ARGV, 3 do
+  local id, k, kb = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local pending = rcall('XPENDING', stream, group, 'IDLE', min_idle, id, id, 1)
   if #pending == 1 then
     local deliveries = tonumber(pending[1][4])
@@ -55,18 +62,27 @@ for i = 7, #ARGV, 2 do
       -- Without its tenant's key (the caller saw it below the limit) it waits for the next call.
       if k > 0 then
         local entry = rcall('XRANGE', stream, id, id)
-        rcall('XACK', stream, group, id)
-        if #entry == 0 then
-          gone[#gone + 1] = id
-        else
-          local job, body = '', ''
+        local job, body, ref = '', '', nil
+        if #entry > 0 then
           local fields = entry[1][2]
           for f = 1, #fields, 2 do
-            if fields[f] == 'j' then job = fields[f + 1] elseif fields[f] == 'b' then body = fields[f + 1] end
+            if fields[f] == 'j' then job = fields[f + 1]
+            elseif fields[f] == 'b' then body = fields[f + 1]
+            elseif fields[f] == 'br' then ref = fields[f + 1] end
           end
+        end
+        if #entry == 0 then
+          rcall('XACK', stream, group, id)
+          gone[#gone + 1] = id
+        elseif ref == nil or (kb > 0 and names_body(KEYS[kb], ref)) then
+          rcall('XACK', stream, group, id)
           rcall('XDEL', stream, id)
-          local dl = add_dead_letter(KEYS[k], retention_ms, now_ms,
-            {'j', job, 'b', body, 's', 0, 'r', note, 'at', now_ms, 'd', deliveries})
+          local fields = {'j', job, 'b', body, 's', 0, 'r', note, 'at', now_ms, 'd', deliveries}
+          if ref then
+            dead_letter_body(KEYS[kb], now_ms, retention_ms)
+            fields[3], fields[4] = 'br', ref
+          end
+          local dl = add_dead_letter(KEYS[k], retention_ms, now_ms, fields)
           dead[#dead + 1] = id
           dead[#dead + 1] = dl
         end

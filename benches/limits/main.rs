@@ -212,6 +212,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 trace: "",
                 first_call: true,
                 history: herald::store::scripts::HistoryArgs::defaults(),
+                body_id: "b",
                 rate: folded.then_some(rate),
             };
             scripts::notify(&mut conn, &args).await.unwrap();

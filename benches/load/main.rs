@@ -41,7 +41,7 @@ use crate::receiver::Receiver;
 use crate::scenarios::{Ctx, Params};
 
 const ALL: &str =
-    "baseline,notify_api_only,notify,notify_at_rate,lookback,lookback_crowd,fanout,timeouts,memory";
+    "baseline,notify_api_only,notify,notify_at_rate,lookback,lookback_crowd,fanout,big_fanout,timeouts,memory";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +74,12 @@ struct Args {
     /// Waiters of the one fanned-out event.
     #[arg(long, default_value_t = 10_000)]
     fanout: usize,
+    /// Waiters of the one event notified with a large body (big_fanout).
+    #[arg(long, default_value_t = 10_000)]
+    big_fanout: usize,
+    /// That body's size, KiB.
+    #[arg(long, default_value_t = 1024)]
+    big_body_kib: usize,
     /// Waiters timing out in the same second.
     #[arg(long, default_value_t = 10_000)]
     timeouts: usize,
@@ -115,6 +121,8 @@ impl Args {
         self.rate = 200;
         self.rate_secs = 1;
         self.fanout = 300;
+        self.big_fanout = 20;
+        self.big_body_kib = 64;
         self.timeouts = 200;
         self.memory_entries = 1_000;
         self.crowd = vec![20, 400];
@@ -298,6 +306,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             rate: args.rate,
             rate_secs: args.rate_secs,
             fanout: args.fanout,
+            big_fanout: args.big_fanout,
+            big_body_bytes: args.big_body_kib * 1024,
             timeouts: args.timeouts,
             memory_entries: args.memory_entries,
             crowd: args.crowd.clone(),
@@ -320,6 +330,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "lookback" => scenarios::lookback(&ctx).await,
             "lookback_crowd" => scenarios::lookback_crowd(&ctx).await,
             "fanout" => scenarios::fanout(&ctx).await,
+            "big_fanout" => scenarios::big_fanout(&ctx).await,
             "timeouts" => scenarios::timeouts(&ctx).await,
             "memory" => scenarios::memory(&ctx).await,
             other => anyhow::bail!("unknown scenario {other:?}; known: {ALL}"),

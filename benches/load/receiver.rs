@@ -75,6 +75,8 @@ impl Receiver {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                // Takes the largest notify body Herald accepts (big_fanout sends 1 MiB).
+                .app_data(web::PayloadConfig::new(16 << 20))
                 .default_service(web::to(record))
         })
         .listen(listener)?

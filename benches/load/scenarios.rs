@@ -29,6 +29,8 @@ pub struct Params {
     pub rate: usize,
     pub rate_secs: usize,
     pub fanout: usize,
+    pub big_fanout: usize,
+    pub big_body_bytes: usize,
     pub timeouts: usize,
     pub memory_entries: usize,
     /// N of lookback_crowd: runs waiting on one event.
@@ -459,6 +461,90 @@ pub async fn fanout(ctx: &Ctx) -> Value {
     }))
 }
 
+/// One notify of a large body (`--big-body-kib`, 1 MiB by default) to `--big-fanout`
+/// waiters: Redis memory while the deliveries are queued and after they are all
+/// acknowledged (INFO used_memory, sampled every 20 ms, over what it was before the notify),
+/// and the time until the last delivery arrived.
+pub async fn big_fanout(ctx: &Ctx) -> Value {
+    let (f, size) = (ctx.p.big_fanout, ctx.p.big_body_bytes);
+    let mut check = Check::default();
+    let event = format!("bigfan{}", random_id(6));
+    let body = wait_body(&ctx.receiver.url("/bigfanout"), "1h");
+    let (registered, _) = register(ctx, &ctx.api, &event, f, body, true).await;
+    check.failures("waits", &registered);
+    // A JSON string of `size` bytes that no layer could shrink to a repeated byte.
+    let mut payload = String::with_capacity(size + 16);
+    payload.push('"');
+    let mut i = 0u64;
+    while payload.len() < size - 1 {
+        payload.push_str(&format!("{i:08x}"));
+        i += 1;
+    }
+    payload.truncate(size - 1);
+    payload.push('"');
+    let payload: &'static str = Box::leak(payload.into_boxed_str());
+
+    ctx.receiver.take();
+    let before = used_memory(ctx).await;
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (sampling, peak, redis) = (sampling.clone(), peak.clone(), ctx.redis.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Acquire) {
+                let info: redis::RedisResult<String> = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut redis.get())
+                    .await;
+                if let Some(used) = info.ok().and_then(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("used_memory:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                }) {
+                    peak.fetch_max(used, Ordering::AcqRel);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = clock::now_ns();
+    let notified = ctx.api.notify(&event, payload).await;
+    let replied = clock::now_ns();
+    match &notified {
+        Ok(n) => check.expect(*n == f, || format!("the notify reached {n} of {f} waiters")),
+        Err(e) => check.expect(false, || format!("notify failed: {e:#}")),
+    }
+    let all = ctx.receiver.wait_for(f, delivery_limit(f) * 4).await;
+    let done = clock::now_ns();
+    ctx.receiver.settle(Duration::from_millis(500)).await;
+    sampling.store(false, Ordering::Release);
+    let _ = sampler.await;
+    let after = used_memory(ctx).await;
+    let arrivals = ctx.receiver.take();
+    let delivered = distinct_messages(&arrivals);
+    check.expect(all && delivered == f, || {
+        format!("{delivered} of {f} waiters delivered")
+    });
+    let last = arrivals.iter().map(|a| a.at_ns).max().unwrap_or(done);
+    let mib = |bytes: i64| (bytes as f64 / 1048576.0 * 10.0).round() / 10.0;
+    let (before, after) = (before.unwrap_or(0), after.unwrap_or(0));
+    let peak = peak.load(Ordering::Acquire) as i64;
+    check.finish(json!({
+        "scenario": "big_fanout",
+        "waiters": f,
+        "body_bytes": size,
+        "notify_response_ms": ms_between(started, replied),
+        "last_delivery_ms": ms_between(started, last),
+        "deliveries_per_s": rate(delivered, ms_between(started, last) / 1000.0),
+        "redis_used_memory_before_mib": mib(before),
+        "redis_peak_added_mib": mib(peak.max(before) - before),
+        "redis_after_added_mib": mib(after - before),
+        "delivered": delivered,
+        "lost": f.saturating_sub(delivered),
+        "duplicates": arrivals.len() - delivered,
+    }))
+}
+
 fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -787,6 +873,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         first_call: true,
                         history: herald::store::scripts::HistoryArgs::defaults(),
                         rate: None,
+                        body_id: &random_id(20),
                     },
                 )
                 .await?;

@@ -3,9 +3,10 @@ shared/delivery.lua: functions joined (after shared/quota.lua) in front of the s
 that enqueue deliveries, write event history or dead letters (wait, notify, notify_run,
 expire_due, dead_letter, reclaim). Not a script of its own.
 
-enqueue_delivery(stream, job, waiter, body)
-  XADDs one delivery job to the partition's stream: field j (the job JSON) and b (the body,
-  "" for a timeout). `job` names its parts:
+enqueue_delivery(stream, job, waiter, body, body_ref)
+  XADDs one delivery job to the partition's stream: field j (the job JSON) and either b (the
+  body, "" for a timeout) or, with a body_ref, br (the id of the notify's body key, which the
+  caller holds a reference of for this job: see hold_body). `job` names its parts:
     field    the waiter's hash field "<runId>|<waiterId>": a waiter stored without its id
              (src/waiter.rs) gets it back in the job
     msg      message id (the Upstash-Message-Id of every attempt)
@@ -22,7 +23,7 @@ enqueue_delivery(stream, job, waiter, body)
 deliver_waiters(found, out, d) -> taken
   found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
   d        {ev, runs, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct,
-            body, history}
+            body, body_ref, history} (body_ref: nil for the body inline in each job)
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
   it, its run index entry (d.runs, for a run waiter) and its deadline, append field,
   waiter JSON and message id to `out`; then lower the
@@ -58,6 +59,25 @@ add_dead_letter(key, retention_ms, now_ms, fields) -> dead letter id
   retention (ms, > 0) it also drops the letters older than that (XTRIM MINID: stream ids
   are Redis times) and lets the key expire that long after its newest letter, so every
   dead letter is kept at least `retention_ms` and gone before twice that.
+
+Bodies stored once (lua/README.md, "Bodies"): a body key is a HASH `b` body bytes, `n` live
+jobs referencing it (stream entries and scheduled retries), `d` dead letters written
+referencing it and not yet deleted or sent again, `x` until when (ms) dead letters may
+still hold it (-1: until deleted, retention 0). Jobs and dead letters name it by its id
+(field br, retry-job field "<messageId>#r"); the caller passes the key itself in KEYS.
+hold_body(key, body, refs)       store the body (once) and add `refs` live references
+release_body(key, now_ms)        a live job ended (acknowledged): one reference less
+dead_letter_body(key, now_ms, retention_ms)
+                                 a live job became a dead letter: one live reference less,
+                                 one dead letter more, kept at least 2 x retention_ms from
+                                 now (a dead letter is gone before twice the retention)
+redrive_body(key, now_ms)        a dead letter became a live job again
+drop_dead_letter_body(key, now_ms) a dead letter was deleted
+settle_body(key, now_ms)         after each of them: no TTL while a live job or a letter
+                                 kept until deleted holds it; otherwise it expires when
+                                 the last dead letter may be gone, or is deleted at once
+                                 when nothing can reference it any more
+names_body(key, ref)             whether KEYS entry `key` is the body key of id `ref`
 ]]
 local function history_entry(at_ms, outcome, fields)
   local json = '{"at":' .. at_ms .. ',"outcome":"' .. outcome .. '"'
@@ -114,7 +134,59 @@ local function add_dead_letter(key, retention_ms, now_ms, fields)
   return id
 end
 
-local function enqueue_delivery(stream, job, waiter, body)
+local function settle_body(key, now_ms)
+  local v = redis.call('HMGET', key, 'n', 'd', 'x')
+  local n, d, x = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if n > 0 or (d > 0 and x < 0) then
+    redis.call('PERSIST', key)
+  elseif d > 0 and x > now_ms then
+    redis.call('PEXPIREAT', key, x)
+  else
+    redis.call('DEL', key)
+  end
+end
+
+local function hold_body(key, body, refs)
+  redis.call('HSETNX', key, 'b', body)
+  redis.call('HINCRBY', key, 'n', refs)
+  redis.call('PERSIST', key)
+end
+
+local function release_body(key, now_ms)
+  redis.call('HINCRBY', key, 'n', -1)
+  settle_body(key, now_ms)
+end
+
+local function dead_letter_body(key, now_ms, retention_ms)
+  redis.call('HINCRBY', key, 'n', -1)
+  redis.call('HINCRBY', key, 'd', 1)
+  local x = tonumber(redis.call('HGET', key, 'x')) or 0
+  if retention_ms <= 0 then
+    x = -1
+  elseif x >= 0 then
+    x = math.max(x, now_ms + 2 * retention_ms)
+  end
+  redis.call('HSET', key, 'x', x)
+  settle_body(key, now_ms)
+end
+
+local function redrive_body(key, now_ms)
+  redis.call('HINCRBY', key, 'n', 1)
+  redis.call('HINCRBY', key, 'd', -1)
+  settle_body(key, now_ms)
+end
+
+local function drop_dead_letter_body(key, now_ms)
+  redis.call('HINCRBY', key, 'd', -1)
+  settle_body(key, now_ms)
+end
+
+local function names_body(key, ref)
+  local tail = ':body:' .. ref
+  return key ~= nil and string.sub(key, -#tail) == tail
+end
+
+local function enqueue_delivery(stream, job, waiter, body, body_ref)
   if string.sub(waiter, 1, 6) ~= '{"id":' then
     local id = string.sub(job.field, string.find(job.field, '|', 1, true) + 1)
     waiter = '{"id":"' .. id .. '",' .. string.sub(waiter, 2)
@@ -122,7 +194,11 @@ local function enqueue_delivery(stream, job, waiter, body)
   local json = '{"m":"' .. job.msg .. '","k":"' .. job.kind .. '","t":"' .. job.tenant
     .. '","e":"' .. job.event .. '","n":' .. job.at_ms .. ',"q":' .. job.now_ms
     .. ',"a":0,"p":"' .. job.trace .. '","c":' .. job.ct .. ',"w":' .. waiter .. '}'
-  redis.call('XADD', stream, '*', 'j', json, 'b', body)
+  if body_ref then
+    redis.call('XADD', stream, '*', 'j', json, 'br', body_ref)
+  else
+    redis.call('XADD', stream, '*', 'j', json, 'b', body)
+  end
 end
 
 local function deliver_waiters(found, out, d)
@@ -136,7 +212,7 @@ local function deliver_waiters(found, out, d)
     enqueue_delivery(d.stream, {
       field = field, msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
       at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
-    }, waiter, d.body)
+    }, waiter, d.body, d.body_ref)
     redis.call('HDEL', d.ev, field)
     if string.sub(field, 1, 1) ~= '|' then run_fields[#run_fields + 1] = field end
     redis.call('ZREM', d.deadlines, d.tenant .. '|' .. field .. '|' .. d.event)

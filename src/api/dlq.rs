@@ -13,7 +13,7 @@ use crate::delivery::http;
 use crate::domain::EventId;
 use crate::error::ApiError;
 use crate::limits::RateClass;
-use crate::store::dead_letters::{self, DeadLetter, DeadLetterId};
+use crate::store::dead_letters::{self, DeadLetter, DeadLetterId, Redrive};
 use crate::waiter::JobKind;
 
 /// Dead letters per page unless `count` says otherwise, and the most `count` may ask for.
@@ -161,9 +161,16 @@ pub async fn retry(
     state
         .check_rate(&mut state.redis.get(), &tenant, RateClass::Read)
         .await?;
-    let message_id = dead_letters::redrive(&mut state.redis.get(), &state.keys, &tenant, &id)
-        .await?
-        .ok_or_else(|| unknown(&id))?;
+    let message_id =
+        match dead_letters::redrive(&mut state.redis.get(), &state.keys, &tenant, &id).await? {
+            Redrive::Sent(message_id) => message_id,
+            Redrive::NoLetter => return Err(unknown(&id)),
+            Redrive::BodyGone => {
+                return Err(ApiError::Conflict(format!(
+                    "dead letter {id} cannot be sent again: its stored body has expired"
+                )))
+            }
+        };
     tracing::info!(tenant = %tenant, dead_letter = %id, message = %message_id, "dead letter sent again");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messageId": message_id })))
 }

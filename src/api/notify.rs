@@ -122,6 +122,8 @@ pub async fn broadcast(
     )
     .await?;
     let mut taken = Vec::new();
+    // Every call of the broadcast references one stored body.
+    let body_id = random_id(20);
     for batch in 0..MAX_BATCHES {
         let base = message_id_base();
         let reply = scripts::notify(
@@ -139,6 +141,7 @@ pub async fn broadcast(
                 rate: admitted.rate.as_ref().filter(|_| batch == 0),
                 first_call: batch == 0,
                 history: HistoryArgs::from_settings(&state.settings.history),
+                body_id: &body_id,
             },
         )
         .await?;

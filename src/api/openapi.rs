@@ -267,9 +267,12 @@ fn build() -> Value {
             "summary": "Deliver a dead letter again (a new attempt series).",
             "security": tenant_security(),
             "parameters": [path_param("dlqId", "The dead letter's id.", "^[0-9]{1,5}-[0-9]{1,20}-[0-9]{1,20}$")],
-            "responses": tenant_errors(responses(&[("200", ok_json("Enqueued again.", json!({
-                "type": "object", "required": ["messageId"], "properties": { "messageId": { "type": "string" } }
-            })))]))
+            "responses": tenant_errors(responses(&[
+                ("200", ok_json("Enqueued again.", json!({
+                    "type": "object", "required": ["messageId"], "properties": { "messageId": { "type": "string" } }
+                }))),
+                ("409", error("The dead letter's stored body has expired (a retention raised after it was written).")),
+            ]))
         }},
         "/v2/dlq/{dlqId}": { "delete": {
             "operationId": "deleteDeadLetter", "tags": ["dlq"],

@@ -39,7 +39,9 @@ use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
 use crate::history::Recorder;
-use crate::store::scripts::{self, DeadLetterArgs, ReclaimArgs, ReclaimCandidate, RetryLaterArgs};
+use crate::store::scripts::{
+    self, DeadLetterArgs, Delivered, ReclaimArgs, ReclaimCandidate, RetryLaterArgs,
+};
 use crate::store::{tenants, Conn, Keys, Partition, RedisPool, StoreError, GROUP};
 use crate::waiter::Job;
 
@@ -48,6 +50,10 @@ const SIGNING_KEY_TTL: Duration = Duration::from_secs(5);
 
 /// Most entries acknowledged by one `ack` call.
 const ACK_BATCH: usize = 256;
+
+/// Bodies stored once (body keys) a worker keeps after reading them: the deliveries of one
+/// broadcast arrive together, and a body key's body never changes (its id is never reused).
+const BODY_CACHE: usize = 8;
 
 pub struct Deliverer {
     pub(crate) redis: RedisPool,
@@ -63,8 +69,10 @@ pub struct Deliverer {
     signing_keys: Mutex<HashMap<String, (String, Instant)>>,
     tasks: TaskTracker,
     /// Per partition, entries delivered (2xx) and not yet acknowledged.
-    acks: Vec<mpsc::UnboundedSender<String>>,
-    ack_queues: Mutex<Vec<mpsc::UnboundedReceiver<String>>>,
+    acks: Vec<mpsc::UnboundedSender<Delivered>>,
+    ack_queues: Mutex<Vec<mpsc::UnboundedReceiver<Delivered>>>,
+    /// Bodies read from body keys, most recent last (key, body).
+    bodies: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
 }
 
 impl Deliverer {
@@ -106,6 +114,7 @@ impl Deliverer {
             tasks: TaskTracker::new(),
             acks,
             ack_queues: Mutex::new(ack_queues),
+            bodies: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -144,7 +153,7 @@ impl Deliverer {
     async fn acknowledge(
         self: Arc<Self>,
         partition: Partition,
-        mut queue: mpsc::UnboundedReceiver<String>,
+        mut queue: mpsc::UnboundedReceiver<Delivered>,
         stop: CancellationToken,
     ) {
         let mut ids = Vec::with_capacity(ACK_BATCH);
@@ -381,27 +390,32 @@ impl Deliverer {
         if pending.ids.is_empty() {
             return Ok(Vec::new());
         }
-        // The tenant of a poison entry names its dead-letter stream: read it from the job.
-        let mut poison_tenants: HashMap<String, TenantName> = HashMap::new();
+        // The tenant of a poison entry names its dead-letter stream: read it from the job
+        // (and the body key it references, which its dead letter keeps).
+        let mut poison: HashMap<String, (TenantName, Option<String>)> = HashMap::new();
         for p in &pending.ids {
             if p.times_delivered >= max_deliveries as usize {
                 let range: StreamRangeReply = conn.xrange(&stream, &p.id, &p.id).await?;
-                let tenant = range
-                    .ids
-                    .first()
+                let entry = range.ids.first();
+                let tenant = entry
                     .and_then(|e| e.get::<String>("j"))
                     .and_then(|j| serde_json::from_str::<Job>(&j).ok())
                     .and_then(|job| TenantName::parse(&job.t).ok())
                     .unwrap_or_else(unknown_tenant);
-                poison_tenants.insert(p.id.clone(), tenant);
+                let body_ref = entry.and_then(|e| e.get::<String>("br"));
+                poison.insert(p.id.clone(), (tenant, body_ref));
             }
         }
         let candidates: Vec<ReclaimCandidate<'_>> = pending
             .ids
             .iter()
-            .map(|p| ReclaimCandidate {
-                entry_id: &p.id,
-                poison_tenant: poison_tenants.get(&p.id),
+            .map(|p| {
+                let found = poison.get(&p.id);
+                ReclaimCandidate {
+                    entry_id: &p.id,
+                    poison_tenant: found.map(|(t, _)| t),
+                    body_ref: found.and_then(|(_, r)| r.as_deref()),
+                }
             })
             .collect();
         let note = format!(
@@ -461,25 +475,65 @@ impl Deliverer {
         Ok(keys.current)
     }
 
+    /// The body of a body key: from the worker's cache, or read (and cached). None when
+    /// the key holds no body.
+    async fn stored_body(
+        &self,
+        partition: &Partition,
+        body_ref: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = partition.body(body_ref);
+        if let Some((_, body)) = self
+            .bodies
+            .lock()
+            .expect("body cache")
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            return Ok(Some(body.as_ref().clone()));
+        }
+        let body: Option<Vec<u8>> = self.redis.get().hget(&key, "b").await?;
+        if let Some(body) = &body {
+            let mut cache = self.bodies.lock().expect("body cache");
+            if cache.len() >= BODY_CACHE {
+                cache.pop_front();
+            }
+            cache.push_back((key, Arc::new(body.clone())));
+        }
+        Ok(body)
+    }
+
     /// One attempt of one entry, and its outcome written back.
     async fn deliver(&self, partition: &Partition, entry: StreamId) {
         let job_json: Option<String> = entry.get("j");
-        let body: Vec<u8> = entry.get("b").unwrap_or_default();
-        let Some(job) = job_json
+        let body_ref: Option<String> = entry.get("br");
+        let body: Option<Vec<u8>> = match &body_ref {
+            None => Some(entry.get("b").unwrap_or_default()),
+            Some(r) => match self.stored_body(partition, r).await {
+                Ok(body) => body,
+                Err(e) => {
+                    // The entry stays pending and is reclaimed later.
+                    tracing::warn!(partition = partition.index, id = %entry.id, error = %e, "could not read the delivery's body");
+                    return;
+                }
+            },
+        };
+        let job = job_json
             .as_deref()
-            .and_then(|j| serde_json::from_str::<Job>(j).ok())
-        else {
-            tracing::error!(partition = partition.index, id = %entry.id, "undecodable delivery entry; dead-lettering");
+            .and_then(|j| serde_json::from_str::<Job>(j).ok());
+        let (Some(job), Some(body)) = (job, body) else {
+            tracing::error!(partition = partition.index, id = %entry.id, "undecodable delivery entry (or its body is gone); dead-lettering");
             let tenant = unknown_tenant();
             let args = DeadLetterArgs {
                 partition,
                 tenant: &tenant,
                 entry_id: &entry.id,
                 job_json: job_json.as_deref().unwrap_or(""),
-                body: &body,
+                body: &[],
                 last_status: 0,
                 last_error: "undecodable entry",
                 retention_ms: self.dead_letter_retention_ms(),
+                body_ref: body_ref.as_deref(),
             };
             let _ = scripts::dead_letter(&mut self.redis.get(), &args).await;
             return;
@@ -488,17 +542,26 @@ impl Deliverer {
         let Some(_tenant_slot) = tenant_slot else {
             tracing::debug!(tenant = %job.t, message = %job.m, deferrals = job.d, "tenant at its concurrency bound; delivery deferred");
             let max = Duration::from_secs(self.settings.delivery.request_timeout_secs);
-            self.defer(partition, &entry.id, job, &body, max).await;
+            self.defer(partition, &entry.id, job, &body, body_ref.as_deref(), max)
+                .await;
             return;
         };
         let span = crate::telemetry::trace::delivery_span(&job);
-        self.attempt(partition, &entry.id, job, body)
+        self.attempt(partition, &entry.id, job, body, body_ref)
             .instrument(span)
             .await;
     }
 
     /// One attempt of a decoded job, inside its span, and its outcome written back.
-    async fn attempt(&self, partition: &Partition, entry_id: &str, mut job: Job, body: Vec<u8>) {
+    /// `body_ref` is the body key the entry references (None for a body inline).
+    async fn attempt(
+        &self,
+        partition: &Partition,
+        entry_id: &str,
+        mut job: Job,
+        body: Vec<u8>,
+        body_ref: Option<String>,
+    ) {
         // Signing never fails open: without the tenant's key no request leaves. The delivery
         // goes back into the retry schedule like a deferral (no attempt counted: nothing
         // was sent, and `Upstash-Retried` keeps counting requests the receiver could have
@@ -509,7 +572,8 @@ impl Deliverer {
             Err(error) => {
                 tracing::error!(tenant = %job.t, message_id = %job.m, deferrals = job.d, error = %error, "signing key unreadable; delivery rescheduled, not sent");
                 let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
-                self.defer(partition, entry_id, job, &body, max).await;
+                self.defer(partition, entry_id, job, &body, body_ref.as_deref(), max)
+                    .await;
                 return;
             }
         };
@@ -529,7 +593,8 @@ impl Deliverer {
             // Not reached (a JWT is base64url and dots); if it were, nothing leaves unsigned.
             Err(_) => {
                 let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
-                self.defer(partition, entry_id, job, &body, max).await;
+                self.defer(partition, entry_id, job, &body, body_ref.as_deref(), max)
+                    .await;
                 return;
             }
         }
@@ -543,7 +608,10 @@ impl Deliverer {
             Attempt::Delivered { status } => {
                 tracing::debug!(tenant = %job.t, event_id = %job.e, message_id = %job.m, status, elapsed_ms, "delivered");
                 if self.acks[usize::from(partition.index)]
-                    .send(entry_id.to_owned())
+                    .send(Delivered {
+                        entry_id: entry_id.to_owned(),
+                        body_ref: body_ref.clone(),
+                    })
                     .is_err()
                 {
                     tracing::warn!(message_id = %job.m, "acknowledgements stopped; the entry stays pending");
@@ -587,6 +655,7 @@ impl Deliverer {
                             last_status: status,
                             last_error: truncate(&error, 1024),
                             retention_ms: self.dead_letter_retention_ms(),
+                            body_ref: body_ref.as_deref(),
                         },
                     )
                     .await
@@ -607,6 +676,7 @@ impl Deliverer {
                             job_json: &job_json,
                             body: &body,
                             delay_ms: delay.as_millis() as u64,
+                            body_ref: body_ref.as_deref(),
                         },
                     )
                     .await
@@ -634,6 +704,7 @@ impl Deliverer {
         entry_id: &str,
         mut job: Job,
         body: &[u8],
+        body_ref: Option<&str>,
         max: Duration,
     ) {
         let delay = defer_delay(job.d, max);
@@ -648,6 +719,7 @@ impl Deliverer {
                 job_json: &job_json,
                 body,
                 delay_ms: delay.as_millis() as u64,
+                body_ref,
             },
         )
         .await;

@@ -1,7 +1,8 @@
 //! The tenants' dead letters: one stream per tenant and partition
-//! (`<prefix>:{p<n>}:dlq:<tenant>`), fields `j` job JSON, `b` body, `s` last HTTP status
-//! (0 when there was no response), `r` last error, `at` when (unix ms), and `d` on poison
-//! entries (times handed to a worker without an outcome).
+//! (`<prefix>:{p<n>}:dlq:<tenant>`), fields `j` job JSON, `b` body or `br` the id of the
+//! body key holding it (a body stored once: lua/README.md, "Bodies"), `s` last HTTP
+//! status (0 when there was no response), `r` last error, `at` when (unix ms), and `d` on
+//! poison entries (times handed to a worker without an outcome).
 //!
 //! A dead letter is named across partitions by a [`DeadLetterId`]
 //! (`<partition>-<ms>-<seq>`). Listing merges the tenant's streams of the partitions asked
@@ -97,6 +98,9 @@ pub struct DeadLetter {
     pub job: Job,
     /// The delivery's event body (what the job was built from).
     pub body: Vec<u8>,
+    /// The body key the letter references (its body is read from there), None for a body
+    /// inline.
+    pub body_ref: Option<String>,
     pub last_status: u16,
     pub last_error: String,
     /// Unix ms.
@@ -112,6 +116,7 @@ impl DeadLetter {
             id: DeadLetterId::from_stream(partition, &entry.id)?,
             job,
             body: entry.get("b").unwrap_or_default(),
+            body_ref: entry.get("br"),
             last_status: entry.get("s").unwrap_or(0),
             last_error: entry.get("r").unwrap_or_default(),
             dead_lettered_at: entry.get("at").unwrap_or(0),
@@ -194,6 +199,7 @@ pub async fn list(
             .min_by_key(|(id, _)| *id)
             .map(|(_, s)| s)
         else {
+            load_bodies(conn, partitions, &mut letters).await?;
             return Ok(Page {
                 letters,
                 cursor: None,
@@ -210,10 +216,59 @@ pub async fn list(
     }
     refill(conn, &mut sources, batch).await?;
     let more = sources.iter().any(|s| !s.buffer.is_empty());
+    load_bodies(conn, partitions, &mut letters).await?;
     Ok(Page {
         letters,
         cursor: if more { last } else { None },
     })
+}
+
+/// Reads the bodies of the letters that reference a body key (each key once; one round
+/// trip, on a cluster one per key, all at once). A body key that is gone leaves the body
+/// empty.
+async fn load_bodies(
+    conn: &mut Conn,
+    partitions: &[Partition],
+    letters: &mut [DeadLetter],
+) -> Result<(), StoreError> {
+    let mut wanted: Vec<String> = Vec::new();
+    for letter in letters.iter() {
+        let (Some(r), Some(p)) = (
+            &letter.body_ref,
+            partitions.iter().find(|p| p.index == letter.id.partition),
+        ) else {
+            continue;
+        };
+        let key = p.body(r);
+        if !wanted.contains(&key) {
+            wanted.push(key);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let reads = wanted
+        .iter()
+        .map(|key| {
+            let mut read = ::redis::cmd("HGET");
+            read.arg(key).arg("b");
+            read
+        })
+        .collect();
+    let bodies: Vec<Option<Vec<u8>>> = conn.query_each(reads).await?;
+    for letter in letters.iter_mut() {
+        let (Some(r), Some(p)) = (
+            &letter.body_ref,
+            partitions.iter().find(|p| p.index == letter.id.partition),
+        ) else {
+            continue;
+        };
+        let key = p.body(r);
+        if let Some(Some(body)) = wanted.iter().position(|k| *k == key).map(|i| &bodies[i]) {
+            letter.body = body.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Reads the next batch of every source whose buffer ran empty (one round trip; on a
@@ -268,46 +323,98 @@ pub async fn get(
     tenant: &TenantName,
     id: &DeadLetterId,
 ) -> Result<Option<DeadLetter>, StoreError> {
-    let (_, key) = stream_of(keys, tenant, id);
+    let (partition, key) = stream_of(keys, tenant, id);
     let stream_id = id.stream_id();
     let reply: StreamRangeReply = conn.xrange(&key, &stream_id, &stream_id).await?;
-    Ok(reply
+    let mut letters: Vec<DeadLetter> = reply
         .ids
         .first()
-        .and_then(|e| DeadLetter::from_entry(id.partition, e)))
+        .and_then(|e| DeadLetter::from_entry(id.partition, e))
+        .into_iter()
+        .collect();
+    load_bodies(conn, std::slice::from_ref(&partition), &mut letters).await?;
+    Ok(letters.pop())
 }
 
-/// Deletes a dead letter; false when it did not exist.
+/// The body id a dead letter references (None for a body inline, or no such letter).
+async fn body_ref_of(
+    conn: &mut Conn,
+    key: &str,
+    stream_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let reply: StreamRangeReply = conn.xrange(key, stream_id, stream_id).await?;
+    Ok(reply.ids.first().and_then(|e| e.get::<String>("br")))
+}
+
+/// Deletes a dead letter (and its hold on the body key it references); false when it did
+/// not exist.
 pub async fn delete(
     conn: &mut Conn,
     keys: &Keys,
     tenant: &TenantName,
     id: &DeadLetterId,
 ) -> Result<bool, StoreError> {
-    let (_, key) = stream_of(keys, tenant, id);
-    let deleted: i64 = conn.xdel(&key, &[id.stream_id()]).await?;
-    Ok(deleted > 0)
+    let (partition, key) = stream_of(keys, tenant, id);
+    // The script checks the reference again: a letter is never changed, only deleted.
+    let body_ref = body_ref_of(conn, &key, &id.stream_id()).await?;
+    scripts::delete_dead_letter(
+        conn,
+        &partition,
+        tenant,
+        &id.stream_id(),
+        body_ref.as_deref(),
+    )
+    .await
 }
 
-/// Sends a dead letter again (attempts reset, same message id); returns its message id,
-/// or None when the tenant has no such dead letter.
+/// What [`redrive`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redrive {
+    /// Enqueued again: the delivery's message id.
+    Sent(String),
+    /// The tenant has no such dead letter.
+    NoLetter,
+    /// The body key the letter references is gone (see lua/README.md, "Bodies"); nothing
+    /// was changed.
+    BodyGone,
+}
+
+/// Sends a dead letter again (attempts reset, same message id).
 pub async fn redrive(
     conn: &mut Conn,
     keys: &Keys,
     tenant: &TenantName,
     id: &DeadLetterId,
-) -> Result<Option<String>, StoreError> {
-    let Some(letter) = get(conn, keys, tenant, id).await? else {
-        return Ok(None);
+) -> Result<Redrive, StoreError> {
+    let (partition, key) = stream_of(keys, tenant, id);
+    let stream_id = id.stream_id();
+    let reply: StreamRangeReply = conn.xrange(&key, &stream_id, &stream_id).await?;
+    let Some(letter) = reply
+        .ids
+        .first()
+        .and_then(|e| DeadLetter::from_entry(id.partition, e))
+    else {
+        return Ok(Redrive::NoLetter);
     };
     let mut job = letter.job;
     job.a = 0;
     job.d = 0;
     let job_json = serde_json::to_string(&job)
         .map_err(|e| StoreError::Reply(format!("re-encoding a dead letter's job: {e}")))?;
-    let (partition, _) = stream_of(keys, tenant, id);
-    let entry = scripts::redrive(conn, &partition, tenant, &id.stream_id(), &job_json).await?;
-    Ok(entry.map(|_| job.m))
+    let redriven = scripts::redrive(
+        conn,
+        &partition,
+        tenant,
+        &stream_id,
+        &job_json,
+        letter.body_ref.as_deref(),
+    )
+    .await?;
+    Ok(match redriven {
+        scripts::Redriven::Enqueued(_) => Redrive::Sent(job.m),
+        scripts::Redriven::NoLetter => Redrive::NoLetter,
+        scripts::Redriven::BodyGone => Redrive::BodyGone,
+    })
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 //! | `<prefix>:{p<n>}:deadlines` | ZSET | `<tenant>\|<field>\|<event>` by deadline (ms) |
 //! | `<prefix>:{p<n>}:deliveries` | STREAM | delivery jobs; consumer group `herald` |
 //! | `<prefix>:{p<n>}:retries` | ZSET | message id by due time (ms) |
-//! | `<prefix>:{p<n>}:retry-jobs` | HASH | message id → job JSON, `<id>#b` → body |
+//! | `<prefix>:{p<n>}:retry-jobs` | HASH | message id → job JSON, `<id>#b` → body or `<id>#r` → body id |
 //! | `<prefix>:{p<n>}:dlq:<tenant>` | STREAM | the tenant's dead letters |
+//! | `<prefix>:{p<n>}:body:<bodyId>` | HASH | a notify's body stored once, referenced by its jobs and dead letters |
 //! | `<prefix>:{p<n>}:waiters:<tenant>` | STRING | the tenant's waiters registered in the partition (quota) |
 //! | `<prefix>:{p<h>}:rate:<tenant>:<class>` | STRING | GCRA state of a tenant's rate limit, in its home partition `h` |
 //! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
@@ -327,6 +328,12 @@ impl Partition {
 
     pub fn dead_letters(&self, tenant: &TenantName) -> String {
         format!("{}dlq:{}", self.base, tenant)
+    }
+
+    /// A notify's body stored once for the jobs and dead letters that reference it by
+    /// `body_id` (see lua/README.md, "Bodies").
+    pub fn body(&self, body_id: &str) -> String {
+        format!("{}body:{}", self.base, body_id)
     }
 
     /// How many waiters the tenant has registered in this partition.

@@ -2,7 +2,8 @@
 //!
 //! Every item is moved to the partition it belongs to under the new P: waiters (event
 //! hashes), saved notifications, run indexes, deadlines, pending deliveries, retries and
-//! dead letters; run tombstones are copied to every new partition; the tenants' waiter
+//! dead letters, and the body keys they reference (with the first job or dead letter that
+//! moves: all of a body's references belong to the same event, so they move together); run tombstones are copied to every new partition; the tenants' waiter
 //! counts (the `active_waiters` quota) are counted again from the moved waiters, and rate
 //! buckets are left to expire (a full bucket is no key). Each step moves
 //! items one by one ("copy, then delete") and only items not yet where they belong, so an
@@ -198,8 +199,9 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
             }
             PartitionKey::Deadlines(_) => move_deadlines(conn, new, &from, &mut moved).await?,
             PartitionKey::Deliveries(_) => {
-                moved.deliveries += move_stream(conn, &from.deliveries(), |job| {
-                    Some(new.partition_of(&job.0, &job.1).deliveries())
+                moved.deliveries += move_stream(conn, &from, &from.deliveries(), |job| {
+                    let to = new.partition_of(&job.0, &job.1);
+                    Some((to.deliveries(), to))
                 })
                 .await?;
                 if from.index >= new.partitions() {
@@ -211,14 +213,16 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
             }
             PartitionKey::Retries(_) => move_retries(conn, new, &from, &mut moved).await?,
             PartitionKey::DeadLetters { tenant, .. } => {
-                moved.dead_letters += move_stream(conn, &key, |job| {
-                    Some(new.partition_of(&job.0, &job.1).dead_letters(&tenant))
+                moved.dead_letters += move_stream(conn, &from, &key, |job| {
+                    let to = new.partition_of(&job.0, &job.1);
+                    Some((to.dead_letters(&tenant), to))
                 })
                 .await?;
             }
             // Saved lists move with their run's index; idempotency records stay and
-            // expire; the retry-job hash moves with the retry set; waiter counts are
-            // counted again once everything moved.
+            // expire; the retry-job hash moves with the retry set; body keys move with
+            // the jobs and dead letters referencing them; waiter counts are counted again
+            // once everything moved.
             PartitionKey::WaiterCount { .. } | PartitionKey::Other(_) => {}
         }
     }
@@ -359,12 +363,26 @@ async fn move_deadlines(
     }
 }
 
-/// Re-adds the entries of `stream` that belong elsewhere to the stream `target` names
-/// (from the job's tenant and event), then deletes them here. Returns how many moved.
+/// Moves the body key `body_id` of `from` to `to` (value, reference counts and TTL), unless
+/// it moved already (with another job or dead letter referencing it).
+async fn move_body(
+    conn: &mut Conn,
+    from: &Partition,
+    to: &Partition,
+    body_id: &str,
+) -> Result<(), StoreError> {
+    move_key(conn, &from.body(body_id), &to.body(body_id)).await?;
+    Ok(())
+}
+
+/// Re-adds the entries of `stream` (in partition `from`) that belong elsewhere to the
+/// stream `target` names (from the job's tenant and event), with the body key an entry
+/// references, then deletes them here. Returns how many moved.
 async fn move_stream(
     conn: &mut Conn,
+    from: &Partition,
     stream: &str,
-    target: impl Fn(&(TenantName, EventId)) -> Option<String>,
+    target: impl Fn(&(TenantName, EventId)) -> Option<(String, Partition)>,
 ) -> Result<u64, StoreError> {
     let mut moved = 0;
     let mut after = "-".to_owned();
@@ -387,11 +405,14 @@ async fn move_stream(
                 .find(|(k, _)| k == "j")
                 .and_then(|(_, v)| serde_json::from_slice::<Job>(v).ok())
                 .and_then(|j| Some((TenantName::parse(&j.t).ok()?, EventId::parse(&j.e).ok()?)));
-            let Some(to) = job.as_ref().and_then(&target) else {
+            let Some((to, to_partition)) = job.as_ref().and_then(&target) else {
                 continue;
             };
             if to == stream {
                 continue;
+            }
+            if let Some((_, body_id)) = fields.iter().find(|(k, _)| k == "br") {
+                move_body(conn, from, &to_partition, &String::from_utf8_lossy(body_id)).await?;
             }
             let mut add = ::redis::cmd("XADD");
             add.arg(&to).arg("*");
@@ -422,12 +443,15 @@ async fn move_retries(
         let mut stayed = 0;
         for (message, due) in &page {
             let body_field = format!("{message}#b");
-            let (job_json, body): (Option<String>, Option<Vec<u8>>) = ::redis::cmd("HMGET")
-                .arg(from.retry_jobs())
-                .arg(message)
-                .arg(&body_field)
-                .query_async(conn)
-                .await?;
+            let ref_field = format!("{message}#r");
+            let (job_json, body, body_ref): (Option<String>, Option<Vec<u8>>, Option<String>) =
+                ::redis::cmd("HMGET")
+                    .arg(from.retry_jobs())
+                    .arg(message)
+                    .arg(&body_field)
+                    .arg(&ref_field)
+                    .query_async(conn)
+                    .await?;
             let to = job_json
                 .as_deref()
                 .and_then(|j| serde_json::from_str::<Job>(j).ok())
@@ -441,19 +465,26 @@ async fn move_retries(
                 stayed += 1;
                 continue;
             }
+            let held = match &body_ref {
+                Some(r) => {
+                    move_body(conn, from, &to, r).await?;
+                    (ref_field.as_str(), r.clone().into_bytes())
+                }
+                None => (body_field.as_str(), body.unwrap_or_default()),
+            };
             let _: () = conn
                 .hset_multiple(
                     to.retry_jobs(),
-                    &[
-                        (message.as_str(), job_json.into_bytes()),
-                        (body_field.as_str(), body.unwrap_or_default()),
-                    ],
+                    &[(message.as_str(), job_json.into_bytes()), held],
                 )
                 .await?;
             let _: () = conn.zadd(to.retries(), message, *due).await?;
             let _: () = conn.zrem(from.retries(), message).await?;
             let _: () = conn
-                .hdel(from.retry_jobs(), &[message.as_str(), body_field.as_str()])
+                .hdel(
+                    from.retry_jobs(),
+                    &[message.as_str(), body_field.as_str(), ref_field.as_str()],
+                )
                 .await?;
             moved.retries += 1;
         }

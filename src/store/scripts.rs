@@ -41,16 +41,17 @@ script!(NOTIFY_RUN, "notify_run.lua", with_shared);
 script!(CANCEL, "cancel.lua", with_shared);
 script!(EXPIRE_DUE, "expire_due.lua", with_shared);
 script!(RATE_LIMIT, "rate_limit.lua", with_shared);
-script!(ACK, "ack.lua");
+script!(ACK, "ack.lua", with_shared);
 script!(RETRY_LATER, "retry_later.lua");
 script!(PROMOTE_DUE, "promote_due.lua");
 script!(DEAD_LETTER, "dead_letter.lua", with_shared);
 script!(RECLAIM, "reclaim.lua", with_shared);
 script!(RENEW, "renew.lua");
-script!(REDRIVE, "redrive.lua");
+script!(REDRIVE, "redrive.lua", with_shared);
+script!(DELETE_DEAD_LETTER, "delete_dead_letter.lua", with_shared);
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 13] {
+pub fn all() -> [(&'static str, &'static Script); 14] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -64,6 +65,7 @@ pub fn all() -> [(&'static str, &'static Script); 13] {
         ("reclaim", &RECLAIM),
         ("renew", &RENEW),
         ("redrive", &REDRIVE),
+        ("delete_dead_letter", &DELETE_DEAD_LETTER),
         ("rate_limit", &RATE_LIMIT),
     ]
 }
@@ -380,7 +382,17 @@ pub struct NotifyArgs<'a> {
     /// A request's first call records "nobody_waiting" when it takes nobody.
     pub first_call: bool,
     pub history: HistoryArgs,
+    /// The request's body id: the same for every call of one broadcast, so its jobs share
+    /// one body key (see [`BODY_INLINE_MAX`]).
+    pub body_id: &'a str,
 }
+
+/// Bodies of at most this many bytes are kept in each delivery job; a longer body
+/// delivered to more than one waiter by one notify call is stored once in a body key
+/// of the partition and referenced by its jobs (lua/README.md, "Bodies"). Below it, the
+/// body key and its reference (about 200 bytes of key and hash, plus the id in every
+/// job) and the count kept on each acknowledgement cost more than the copies save.
+pub const BODY_INLINE_MAX: usize = 1024;
 
 pub enum NotifyReply {
     /// The waiters taken, and how many are left for a further call.
@@ -411,6 +423,9 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .key(p.event_runs(a.tenant, a.event));
     a.history.add(&mut inv);
     inv.arg(if a.first_call { "1" } else { "0" });
+    inv.key(p.body(a.body_id))
+        .arg(a.body_id)
+        .arg(BODY_INLINE_MAX);
     let items = array(invoke(conn, "notify", inv).await?)?;
     if let [Value::BulkString(tag), rest @ ..] = &items[..] {
         if tag.as_slice() == b"limited" {
@@ -608,16 +623,38 @@ pub async fn expire_due(
         .collect()
 }
 
-/// Acknowledges delivered entries (one or more); returns how many were still pending.
+/// A delivered entry to acknowledge: its id, and the body id it references (None for
+/// a body inline in the entry).
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub entry_id: String,
+    pub body_ref: Option<String>,
+}
+
+/// Acknowledges delivered entries (one or more) and releases the bodies they reference;
+/// returns how many were still pending.
 pub async fn ack(
     conn: &mut Conn,
     partition: &Partition,
-    entry_ids: &[String],
+    entries: &[Delivered],
 ) -> Result<i64, StoreError> {
     let mut inv = ACK.prepare_invoke();
     inv.key(partition.deliveries()).arg(GROUP);
-    for id in entry_ids {
-        inv.arg(id);
+    // One KEYS slot per distinct body; KEYS[1] is the stream, so indexes start at 2.
+    let mut bodies: Vec<&str> = Vec::new();
+    for e in entries {
+        let index = match e.body_ref.as_deref() {
+            None => 0,
+            Some(r) => match bodies.iter().position(|known| *known == r) {
+                Some(i) => i + 2,
+                None => {
+                    bodies.push(r);
+                    inv.key(partition.body(r));
+                    bodies.len() + 1
+                }
+            },
+        };
+        inv.arg(&e.entry_id).arg(index);
     }
     int(&invoke(conn, "ack", inv).await?)
 }
@@ -627,8 +664,11 @@ pub struct RetryLaterArgs<'a> {
     pub entry_id: &'a str,
     pub message_id: &'a str,
     pub job_json: &'a str,
+    /// The body inline (empty when `body_ref` names a body key).
     pub body: &'a [u8],
     pub delay_ms: u64,
+    /// The body id the entry references (None for a body inline).
+    pub body_ref: Option<&'a str>,
 }
 
 pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool, StoreError> {
@@ -641,8 +681,9 @@ pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool
         .arg(a.entry_id)
         .arg(a.message_id)
         .arg(a.job_json)
-        .arg(a.body)
-        .arg(a.delay_ms);
+        .arg(if a.body_ref.is_some() { &[] } else { a.body })
+        .arg(a.delay_ms)
+        .arg(a.body_ref.unwrap_or(""));
     Ok(int(&invoke(conn, "retry_later", inv).await?)? == 1)
 }
 
@@ -669,6 +710,8 @@ pub struct DeadLetterArgs<'a> {
     pub last_error: &'a str,
     /// How long the tenant's dead letters are kept (0 = until deleted or sent again).
     pub retention_ms: u64,
+    /// The body id the entry references (None for a body inline).
+    pub body_ref: Option<&'a str>,
 }
 
 /// Returns the dead letter's id, or None when the entry was no longer pending.
@@ -680,13 +723,15 @@ pub async fn dead_letter(
     let mut inv = DEAD_LETTER.prepare_invoke();
     inv.key(p.deliveries())
         .key(p.dead_letters(a.tenant))
+        .key(body_key(p, a.body_ref))
         .arg(GROUP)
         .arg(a.entry_id)
         .arg(a.job_json)
-        .arg(a.body)
+        .arg(if a.body_ref.is_some() { &[] } else { a.body })
         .arg(a.last_status)
         .arg(a.last_error)
-        .arg(a.retention_ms);
+        .arg(a.retention_ms)
+        .arg(a.body_ref.unwrap_or(""));
     match invoke(conn, "dead_letter", inv).await? {
         Value::Nil => Ok(None),
         v => Ok(Some(text(&v)?)),
@@ -699,6 +744,8 @@ pub struct ReclaimCandidate<'a> {
     /// The tenant whose dead letters receive the entry when it is poison; `None` when the
     /// caller saw it below the limit (then it is only ever taken over).
     pub poison_tenant: Option<&'a TenantName>,
+    /// The body id a poison entry references (None for a body inline, or not poison).
+    pub body_ref: Option<&'a str>,
 }
 
 pub struct ReclaimArgs<'a> {
@@ -733,21 +780,30 @@ pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimRepl
         .arg(a.max_deliveries)
         .arg(a.note)
         .arg(a.retention_ms);
-    // One KEYS slot per distinct tenant; KEYS[1] is the stream, so indexes start at 2.
-    let mut tenants: Vec<&TenantName> = Vec::new();
+    // One KEYS slot per distinct dead-letter or body key; KEYS[1] is the stream, so
+    // indexes start at 2.
+    let mut declared: Vec<String> = Vec::new();
+    let mut index_of = |inv: &mut ScriptInvocation<'_>, key: String| match declared
+        .iter()
+        .position(|known| *known == key)
+    {
+        Some(i) => i + 2,
+        None => {
+            inv.key(&key);
+            declared.push(key);
+            declared.len() + 1
+        }
+    };
     for c in a.candidates {
         let index = match c.poison_tenant {
             None => 0,
-            Some(t) => match tenants.iter().position(|known| *known == t) {
-                Some(i) => i + 2,
-                None => {
-                    tenants.push(t);
-                    inv.key(p.dead_letters(t));
-                    tenants.len() + 1
-                }
-            },
+            Some(t) => index_of(&mut inv, p.dead_letters(t)),
         };
-        inv.arg(c.entry_id).arg(index);
+        let body = match (c.poison_tenant, c.body_ref) {
+            (Some(_), Some(r)) => index_of(&mut inv, p.body(r)),
+            _ => 0,
+        };
+        inv.arg(c.entry_id).arg(index).arg(body);
     }
     let items = array(invoke(conn, "reclaim", inv).await?)?;
     let [claimed, dead, gone] = <[Value; 3]>::try_from(items)
@@ -789,23 +845,62 @@ pub async fn renew(
         .collect()
 }
 
+/// The body key a script is passed: the referenced one, or (unused) a key of the partition.
+fn body_key(partition: &Partition, body_ref: Option<&str>) -> String {
+    match body_ref {
+        Some(r) => partition.body(r),
+        None => partition.no_run(),
+    }
+}
+
+/// What [`redrive`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redriven {
+    /// Enqueued again: the new entry id.
+    Enqueued(String),
+    /// The tenant has no such dead letter (any more).
+    NoLetter,
+    /// The body key the dead letter references is gone; nothing was written.
+    BodyGone,
+}
+
 /// Moves a dead letter back into its partition's delivery stream with `job_json` (the
-/// letter's job, attempts reset). Returns the new entry id, or None when the dead letter
-/// was gone.
+/// letter's job, attempts reset); `body_ref` is the body id the letter references.
 pub async fn redrive(
     conn: &mut Conn,
     partition: &Partition,
     tenant: &TenantName,
     dead_letter_id: &str,
     job_json: &str,
-) -> Result<Option<String>, StoreError> {
+    body_ref: Option<&str>,
+) -> Result<Redriven, StoreError> {
     let mut inv = REDRIVE.prepare_invoke();
     inv.key(partition.dead_letters(tenant))
         .key(partition.deliveries())
+        .key(body_key(partition, body_ref))
         .arg(dead_letter_id)
-        .arg(job_json);
+        .arg(job_json)
+        .arg(body_ref.unwrap_or(""));
     match invoke(conn, "redrive", inv).await? {
-        Value::Nil => Ok(None),
-        v => Ok(Some(text(&v)?)),
+        Value::Nil => Ok(Redriven::NoLetter),
+        Value::Int(0) => Ok(Redriven::BodyGone),
+        v => Ok(Redriven::Enqueued(text(&v)?)),
     }
+}
+
+/// Deletes a dead letter and releases the body key it references (`body_ref`); false
+/// when the dead letter did not exist.
+pub async fn delete_dead_letter(
+    conn: &mut Conn,
+    partition: &Partition,
+    tenant: &TenantName,
+    dead_letter_id: &str,
+    body_ref: Option<&str>,
+) -> Result<bool, StoreError> {
+    let mut inv = DELETE_DEAD_LETTER.prepare_invoke();
+    inv.key(partition.dead_letters(tenant))
+        .key(body_key(partition, body_ref))
+        .arg(dead_letter_id)
+        .arg(body_ref.unwrap_or(""));
+    Ok(int(&invoke(conn, "delete_dead_letter", inv).await?)? == 1)
 }

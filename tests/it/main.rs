@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod availability;
 mod bad_input;
+mod bodies;
 mod cli;
 mod delivery;
 mod dlq;
