@@ -17,6 +17,7 @@ mod limits;
 mod logs;
 mod lookback;
 mod metrics;
+mod model;
 mod notify;
 mod openapi;
 mod process;
