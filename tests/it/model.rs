@@ -353,8 +353,11 @@ pub struct Model {
     wait_replies: HashMap<(usize, Option<String>, String, String), Value>,
     /// (tenant, run, event, key) → the first reply of a lookback notify (body, outcome,
     /// message id header).
-    notify_replies: HashMap<(usize, String, String, String), (Value, String, String)>,
+    notify_replies: HashMap<(usize, String, String, String), FirstReply>,
 }
+
+/// A lookback notify's first reply: body, `Herald-Notify-Outcome`, `Herald-Message-Id`.
+type FirstReply = (Value, String, String);
 
 impl Model {
     fn earliest_expiry(&self) -> Option<u64> {
