@@ -23,5 +23,6 @@ mod openapi;
 mod process;
 mod races;
 mod repartition;
+mod slowlog;
 mod topology;
 mod traces;
