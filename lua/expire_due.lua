@@ -7,8 +7,9 @@ notified meanwhile, or whose deadline is not reached by Redis' clock, is left al
 
 KEYS[1] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
 KEYS[2] deliveries     (STREAM) delivery jobs of the partition
-KEYS[3..] per candidate, in ARGV order, 3 keys: event waiters (HASH), the count of its
-          tenant's waiters in this partition (STRING), the event's history (LIST)
+KEYS[3..] per candidate, in ARGV order, 4 keys: event waiters (HASH), the count of its
+          tenant's waiters in this partition (STRING), the event's history (LIST), the
+          event's run waiters (ZSET; a run waiter timed out leaves it)
 
 ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
 ARGV[2] history ttl      milliseconds an event's history is kept (0 = no history)
@@ -36,13 +37,15 @@ local n = (#ARGV - 3) / 4
 for i = 1, n do
   local base = 3 + (i - 1) * 4
   local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local ev_key, count_key, history_key = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local ev_key, count_key = KEYS[4 * i - 1], KEYS[4 * i]
+  local history_key, runs_key = KEYS[4 * i + 1], KEYS[4 * i + 2]
   local score = rcall('ZSCORE', deadlines_key, member)
   if score and tonumber(score) <= now_ms then
     rcall('ZREM', deadlines_key, member)
     local waiter = rcall('HGET', ev_key, field)
     if waiter then
       rcall('HDEL', ev_key, field)
+      if string.sub(field, 1, 1) ~= '|' then rcall('ZREM', runs_key, field) end
       count_waiters(count_key, -1)
       local trace = json_string(waiter, 'traceparent') or ''
       if not string.match(trace, '^%x%x%-%x+%-%x+%-%x%x$') then trace = '' end

@@ -7,6 +7,7 @@ KEYS[3] deliveries     (STREAM) delivery jobs of the partition
 KEYS[4] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[5] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[8] > 0
 KEYS[6] history        (LIST)   the event's history (see shared/delivery.lua add_history)
+KEYS[7] event runs     (ZSET)   the event's run waiters (each taken run waiter leaves it)
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -27,7 +28,7 @@ Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters t
 how many were left for a further call (large fan-outs are taken in bounded batches).
 Or {"limited", remaining, resetMs, retryAfterMs}: over the notify rate limit, nothing taken.
 
-Invariants: each waiter taken is removed from the hash and the deadline set in the same
+Invariants: each waiter taken is removed from the hash, the run index and the deadline set in the same
 script that enqueues its delivery, so it can never also time out (I1), and leaves the
 tenant's count (KEYS[4]). Running the script again after a lost reply finds the taken
 waiters gone and enqueues nothing twice.
@@ -69,7 +70,7 @@ end
 
 local out = {0}
 local taken = deliver_waiters(pairs_list, out, {
-  ev = ev_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
+  ev = ev_key, runs = KEYS[7], deadlines = deadlines_key, stream = stream_key, count = count_key,
   msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
   ct = ct, body = body, history = history,
 })

@@ -11,6 +11,7 @@ KEYS[7] cancelled      (STRING) tombstone of a cancelled run
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[9] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[11] > 0
 KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history)
+KEYS[11] event runs    (ZSET)   the event's run waiters, member = field "<runId>|<waiterId>"
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -27,9 +28,15 @@ ARGV[11] rate            the tenant's notify requests per second (0 = not checke
 ARGV[12] burst           notify requests allowed at once
 ARGV[13] history ttl     milliseconds the event's history is kept (0 = no history)
 ARGV[14] history max     entries the event's history keeps
+ARGV[15] limit           most of the run's waiters taken by this call
+ARGV[16] more            "1" on a request's later calls: deliver to the run's waiters left
+                         (the first call took `limit`), never save; "0" on the first call
 
 Returns one of
-  {"delivered", field1, waiterJSON1, messageId1, ...}   the run's waiters were taken
+  {"delivered", remaining, field1, waiterJSON1, messageId1, ...}
+                                        the run's waiters were taken (at most `limit`;
+                                        `remaining` of the run's are left for a further
+                                        call with ARGV[16] = "1")
   {"saved", messageId}                                  nobody of the run waits: saved FIFO
   {"cancelled"}                                         the run was cancelled; nothing written
   {"full", count}                                       the saved quota is reached; nothing written
@@ -37,7 +44,12 @@ Returns one of
 
 Invariants: delivered xor saved, in one script, so a concurrent wait of the run either sees
 the saved item or is notified (no lost event in either order). A retried call (same op
-key) returns the first reply and writes nothing.
+key) returns the first reply and writes nothing. Cost: O(log N + limit) for N waiters of
+the event: the run's waiters are a lex range of KEYS[11], never a scan of the event.
+A run with more than `limit` waiters on the event is delivered in batches: the first call
+decides delivered-or-saved atomically; each further call is atomic for its own batch (a
+waiter of the run registered between two calls may be taken by the later one, as with a
+broadcast).
 ]]
 local rcall = redis.call
 local ev_key, saved_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -49,6 +61,7 @@ local trace = ARGV[10]
 local count_key, bucket_key = KEYS[8], KEYS[9]
 local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
 local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[13]), max = tonumber(ARGV[14])}
+local runs_key, limit, more = KEYS[11], tonumber(ARGV[15]), ARGV[16] == '1'
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -66,27 +79,36 @@ local function remember(reply)
   return reply
 end
 
--- The run's waiters: fields "<run>|*". Run ids are restricted to [A-Za-z0-9._:-], so
--- they hold no glob characters.
+-- The run's waiters: the lex range of fields "<run>|*" in the run index. `}` sorts right
+-- after `|`, and run ids hold neither, so the range is exactly this run's fields.
+local fields = rcall('ZRANGEBYLEX', runs_key, '[' .. run .. '|', '(' .. run .. '}', 'LIMIT', 0, limit)
 local found = {}
-local cursor = '0'
-for _ = 1, 10000 do
-  local res = rcall('HSCAN', ev_key, cursor, 'MATCH', run .. '|*', 'COUNT', 1000)
-  cursor = res[1]
-  for i = 1, #res[2], 2 do
-    found[#found + 1] = res[2][i]
-    found[#found + 1] = res[2][i + 1]
+if #fields > 0 then
+  local waiters = rcall('HMGET', ev_key, unpack(fields))
+  local stale = {}
+  for i = 1, #fields do
+    if waiters[i] then
+      found[#found + 1] = fields[i]
+      found[#found + 1] = waiters[i]
+    else
+      stale[#stale + 1] = fields[i]
+    end
   end
-  if cursor == '0' then break end
+  -- Not expected (every script that removes a run waiter leaves the index too); an
+  -- entry without its waiter is dropped rather than kept forever.
+  if #stale > 0 then rcall('ZREM', runs_key, unpack(stale)) end
 end
 
-if #found > 0 then
-  local out = {'delivered'}
+if #found > 0 or more then
+  local out = {'delivered', 0}
   deliver_waiters(found, out, {
-    ev = ev_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
+    ev = ev_key, runs = runs_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
     msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
     ct = ct, body = body, history = history,
   })
+  if #fields == limit then
+    out[2] = rcall('ZLEXCOUNT', runs_key, '[' .. run .. '|', '(' .. run .. '}')
+  end
   return remember(out)
 end
 

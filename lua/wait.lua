@@ -12,7 +12,9 @@ KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partitio
 KEYS[9] rate bucket    (STRING) the tenant's wait rate limit (GCRA); only read when ARGV[11] > 0
 KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history);
                                 written when a saved notification is consumed
-KEYS[11..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
+KEYS[11] event runs    (ZSET)   the event's run waiters: member = field, score 0 (a run
+                                waiter is added; unused for a plain waiter)
+KEYS[12..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
                                 (standalone Redis; on a cluster the caller counts them: ARGV[14])
 
 ARGV[1] field            "<runId>|<waiterId>" (runId empty for plain waiters)
@@ -43,7 +45,7 @@ Returns one of
   {"limited", remaining, resetMs, retryAfterMs}  over the wait rate limit; nothing written
 
 Invariants: a saved notification is taken by at most one wait (LPOP, I3); a registration,
-its deadline and its count in KEYS[8] are written together; a retried call (same op key)
+its deadline, its run index entry (KEYS[11]) and its count in KEYS[8] are written together; a retried call (same op key)
 changes nothing and returns the first reply; a refused call writes nothing but the rate
 bucket of an admitted request.
 ]]
@@ -80,7 +82,7 @@ end
 
 if run ~= '' then
   -- Saved items: "<expiresMs>\n<messageId>\n<contentTypeJSON>\n<savedAtMs>\n<body>".
-  -- Expired items are dropped; the loop is bounded by the list length cap of notify_run.
+  -- Expired items are dropped; the loop is bounded by a fixed cap.
   for _ = 1, 1000 do
     local item = rcall('LPOP', saved_key)
     if not item then break end
@@ -113,7 +115,7 @@ if rcall('HEXISTS', ev_key, field) == 0 then
   end
   if max_active > 0 then
     local total = active_elsewhere
-    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 11))) do
+    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 12))) do
       total = total + (tonumber(n) or 0)
     end
     if total >= max_active then return {'tenant_full', total} end
@@ -123,6 +125,7 @@ end
 count_waiters(count_key, rcall('HSET', ev_key, field, full))
 rcall('ZADD', deadlines_key, deadline_ms, tenant .. '|' .. field .. '|' .. event)
 if run ~= '' then
+  rcall('ZADD', KEYS[11], 0, field)
   rcall('SADD', run_key, event)
   local ttl = rcall('PTTL', run_key)
   local want = math.max(run_ttl, timeout_ms + 60000)

@@ -64,6 +64,7 @@ pub async fn prepare_redis(
         let mut conn = redis.get();
         let attempt = async {
             store::check_partitions(&mut conn, &keys).await?;
+            store::migrate::ensure(&mut conn, &keys).await?;
             store::prepare(&mut conn, &keys).await
         }
         .await;

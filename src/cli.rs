@@ -48,6 +48,9 @@ pub enum Command {
         #[arg(long)]
         to: u16,
     },
+    /// Upgrade a store written by an older Herald (idempotent; Herald also runs it at
+    /// start). Run it once more after a rolling upgrade: see docs/operating.md "Upgrades".
+    Migrate,
     /// Manage tenants: through Herald's /admin API (HERALD_URL, HERALD_ADMIN_TOKEN), or
     /// with --redis directly in the configured Redis (bootstrap, no admin token needed).
     Tenant {
@@ -149,6 +152,25 @@ async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<(
             .await?;
             println!("repartitioned to {to} partitions; moved: {moved:?}");
             println!("now set redis.partitions = {to} and start Herald");
+            Ok(())
+        }
+        Command::Migrate => {
+            let redis =
+                crate::store::RedisPool::open(&settings.redis).context("invalid redis settings")?;
+            let keys =
+                crate::store::Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+            let mut conn = redis.get();
+            crate::store::check_partitions(&mut conn, &keys).await?;
+            let done = crate::store::migrate::migrate(&mut conn, &keys).await?;
+            println!(
+                "store at schema {}: {} saved lists renamed, {} left to expire (ambiguous: {}, unresolved: {}), {} run waiters indexed",
+                crate::store::migrate::SCHEMA,
+                done.saved_renamed,
+                done.saved_ambiguous + done.saved_unresolved,
+                done.saved_ambiguous,
+                done.saved_unresolved,
+                done.run_waiters_indexed
+            );
             Ok(())
         }
         Command::Tenant { command, .. } => {

@@ -21,10 +21,11 @@ enqueue_delivery(stream, job, waiter, body)
 
 deliver_waiters(found, out, d) -> taken
   found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
-  d        {ev, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct, body,
-            history}
+  d        {ev, runs, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct,
+            body, history}
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
-  it and its deadline, append field, waiter JSON and message id to `out`; then lower the
+  it, its run index entry (d.runs, for a run waiter) and its deadline, append field,
+  waiter JSON and message id to `out`; then lower the
   tenant's waiter count by the number taken, and add each waiter's registered record and
   a "notified" entry to the event's history.
 
@@ -127,6 +128,7 @@ end
 local function deliver_waiters(found, out, d)
   local taken = 0
   local entries = {}
+  local run_fields = {}
   for i = 1, #found, 2 do
     local field, waiter = found[i], found[i + 1]
     taken = taken + 1
@@ -136,6 +138,7 @@ local function deliver_waiters(found, out, d)
       at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
     }, waiter, d.body)
     redis.call('HDEL', d.ev, field)
+    if string.sub(field, 1, 1) ~= '|' then run_fields[#run_fields + 1] = field end
     redis.call('ZREM', d.deadlines, d.tenant .. '|' .. field .. '|' .. d.event)
     out[#out + 1] = field
     out[#out + 1] = waiter
@@ -146,6 +149,7 @@ local function deliver_waiters(found, out, d)
     fields[#fields + 1] = msg
     entries[#entries + 1] = history_entry(d.now_ms, 'notified', fields)
   end
+  if #run_fields > 0 then redis.call('ZREM', d.runs, unpack(run_fields)) end
   count_waiters(d.count, -taken)
   add_history(d.history, entries)
   return taken

@@ -207,28 +207,61 @@ pub async fn lookback(
         None,
     )
     .await?;
-    let reply = scripts::notify_run(
-        &mut conn,
-        &NotifyRunArgs {
-            partition: &partition,
-            tenant: &tenant,
-            event: &event,
-            run: &run,
-            op_id: op_id.as_deref(),
-            body: &body,
-            content_type_json: &content_type_json(&req),
-            message_id_base: &base,
-            saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
-            op_ttl_secs: settings.waiters.idempotency_ttl_secs,
-            max_saved: limits.saved_per_run_event,
-            trace: &super::observe::job_traceparent(&req),
-            rate: admitted.rate.as_ref(),
-            history: HistoryArgs::from_settings(&settings.history),
-        },
-    )
-    .await?;
+    let trace = super::observe::job_traceparent(&req);
+    let ct = content_type_json(&req);
+    let args = |more: bool| NotifyRunArgs {
+        partition: &partition,
+        tenant: &tenant,
+        event: &event,
+        run: &run,
+        // Later calls of a batched delivery keep no record: the first call's record
+        // already answers a retry of the request.
+        op_id: op_id.as_deref().filter(|_| !more),
+        body: &body,
+        content_type_json: &ct,
+        message_id_base: "",
+        saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
+        op_ttl_secs: settings.waiters.idempotency_ttl_secs,
+        max_saved: limits.saved_per_run_event,
+        trace: &trace,
+        rate: admitted.rate.as_ref().filter(|_| !more),
+        history: HistoryArgs::from_settings(&settings.history),
+        limit: settings.waiters.notify_batch,
+        more,
+    };
+    let first = NotifyRunArgs {
+        message_id_base: &base,
+        ..args(false)
+    };
+    let reply = scripts::notify_run(&mut conn, &first).await?;
     match reply {
-        NotifyRunReply::Delivered(taken) => {
+        NotifyRunReply::Delivered {
+            mut taken,
+            mut remaining,
+        } => {
+            // A run with more waiters on the event than one call takes: the rest in
+            // bounded batches (each call is atomic for its batch; lua/notify_run.lua).
+            for _ in 0..MAX_BATCHES {
+                if remaining <= 0 {
+                    break;
+                }
+                let base = message_id_base();
+                let next = NotifyRunArgs {
+                    message_id_base: &base,
+                    ..args(true)
+                };
+                match scripts::notify_run(&mut conn, &next).await? {
+                    NotifyRunReply::Delivered {
+                        taken: more,
+                        remaining: left,
+                    } if !more.is_empty() => {
+                        taken.extend(more);
+                        remaining = left;
+                    }
+                    // Nothing left (or the run was cancelled meanwhile).
+                    _ => break,
+                }
+            }
             let waiters = parse_waiters(&taken)?;
             record_notified(&taken);
             responses(&taken, &waiters)

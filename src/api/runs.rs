@@ -10,6 +10,10 @@ use crate::error::ApiError;
 use crate::limits::RateClass;
 use crate::store::scripts;
 
+/// Most cancel script calls per partition (each removes up to
+/// [`scripts::CANCEL_MAX_WAITERS`] waiters); a bound, not an expected count.
+const MAX_CANCEL_CALLS: usize = 100_000;
+
 pub async fn cancel(
     state: State,
     Tenant(tenant): Tenant,
@@ -23,20 +27,26 @@ pub async fn cancel(
         .await?;
     let (mut waiters, mut saved) = (0, 0);
     for partition in state.keys.all_partitions() {
-        // First call: tombstone (no new state for the run from now on) + list its events.
-        let listed = scripts::cancel(&mut conn, &partition, &tenant, &run, ttl_ms, &[]).await?;
-        if listed.remaining_events.is_empty() {
-            continue;
+        // First call: tombstone (no new state for the run from now on) + list its events;
+        // then bounded calls (lua/cancel.lua) until no event of the run is left.
+        let mut events: Vec<EventId> = Vec::new();
+        for call in 0..MAX_CANCEL_CALLS {
+            let cleared =
+                scripts::cancel(&mut conn, &partition, &tenant, &run, ttl_ms, &events).await?;
+            waiters += cleared.waiters;
+            saved += cleared.saved;
+            events = cleared
+                .remaining_events
+                .iter()
+                .filter_map(|e| EventId::parse(e).ok())
+                .collect();
+            if events.is_empty() {
+                break;
+            }
+            if call + 1 == MAX_CANCEL_CALLS {
+                tracing::warn!(tenant = %tenant, run = %run, partition = partition.index, "cancel: state left after the last call; it expires with its TTL");
+            }
         }
-        let events: Vec<EventId> = listed
-            .remaining_events
-            .iter()
-            .filter_map(|e| EventId::parse(e).ok())
-            .collect();
-        let cleared =
-            scripts::cancel(&mut conn, &partition, &tenant, &run, ttl_ms, &events).await?;
-        waiters += cleared.waiters;
-        saved += cleared.saved;
     }
     tracing::info!(tenant = %tenant, run = %run, waiters, saved, "run cancelled");
     Ok(HttpResponse::Ok().json(serde_json::json!({

@@ -6,7 +6,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `<prefix>:{p<n>}:ev:<tenant>:<event>` | HASH | waiters of the event: `<run>\|<waiterId>` → waiter JSON (stored form: [`crate::waiter::Waiter`]) |
-//! | `<prefix>:{p<n>}:saved:<tenant>:<run>:<event>` | LIST | saved lookback notifications, FIFO |
+//! | `<prefix>:{p<n>}:evrun:<tenant>:<event>` | ZSET | the event's run waiters by field `<run>\|<waiterId>` (score 0; a lex range finds one run's) |
+//! | `<prefix>:{p<n>}:saved:<tenant>:<run>\|<event>` | LIST | saved lookback notifications, FIFO |
 //! | `<prefix>:{p<n>}:run:<tenant>:<run>` | SET | event ids the run has state for in the partition |
 //! | `<prefix>:{p<n>}:cancelled:<tenant>:<run>` | STRING | tombstone of a cancelled run |
 //! | `<prefix>:{p<n>}:op:<tenant>:<opId>` | STRING | idempotency record of a repeatable wait / a lookback notify |
@@ -25,6 +26,15 @@
 //!
 //! Tenant names hold no `:`/`|`/`{`/`}`; event and run ids hold no `|`/`{`/`}` (see
 //! [`crate::domain`]), so no tenant can name another tenant's key or choose a slot.
+//!
+//! **Unambiguous names.** Every key (and every member or field) built from more than one
+//! tenant-chosen id separates them so that no two tuples give one name: the tenant comes
+//! first and ends at the first `:` (tenant names hold none), and where two ids follow it
+//! (`saved`: run and event) they are joined by `|`, which no id can hold. Ids may contain
+//! `:`, so `:` never separates two ids (`saved:<tenant>:<run>:<event>` did, before schema 2:
+//! run `r:y10` + event `z` and run `r` + event `y10:z` named one list; `herald migrate`
+//! renames such lists, see docs/operating.md "Upgrades"). [`tests::no_two_id_tuples_share_a_key`]
+//! holds every builder to it.
 
 use crate::domain::{EventId, RunId, TenantName};
 use crate::limits::RateClass;
@@ -42,6 +52,12 @@ pub struct Keys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionKey {
     EventWaiters {
+        partition: u16,
+        tenant: TenantName,
+        event: EventId,
+    },
+    /// The run index of an event's waiters ([`Partition::event_runs`]).
+    EventRuns {
         partition: u16,
         tenant: TenantName,
         event: EventId,
@@ -75,6 +91,7 @@ impl PartitionKey {
     pub fn partition(&self) -> u16 {
         match self {
             PartitionKey::EventWaiters { partition, .. }
+            | PartitionKey::EventRuns { partition, .. }
             | PartitionKey::RunEvents { partition, .. }
             | PartitionKey::Cancelled { partition, .. }
             | PartitionKey::DeadLetters { partition, .. }
@@ -180,6 +197,14 @@ impl Keys {
                     event: EventId::parse(&event).ok()?,
                 }
             }
+            Some(("evrun", tail)) => {
+                let (tenant, event) = tenant_and(tail)?;
+                PartitionKey::EventRuns {
+                    partition: p,
+                    tenant,
+                    event: EventId::parse(&event).ok()?,
+                }
+            }
             Some(("run", tail)) => {
                 let (tenant, run) = tenant_and(tail)?;
                 PartitionKey::RunEvents {
@@ -246,8 +271,24 @@ impl Partition {
         format!("{}ev:{}:{}", self.base, tenant, event)
     }
 
+    /// Saved lookback notifications of (run, event): run and event joined by `|` (see the
+    /// module doc, "Unambiguous names").
     pub fn saved(&self, tenant: &TenantName, run: &RunId, event: &EventId) -> String {
-        format!("{}saved:{}:{}:{}", self.base, tenant, run, event)
+        format!("{}saved:{}:{}|{}", self.base, tenant, run, event)
+    }
+
+    /// What every saved list's name of the partition starts with (schema 1's too: see
+    /// [`super::migrate`]).
+    pub fn saved_prefix(&self) -> String {
+        format!("{}saved:", self.base)
+    }
+
+    /// The event's run waiters (ZSET, score 0, member = waiter field `<run>|<waiterId>`):
+    /// one run's waiters are the lex range `[<run>|` .. `(<run>}` (`}` sorts right after
+    /// `|`, and ids hold neither), found in O(log N + its own) however many other runs wait
+    /// on the event. Plain waiters (no run) are not in it.
+    pub fn event_runs(&self, tenant: &TenantName, event: &EventId) -> String {
+        format!("{}evrun:{}:{}", self.base, tenant, event)
     }
 
     /// Unused placeholder key: scripts still get a key of the partition in a position
@@ -366,6 +407,7 @@ mod tests {
             let p = keys.partition_of(&tenant, &event);
             let all = [
                 p.event_waiters(&tenant, &event),
+                p.event_runs(&tenant, &event),
                 p.saved(&tenant, &run, &event),
                 p.no_run(),
                 p.run_events(&tenant, &run),
@@ -533,6 +575,93 @@ mod tests {
         assert_eq!(
             parse_deadline_member(&deadline_member(&tenant, &plain, &event)),
             Some((tenant, plain, event))
+        );
+    }
+    /// Ids drawn to collide: shared prefixes, `:` and the other id punctuation.
+    fn colliding_ids() -> Vec<String> {
+        let parts = [
+            "r", "y10", "z", "a:b", "a", "b", ":", "x.y", "x_y", "x-y", "r:y10",
+        ];
+        let mut ids: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        for a in parts {
+            for b in parts {
+                ids.push(format!("{a}:{b}"));
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    #[test]
+    fn no_two_id_tuples_share_a_key() {
+        // The aliasing of schema 1: run `r:y10` + event `z` and run `r` + event `y10:z`
+        // named one saved list, so one run consumed another's notification (I3).
+        let keys = Keys::new("herald", 1);
+        let p = keys.partition(0);
+        let tenants = [
+            TenantName::parse("t").unwrap(),
+            TenantName::parse("t-1").unwrap(),
+        ];
+        let ids = colliding_ids();
+        let mut seen: std::collections::HashMap<String, String> = Default::default();
+        let mut claim = |key: String, who: String| {
+            if let Some(prev) = seen.insert(key.clone(), who.clone()) {
+                assert_eq!(prev, who, "{key} is named by both {prev} and {who}");
+            }
+        };
+        for t in &tenants {
+            for a in &ids {
+                let event = EventId::parse(a).unwrap();
+                let run = RunId::parse(a).unwrap();
+                claim(p.event_waiters(t, &event), format!("ev {t} {a}"));
+                claim(p.event_runs(t, &event), format!("evrun {t} {a}"));
+                claim(p.history(t, &event), format!("history {t} {a}"));
+                claim(p.run_events(t, &run), format!("run {t} {a}"));
+                claim(p.cancelled(t, &run), format!("cancelled {t} {a}"));
+                for b in &ids {
+                    let event = EventId::parse(b).unwrap();
+                    claim(p.saved(t, &run, &event), format!("saved {t} {a} {b}"));
+                    let field = waiter_field(Some(&run), b);
+                    claim(
+                        deadline_member(t, &field, &event),
+                        format!("deadline {t} {a} {b}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn schema_one_saved_names_collided() {
+        // What the test above guards against, written the old way.
+        let old = |run: &str, event: &str| format!("saved:t:{run}:{event}");
+        assert_eq!(old("r:y10", "z"), old("r", "y10:z"));
+        let p = Keys::new("herald", 1).partition(0);
+        let t = TenantName::parse("t").unwrap();
+        let key = |run: &str, event: &str| {
+            p.saved(
+                &t,
+                &RunId::parse(run).unwrap(),
+                &EventId::parse(event).unwrap(),
+            )
+        };
+        assert_ne!(key("r:y10", "z"), key("r", "y10:z"));
+    }
+
+    #[test]
+    fn event_runs_parse_back() {
+        let keys = Keys::new("herald", 16);
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("a:b").unwrap();
+        let p = keys.partition_of(&tenant, &event);
+        assert_eq!(
+            keys.parse_partition_key(&p.event_runs(&tenant, &event)),
+            Some(PartitionKey::EventRuns {
+                partition: p.index,
+                tenant,
+                event
+            })
         );
     }
 }

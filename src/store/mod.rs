@@ -1,10 +1,12 @@
 //! Redis storage: key names ([`keys`]), connections for every topology ([`redis`]), one
 //! typed wrapper per Lua script ([`scripts`]), tenant records ([`tenants`]), dead letters
-//! ([`dead_letters`]) and the offline change of the partition count ([`repartition`]).
+//! ([`dead_letters`]), the offline change of the partition count ([`repartition`]) and the
+//! upgrade of a store written by an older version ([`migrate`]).
 
 pub mod dead_letters;
 pub mod keys;
 pub mod limits;
+pub mod migrate;
 pub mod redis;
 pub mod repartition;
 pub mod scripts;

@@ -170,6 +170,12 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
                     moved.waiter_sets += 1;
                 }
             }
+            PartitionKey::EventRuns { tenant, event, .. } => {
+                let to = new.partition_of(&tenant, &event);
+                if to.index != from.index {
+                    move_key(conn, &key, &to.event_runs(&tenant, &event)).await?;
+                }
+            }
             PartitionKey::RunEvents { tenant, run, .. } => {
                 move_run(conn, new, &from, &tenant, &run, &mut moved).await?;
             }

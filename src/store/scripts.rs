@@ -324,6 +324,10 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
     inv.key(p.waiter_count(a.tenant));
     rate_key(&mut inv, p, a.rate);
     inv.key(p.history(a.tenant, a.event));
+    match a.run {
+        Some(_) => inv.key(p.event_runs(a.tenant, a.event)),
+        None => inv.key(p.no_run()),
+    };
     for other in a.active.summed {
         inv.key(other.waiter_count(a.tenant));
     }
@@ -401,7 +405,8 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .arg(a.limit)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
-    inv.key(p.history(a.tenant, a.event));
+    inv.key(p.history(a.tenant, a.event))
+        .key(p.event_runs(a.tenant, a.event));
     a.history.add(&mut inv);
     inv.arg(if a.first_call { "1" } else { "0" });
     let items = array(invoke(conn, "notify", inv).await?)?;
@@ -434,14 +439,26 @@ pub struct NotifyRunArgs<'a> {
     pub trace: &'a str,
     pub rate: Option<&'a RateCheck>,
     pub history: HistoryArgs,
+    /// Most of the run's waiters taken by this call (`waiters.notify_batch`).
+    pub limit: usize,
+    /// A request's later call: deliver to the run's waiters left by the first, never save.
+    pub more: bool,
 }
 
 #[derive(Debug)]
 pub enum NotifyRunReply {
-    Delivered(Vec<Taken>),
-    Saved { message_id: String },
+    /// The run's waiters taken, and how many of them are left for a further call.
+    Delivered {
+        taken: Vec<Taken>,
+        remaining: i64,
+    },
+    Saved {
+        message_id: String,
+    },
     Cancelled,
-    Full { count: i64 },
+    Full {
+        count: i64,
+    },
     Limited(RateRefusal),
 }
 
@@ -475,11 +492,16 @@ pub async fn notify_run(
         .arg(a.max_saved)
         .arg(a.trace);
     rate_args(&mut inv, a.rate);
-    inv.key(p.history(a.tenant, a.event));
+    inv.key(p.history(a.tenant, a.event))
+        .key(p.event_runs(a.tenant, a.event));
     a.history.add(&mut inv);
+    inv.arg(a.limit).arg(if a.more { "1" } else { "0" });
     let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
-        (Some("delivered"), [_, rest @ ..]) => Ok(NotifyRunReply::Delivered(taken_triplets(rest)?)),
+        (Some("delivered"), [_, remaining, rest @ ..]) => Ok(NotifyRunReply::Delivered {
+            taken: taken_triplets(rest)?,
+            remaining: int(remaining)?,
+        }),
         (Some("saved"), [_, m]) => Ok(NotifyRunReply::Saved {
             message_id: text(m)?,
         }),
@@ -498,8 +520,14 @@ pub struct CancelReply {
     pub remaining_events: Vec<String>,
 }
 
+/// Most waiters one `cancel` call removes.
+pub const CANCEL_MAX_WAITERS: u64 = 200;
+/// Most of a run's events one `cancel` call returns (and so the next call clears).
+pub const CANCEL_MAX_EVENTS: u64 = 100;
+
 /// One cancel call on one partition; `events` are the run's events to clear (none on the
-/// first call, which only sets the tombstone and lists them).
+/// first call, which only sets the tombstone and lists them). Call again with the events
+/// returned until none are.
 pub async fn cancel(
     conn: &mut Conn,
     partition: &Partition,
@@ -515,9 +543,12 @@ pub async fn cancel(
         .key(partition.waiter_count(tenant))
         .arg(tenant.as_str())
         .arg(run.as_str())
-        .arg(tombstone_ttl_ms);
+        .arg(tombstone_ttl_ms)
+        .arg(CANCEL_MAX_WAITERS)
+        .arg(CANCEL_MAX_EVENTS);
     for event in events {
         inv.key(partition.event_waiters(tenant, event))
+            .key(partition.event_runs(tenant, event))
             .key(partition.saved(tenant, run, event))
             .arg(event.as_str());
     }
@@ -559,6 +590,7 @@ pub async fn expire_due(
         inv.key(partition.event_waiters(&c.tenant, &c.event))
             .key(partition.waiter_count(&c.tenant))
             .key(partition.history(&c.tenant, &c.event))
+            .key(partition.event_runs(&c.tenant, &c.event))
             .arg(&c.member)
             .arg(&c.field)
             .arg(c.tenant.as_str())

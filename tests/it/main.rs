@@ -26,3 +26,4 @@ mod repartition;
 mod slowlog;
 mod topology;
 mod traces;
+mod upgrade;
