@@ -20,6 +20,7 @@ mod metrics;
 mod model;
 mod notify;
 mod openapi;
+mod parsers;
 mod process;
 mod races;
 mod repartition;

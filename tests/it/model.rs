@@ -47,7 +47,7 @@ use serde_json::{json, Value};
 use crate::support::{test_settings, Receiver, RedisServer, TestApp};
 
 /// Sequences run by default (CI); the long variant sets `HERALD_MODEL_CASES=10000`.
-pub const DEFAULT_CASES: u32 = 120;
+pub const DEFAULT_CASES: u32 = 60;
 /// Longest generated sequence.
 const MAX_OPS: usize = 24;
 /// Waiters one event may hold in these runs (`limits.waiters_per_event`), so the quota
