@@ -1228,3 +1228,340 @@ fn regression_saved_lists_of_pairs_spelling_the_same_text_are_apart() {
         ],
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Concurrency: the same operations from several clients at once, checked for I1-I3, I5
+
+/// What the concurrent clients saw.
+#[derive(Default)]
+struct History {
+    /// waiter id → (tenant, event, run, short, receiver paths of the requests that named it).
+    waiters: HashMap<String, (usize, String, Option<String>, bool, Vec<String>)>,
+    /// message id of a consumed saved notification → waiter ids that reported consuming it.
+    consumed: HashMap<String, Vec<String>>,
+    /// message id of a saved notification → (tenant, run, event, body).
+    saved: HashMap<String, (usize, String, String, String)>,
+    /// message id → (tenant, event, body, url) of every delivery a notify reported.
+    reported: HashMap<String, (usize, String, String, String)>,
+    /// (tenant, run) of every cancel.
+    cancelled: Vec<(usize, String)>,
+}
+
+impl Env {
+    /// Runs `case`'s operations (Advance aside) from `clients` concurrent clients, lets
+    /// every short thing expire, and checks: each waiter at most one delivery, exactly one
+    /// when a notify reported it or it was short (I1); each delivery a notify reported is
+    /// delivered with its body (I2); a saved notification is consumed by at most one
+    /// waiter, of the same (tenant, run, event), with its body (I3); a notify reaches only
+    /// its tenant's waiters of its event (I5).
+    pub async fn run_concurrently(&self, case: &Case, clients: usize) -> Checked {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut settings = test_settings(&self.redis.url());
+        settings.redis.partitions = case.partitions;
+        settings.waiters.saved_ttl_secs = SHORT_SECS;
+        settings.limits.defaults.waiters_per_event = MAX_WAITERS as u64;
+        settings.limits.defaults.saved_per_run_event = MAX_SAVED as u64;
+        let app = TestApp::start(settings).await;
+        let tokens = [app.token.clone(), app.tenant_token(TENANTS[1]).await];
+        let prefix = format!("/k{n}");
+        let history = std::sync::Mutex::new(History::default());
+        let result = self
+            .concurrent_ops(case, clients, &app, &tokens, &prefix, &history)
+            .await;
+        let result = match result {
+            Ok(()) => self.concurrent_check(&history.into_inner().unwrap()).await,
+            e => e,
+        };
+        app.stop().await;
+        result
+    }
+
+    async fn concurrent_ops(
+        &self,
+        case: &Case,
+        clients: usize,
+        app: &TestApp,
+        tokens: &[String; 2],
+        prefix: &str,
+        history: &std::sync::Mutex<History>,
+    ) -> Checked {
+        let client = |c: usize| async move {
+            for (i, op) in case
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % clients == c)
+            {
+                let body = format!("b{i}");
+                match op {
+                    Op::Wait {
+                        tenant,
+                        event,
+                        run,
+                        key,
+                        short,
+                    } => {
+                        let path = format!("{prefix}/w{i}");
+                        let timeout = if *short {
+                            json!(SHORT_SECS)
+                        } else {
+                            json!("1h")
+                        };
+                        let mut request = app
+                            .http
+                            .post(app.url(&format!("/v2/wait/{event}")))
+                            .bearer_auth(&tokens[*tenant])
+                            .body(
+                                json!({"url": self.receiver.url(&path), "timeout": timeout})
+                                    .to_string(),
+                            );
+                        if let Some(run) = run {
+                            request = request.header("Upstash-Workflow-RunId", run);
+                        }
+                        if let Some(key) = key {
+                            request = request.header("Idempotency-Key", key);
+                        }
+                        let (status, reply) = app.send(request).await;
+                        if status >= 500 {
+                            return fail(format!("op {i}: {status} {reply}"));
+                        }
+                        let Some(id) = reply["waiterId"].as_str() else {
+                            continue;
+                        };
+                        let mut h = history.lock().unwrap();
+                        h.waiters
+                            .entry(id.to_owned())
+                            .or_insert_with(|| {
+                                (*tenant, event.clone(), run.clone(), *short, Vec::new())
+                            })
+                            .4
+                            .push(path);
+                        if let Some(msg) = reply["messageId"].as_str() {
+                            let ids = h.consumed.entry(msg.to_owned()).or_default();
+                            if !ids.iter().any(|w| w == id) {
+                                ids.push(id.to_owned());
+                            }
+                        }
+                    }
+                    Op::Notify { tenant, event } | Op::NotifyRun { tenant, event, .. } => {
+                        let (path, key) = match op {
+                            Op::NotifyRun { run, key, .. } => {
+                                (format!("/v2/notify/{run}/{event}"), key.clone())
+                            }
+                            _ => (format!("/v2/notify/{event}"), None),
+                        };
+                        let mut request = app
+                            .http
+                            .post(app.url(&path))
+                            .bearer_auth(&tokens[*tenant])
+                            .body(body.clone());
+                        if let Some(key) = key {
+                            request = request.header("Idempotency-Key", key);
+                        }
+                        let response = match request.send().await {
+                            Ok(r) => r,
+                            Err(e) => return fail(format!("op {i}: {e}")),
+                        };
+                        let status = response.status().as_u16();
+                        let saved_msg = response
+                            .headers()
+                            .get("herald-message-id")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let text = response.text().await.unwrap_or_default();
+                        let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        if status >= 500 {
+                            return fail(format!("op {i}: {status} {reply}"));
+                        }
+                        let mut h = history.lock().unwrap();
+                        if let (Op::NotifyRun { run, .. }, Some(msg)) = (op, saved_msg) {
+                            // A replay reports the first call's body: keep the first.
+                            h.saved.entry(msg).or_insert((
+                                *tenant,
+                                run.clone(),
+                                event.clone(),
+                                body.clone(),
+                            ));
+                        }
+                        for d in reply.as_array().into_iter().flatten() {
+                            let msg = d["messageId"].as_str().unwrap_or("").to_owned();
+                            let url = d["waiter"]["url"].as_str().unwrap_or("").to_owned();
+                            h.reported.entry(msg).or_insert((
+                                *tenant,
+                                event.clone(),
+                                body.clone(),
+                                url,
+                            ));
+                        }
+                    }
+                    Op::Cancel { tenant, run } => {
+                        let (status, reply) = app
+                            .send(
+                                app.http
+                                    .delete(app.url(&format!("/v2/workflows/runs/{run}")))
+                                    .bearer_auth(&tokens[*tenant]),
+                            )
+                            .await;
+                        if status >= 500 {
+                            return fail(format!("op {i}: {status} {reply}"));
+                        }
+                        history
+                            .lock()
+                            .unwrap()
+                            .cancelled
+                            .push((*tenant, run.clone()));
+                    }
+                    Op::Waiters { .. } | Op::Advance => {}
+                }
+            }
+            Ok(())
+        };
+        let results = futures_util::future::join_all((0..clients).map(client)).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+    }
+
+    async fn concurrent_check(&self, h: &History) -> Checked {
+        // Every short deadline and TTL passes, the timeouts are delivered.
+        tokio::time::sleep(Duration::from_millis(SHORT_SECS * 1000 + 300)).await;
+        let path_of_url = |url: &str| {
+            url.split_once(&format!(":{}", self.receiver.port))
+                .map(|(_, p)| p.to_owned())
+                .unwrap_or_default()
+        };
+        let waiter_of_path: HashMap<String, &String> = h
+            .waiters
+            .iter()
+            .flat_map(|(id, w)| w.4.iter().map(move |p| (p.clone(), id)))
+            .collect();
+        // I3: a saved notification is consumed at most once, by its own (tenant, run, event).
+        for (msg, ids) in &h.consumed {
+            if ids.len() > 1 {
+                return fail(format!(
+                    "saved notification {msg} consumed by waiters {ids:?} (I3)"
+                ));
+            }
+            let w = &h.waiters[&ids[0]];
+            match h.saved.get(msg) {
+                Some((t, r, e, _)) if (*t, Some(r), e) == (w.0, w.2.as_ref(), &w.1) => {}
+                other => {
+                    return fail(format!(
+                        "waiter {} ({}, {:?}, {}) consumed {msg}, saved as {other:?} (I3)",
+                        ids[0], TENANTS[w.0], w.2, w.1
+                    ))
+                }
+            }
+        }
+        // I5 and I2: a notify reached its own tenant's waiters of its event.
+        let mut expected: HashMap<&String, (String, Option<String>)> = HashMap::new();
+        for (msg, (tenant, event, body, url)) in &h.reported {
+            let Some(id) = waiter_of_path.get(&path_of_url(url)) else {
+                return fail(format!("a notify reported {url}, which no wait registered"));
+            };
+            let w = &h.waiters[*id];
+            if (w.0, &w.1) != (*tenant, event) {
+                return fail(format!(
+                    "a notify of {} on {event} reached a waiter of {} on {} (I5)",
+                    TENANTS[*tenant], TENANTS[w.0], w.1
+                ));
+            }
+            if expected
+                .insert(*id, (msg.clone(), Some(body.clone())))
+                .is_some()
+            {
+                return fail(format!("waiter {id} reported by two notifies (I1)"));
+            }
+        }
+        for (msg, ids) in &h.consumed {
+            let body = h.saved.get(msg).map(|s| s.3.clone());
+            if expected.insert(&ids[0], (msg.clone(), body)).is_some() {
+                return fail(format!("waiter {} notified and consuming (I1)", ids[0]));
+            }
+        }
+        let deliveries = |id: &String| -> Vec<crate::support::receiver::Recorded> {
+            let paths = &h.waiters[id].4;
+            self.receiver
+                .all()
+                .into_iter()
+                .filter(|r| paths.contains(&r.path))
+                .collect()
+        };
+        let settled = crate::support::eventually(Duration::from_secs(15), || {
+            h.waiters.iter().all(|(id, w)| {
+                let n = deliveries(id).len();
+                n >= usize::from(expected.contains_key(id) || w.3)
+            })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (id, w) in &h.waiters {
+            let got = deliveries(id);
+            match (expected.get(id), got.as_slice()) {
+                (Some((msg, body)), [one]) => {
+                    if one.header("upstash-message-id") != Some(msg.as_str())
+                        || body.as_ref().is_some_and(|b| one.body_text() != *b)
+                    {
+                        return fail(format!(
+                            "waiter {id}: delivered {:?} {:?}, reported {msg} {body:?} (I2)",
+                            one.header("upstash-message-id"),
+                            one.body_text()
+                        ));
+                    }
+                }
+                (None, [one]) if w.3 && one.header("herald-outcome") == Some("timeout") => {}
+                (None, []) if !w.3 => {}
+                // A short waiter cancelled with its run: no delivery.
+                (None, []) if w.2.as_ref().is_some_and(|r| h.cancelled.contains(&(w.0, r.clone()))) => {}
+                (want, got) => {
+                    return fail(format!(
+                        "waiter {id} ({}, {}, {:?}, short {}): deliveries {:?}, expected {want:?} (I1){}",
+                        TENANTS[w.0],
+                        w.1,
+                        w.2,
+                        w.3,
+                        got.iter()
+                            .map(|r| (r.header("herald-outcome").map(str::to_owned), r.body_text()))
+                            .collect::<Vec<_>>(),
+                        if settled { "" } else { "; deliveries still missing after 15 s" }
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn concurrent_sequences_keep_the_invariants() {
+    let cases = env_number("HERALD_MODEL_CONCURRENT_CASES").unwrap_or(15) as u32;
+    let rt = runtime();
+    let env = rt.block_on(Env::start());
+    let mut config = Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_time: 300_000,
+        ..Config::default()
+    };
+    if let Some(seed) = env_number("HERALD_MODEL_SEED") {
+        config.rng_seed = RngSeed::Fixed(seed);
+    }
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&(case_strategy(), 2..=4usize), |(case, clients)| {
+        match rt.block_on(env.run_concurrently(&case, clients)) {
+            Ok(()) => Ok(()),
+            Err(Verdict::Inconclusive(why)) => Err(TestCaseError::reject(why)),
+            Err(Verdict::Fail(why)) => Err(TestCaseError::fail(why)),
+        }
+    });
+    if let Err(e) = result {
+        match e {
+            TestError::Fail(why, (case, clients)) => panic!(
+                "{why}\n\nminimal case ({clients} clients, operation i on client i % {clients}):\n\n{}",
+                case.to_rust()
+            ),
+            TestError::Abort(why) => panic!("aborted: {why}"),
+        }
+    }
+}
