@@ -1232,11 +1232,15 @@ fn regression_saved_lists_of_pairs_spelling_the_same_text_are_apart() {
 // ---------------------------------------------------------------------------------------
 // Concurrency: the same operations from several clients at once, checked for I1-I3, I5
 
+/// A waiter the concurrent clients registered: tenant, event, run, short, and the
+/// receiver paths of the requests that named it (several when a key repeated it).
+type SeenWaiter = (usize, String, Option<String>, bool, Vec<String>);
+
 /// What the concurrent clients saw.
 #[derive(Default)]
 struct History {
     /// waiter id → (tenant, event, run, short, receiver paths of the requests that named it).
-    waiters: HashMap<String, (usize, String, Option<String>, bool, Vec<String>)>,
+    waiters: HashMap<String, SeenWaiter>,
     /// message id of a consumed saved notification → waiter ids that reported consuming it.
     consumed: HashMap<String, Vec<String>>,
     /// message id of a saved notification → (tenant, run, event, body).
