@@ -27,8 +27,8 @@ use crate::support::{test_settings, Receiver, RedisServer, TestApp};
 const SLOWER_THAN_US: u64 = 1000;
 /// The share of a script's calls allowed over the bound. On a loaded machine the OS
 /// preempts Redis now and then, and an O(1) script then shows a few ms; a script whose
-/// work grows with the state is over the bound in most calls, not in 1 %.
-const SLOW_SHARE: f64 = 0.01;
+/// work grows with the state is over the bound in most calls, not in 5 %.
+const SLOW_SHARE: f64 = 0.05;
 
 fn slowlog(conn: &mut redis::Connection) -> Vec<(u64, String)> {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
@@ -49,9 +49,9 @@ fn slowlog(conn: &mut redis::Connection) -> Vec<(u64, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today: notify_run and cancel scan the event's 10,000 waiters (10-70 ms), \
-            notify, expire_due and promote_due handle 500 per call (15-340 ms); the limits or \
-            the scripts must change before this runs in CI"]
+#[ignore = "fails today: notify, expire_due and promote_due handle up to 500 waiters or \
+            retries per call (waiters.notify_batch, scheduler.batch), 1-500 ms each; those \
+            batch sizes or the scripts must change before this runs in CI"]
 async fn no_script_takes_over_a_millisecond_at_the_default_limits() {
     let redis = RedisServer::start_with(&["--slowlog-max-len", "1000000"]);
     let RedisServer::Standalone(process) = &redis else {
@@ -160,16 +160,12 @@ async fn no_script_takes_over_a_millisecond_at_the_default_limits() {
         .collect()
         .await;
     assert!(statuses.iter().all(|s| *s == 200));
-    let expected = per_event - 1 + 5 + 1 + 2 * timeout_batch;
-    let delivered = crate::support::eventually(Duration::from_secs(120), || {
-        receiver.all().len() >= expected
+    // The timeouts fire (deliveries, acks and retries go on meanwhile).
+    let fired = crate::support::eventually_async(Duration::from_secs(60), || async {
+        app.waiters("short").await.is_empty()
     })
     .await;
-    assert!(
-        delivered,
-        "{} of {expected} deliveries",
-        receiver.all().len()
-    );
+    assert!(fired, "the short waiters time out");
 
     // Per script: calls, calls over the bound, the slowest (with its command).
     let mut per_script: HashMap<&str, (usize, usize, u64, String)> = HashMap::new();
