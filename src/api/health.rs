@@ -20,12 +20,15 @@ pub async fn readyz(state: State) -> HttpResponse {
         Ok(loaded) if loaded.iter().all(|l| *l == 1) => {
             HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
         }
-        Ok(_) => {
-            // Redis lost its script cache (restart, failover): reload, report not ready once.
-            let _ = crate::store::prepare(&mut conn, &state.keys).await;
-            HttpResponse::ServiceUnavailable()
-                .json(serde_json::json!({ "error": "scripts were not loaded; reloading" }))
-        }
+        // Redis lost its script cache (restart, failover): reload; ready once that worked
+        // (requests do not depend on it: a script missing on a node is loaded on its
+        // first call).
+        Ok(_) => match crate::store::prepare(&mut conn, &state.keys).await {
+            Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+            Err(e) => HttpResponse::ServiceUnavailable().json(
+                serde_json::json!({ "error": format!("scripts were not loaded; reloading failed: {e}") }),
+            ),
+        },
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "error": format!("redis unavailable: {e}") })),
     }

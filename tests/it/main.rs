@@ -21,6 +21,7 @@ mod notify;
 mod openapi;
 mod process;
 mod races;
+mod recovery;
 mod repartition;
 mod topology;
 mod traces;
