@@ -269,14 +269,15 @@ impl RedisPool {
                 (Source::Cluster(client), vec![Conn::Cluster(conn)])
             }
         };
-        Ok(Self {
+        let pool = Self {
             inner: Arc::new(PoolInner {
                 conns,
                 next: AtomicUsize::new(0),
                 source,
                 settings: settings.clone(),
             }),
-        })
+        };
+        Ok(pool)
     }
 
     /// A connection for one request (round robin over the pool).
