@@ -99,6 +99,42 @@ impl Conn {
         pipe.query_async(self).await
     }
 
+    /// Runs `cmd` on every master (cluster: replies combined by `policy`), or on the one
+    /// server. Scripts matter only where they run: a replica, possibly just restarted and
+    /// not yet reconnected by the cluster client, is not asked.
+    pub async fn on_masters(
+        &mut self,
+        cmd: Cmd,
+        policy: redis::cluster_routing::ResponsePolicy,
+    ) -> RedisResult<Value> {
+        match self {
+            Conn::Cluster(c) => {
+                let masters = RoutingInfo::MultiNode((
+                    redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                    Some(policy),
+                ));
+                c.route_command(cmd, masters).await
+            }
+            Conn::Healing(_) => cmd.query_async(self).await,
+        }
+    }
+
+    /// Loads `script` on every master (cluster), or on the one server.
+    pub async fn load_on_masters(&mut self, script: &redis::Script) -> RedisResult<()> {
+        match self {
+            Conn::Cluster(c) => {
+                let _: String = script
+                    .prepare_invoke()
+                    .load_async(&mut MastersOnly(c.clone()))
+                    .await?;
+            }
+            Conn::Healing(_) => {
+                let _: String = script.prepare_invoke().load_async(self).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The nodes whose keys together are the whole keyspace: every master of a cluster
     /// (`SCAN` on a cluster connection walks one node only), else the one server.
     async fn scan_nodes(&mut self) -> RedisResult<Vec<ScanNode>> {
@@ -213,10 +249,38 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A cluster connection that sends every command to all masters (`SCRIPT LOAD`, which
+/// the client library would send to every node, replicas included).
+struct MastersOnly(ClusterConnection);
+
+impl ConnectionLike for MastersOnly {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let masters = RoutingInfo::MultiNode((
+            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+            Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+        ));
+        Box::pin(self.0.route_command(cmd.clone(), masters))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// Where connections come from.
 enum Source {
     Single(Arc<Target>),
-    Cluster(ClusterClient),
+    /// Clients are made per use: each carries its own overall request timeout.
+    Cluster,
 }
 
 #[derive(Clone)]
@@ -259,14 +323,14 @@ impl RedisPool {
                 single(Target::Sentinel(state))
             }
             RedisMode::Cluster => {
-                let client = cluster_client(settings)?;
+                let client = cluster_client(settings, response_timeout)?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
                 // One cluster connection: it already holds one multiplexed connection per
                 // node, and every clone shares them.
                 let conn = client.get_pending_async_connection_with_config(config);
-                (Source::Cluster(client), vec![Conn::Cluster(conn)])
+                (Source::Cluster, vec![Conn::Cluster(conn)])
             }
         };
         let pool = Self {
@@ -299,7 +363,8 @@ impl RedisPool {
                 conn.slot.live().await?;
                 Ok(Conn::Healing(conn))
             }
-            Source::Cluster(client) => {
+            Source::Cluster => {
+                let client = cluster_client(s, response_timeout)?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
@@ -368,8 +433,12 @@ fn sentinel_client(settings: &RedisSettings) -> RedisResult<SentinelClient> {
     )
 }
 
-fn cluster_client(settings: &RedisSettings) -> RedisResult<ClusterClient> {
+/// A cluster client whose every request (retries included) ends within `overall`: the
+/// response timeout of a `ClusterConfig` alone does not bound a request waiting for a
+/// node connection under repair, which could then hang.
+fn cluster_client(settings: &RedisSettings, overall: Duration) -> RedisResult<ClusterClient> {
     let mut builder = ClusterClient::builder(settings.nodes.clone())
+        .overall_response_timeout(Some(overall))
         // A failover takes seconds: retry MOVED/TRYAGAIN/CLUSTERDOWN and lost nodes a few
         // times, but answer within about one response timeout overall.
         .retries(5)
