@@ -9,31 +9,51 @@
 //!   routes every command by key slot and follows `MOVED`/`ASK`/`TRYAGAIN` itself.
 //!
 //! Requests share a small set of multiplexed connections ([`RedisPool`]): each one carries
-//! many concurrent commands, reconnects by itself, and fails a command after the
-//! configured response timeout (so a stalled Redis becomes a 503, not a hung request).
-//! In cluster mode the pool is one cluster connection, itself multiplexed over one
-//! connection per node. Blocking stream reads never use these: every consumer opens its
-//! own connection ([`RedisPool::dedicated`]) whose response timeout covers the block time.
+//! many concurrent commands and fails a command after the configured response timeout (so
+//! a stalled Redis becomes a 503, not a hung request). In cluster mode the pool is one
+//! cluster connection, itself multiplexed over one connection per node. Blocking stream
+//! reads never use these: every consumer opens its own connection
+//! ([`RedisPool::dedicated`]) whose response timeout covers the block time.
+//!
+//! **Connections heal before they are used** (standalone and sentinel: [`Healing`]). Each
+//! connection watches its socket: when Redis closes it (restart, failover, `CLIENT KILL`,
+//! an idle timeout of a proxy) the connection is marked closed at once and a background
+//! task opens a new one (retrying with a backoff while Redis is away), so a request after
+//! the outage finds a working connection instead of failing on the dead one. A command is
+//! sent a second time, once, on a fresh connection only when it **cannot have reached
+//! Redis**: its connection failed (closed, broken pipe, reset) and not one byte was
+//! written to the socket after the command was handed to it; its bytes never left this
+//! process, so Redis never saw it and sending it again is its first execution (scripts
+//! included). A command that failed after bytes were written (a reply lost in the crash,
+//! a response timeout) may have run: it is never repeated here; the caller gets the error
+//! (HTTP 503, indeterminate), as before. See docs/operating.md, "Connections and retries".
 //!
 //! Why not deadpool-redis: its pool PINGs a connection on every checkout, one extra round
-//! trip per request, while a multiplexed connection needs no checkout at all.
+//! trip per request, while a multiplexed connection needs no checkout at all. Why not the
+//! crate's `ConnectionManager`: it notices a closed connection only when a command fails
+//! on it (with RESP2), so every pooled connection failed one request after a restart, and
+//! its errors do not say whether the failed command was written.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisConnectionInfo, RedisError,
-    RedisFuture, RedisResult, TlsMode, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, Pipeline, RedisConnectionInfo,
+    RedisError, RedisFuture, RedisResult, TlsMode, Value,
 };
-use tokio::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Notify};
 
 use crate::config::{RedisMode, RedisSettings};
 
@@ -41,12 +61,9 @@ use crate::config::{RedisMode, RedisSettings};
 /// (MOVED/ASK/TRYAGAIN are followed in cluster mode).
 #[derive(Clone)]
 pub enum Conn {
-    /// Shared, reconnecting connection of a standalone Redis.
-    Managed(ConnectionManager),
-    /// A task's own connection (blocking reads); re-opened by its owner on failure.
-    Direct(MultiplexedConnection),
-    /// Shared connection to the current master of a Sentinel-monitored Redis.
-    Sentinel(SentinelConn),
+    /// Standalone or Sentinel: a pool slot shared by requests, or a task's own
+    /// connection for blocking reads; either replaces itself once Redis closed it.
+    Healing(Healing),
     Cluster(ClusterConnection),
 }
 
@@ -80,6 +97,42 @@ impl Conn {
             pipe.add_command(command);
         }
         pipe.query_async(self).await
+    }
+
+    /// Runs `cmd` on every master (cluster: replies combined by `policy`), or on the one
+    /// server. Scripts matter only where they run: a replica, possibly just restarted and
+    /// not yet reconnected by the cluster client, is not asked.
+    pub async fn on_masters(
+        &mut self,
+        cmd: Cmd,
+        policy: redis::cluster_routing::ResponsePolicy,
+    ) -> RedisResult<Value> {
+        match self {
+            Conn::Cluster(c) => {
+                let masters = RoutingInfo::MultiNode((
+                    redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                    Some(policy),
+                ));
+                c.route_command(cmd, masters).await
+            }
+            Conn::Healing(_) => cmd.query_async(self).await,
+        }
+    }
+
+    /// Loads `script` on every master (cluster), or on the one server.
+    pub async fn load_on_masters(&mut self, script: &redis::Script) -> RedisResult<()> {
+        match self {
+            Conn::Cluster(c) => {
+                let _: String = script
+                    .prepare_invoke()
+                    .load_async(&mut MastersOnly(c.clone()))
+                    .await?;
+            }
+            Conn::Healing(_) => {
+                let _: String = script.prepare_invoke().load_async(self).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The nodes whose keys together are the whole keyspace: every master of a cluster
@@ -171,9 +224,7 @@ impl Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Managed(c) => c.req_packed_command(cmd),
-            Conn::Direct(c) => c.req_packed_command(cmd),
-            Conn::Sentinel(c) => c.req_packed_command(cmd),
+            Conn::Healing(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -185,29 +236,51 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Direct(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Healing(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Managed(c) => c.get_db(),
-            Conn::Direct(c) => c.get_db(),
-            Conn::Sentinel(c) => c.get_db(),
+            Conn::Healing(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
 }
 
-/// Where connections come from (one per pool, so the size difference does not matter).
-#[allow(clippy::large_enum_variant)]
+/// A cluster connection that sends every command to all masters (`SCRIPT LOAD`, which
+/// the client library would send to every node, replicas included).
+struct MastersOnly(ClusterConnection);
+
+impl ConnectionLike for MastersOnly {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let masters = RoutingInfo::MultiNode((
+            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+            Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+        ));
+        Box::pin(self.0.route_command(cmd.clone(), masters))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// Where connections come from.
 enum Source {
-    Standalone(redis::Client),
-    Sentinel(Arc<Mutex<SentinelClient>>),
-    Cluster(ClusterClient),
+    Single(Arc<Target>),
+    /// Clients are made per use: each carries its own overall request timeout.
+    Cluster,
 }
 
 #[derive(Clone)]
@@ -223,68 +296,52 @@ struct PoolInner {
 }
 
 impl RedisPool {
-    /// Opens the pool. Connections are made lazily, so Herald starts (and reports not
-    /// ready) while Redis is unreachable.
+    /// Opens the pool. Connections are made in the background (and on first use), so
+    /// Herald starts (and reports not ready) while Redis is unreachable.
     pub fn open(settings: &RedisSettings) -> RedisResult<Self> {
         let size = settings.pool_size.max(1);
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+        let single = |target: Target| {
+            let target = Arc::new(target);
+            let conns = (0..size)
+                .map(|_| Healing::open(&target, connect_timeout, response_timeout))
+                .map(Conn::Healing)
+                .collect();
+            (Source::Single(target), conns)
+        };
         let (source, conns) = match settings.mode {
-            RedisMode::Standalone => {
-                let client = redis::Client::open(settings.url.as_str())?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                let conns = (0..size)
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    })
-                    .map(|r| r.map(Conn::Managed))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (Source::Standalone(client), conns)
-            }
+            RedisMode::Standalone => single(Target::Standalone(redis::Client::open(
+                settings.url.as_str(),
+            )?)),
             RedisMode::Sentinel => {
-                let client = Arc::new(Mutex::new(sentinel_client(settings)?));
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout));
                 let state = Arc::new(SentinelState {
-                    sentinel: client.clone(),
-                    config,
-                    slots: (0..size).map(|_| Mutex::new(None)).collect(),
+                    sentinel: Mutex::new(sentinel_client(settings)?),
+                    slots: std::sync::Mutex::new(Vec::new()),
                 });
-                SentinelState::watch(&state, settings)?;
-                let conns = (0..size)
-                    .map(|slot| {
-                        Conn::Sentinel(SentinelConn {
-                            state: state.clone(),
-                            slot,
-                        })
-                    })
-                    .collect();
-                (Source::Sentinel(client), conns)
+                SentinelState::watch(&state, settings, connect_timeout)?;
+                single(Target::Sentinel(state))
             }
             RedisMode::Cluster => {
-                let client = cluster_client(settings)?;
+                let client = cluster_client(settings, response_timeout)?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
                 // One cluster connection: it already holds one multiplexed connection per
                 // node, and every clone shares them.
                 let conn = client.get_pending_async_connection_with_config(config);
-                (Source::Cluster(client), vec![Conn::Cluster(conn)])
+                (Source::Cluster, vec![Conn::Cluster(conn)])
             }
         };
-        Ok(Self {
+        let pool = Self {
             inner: Arc::new(PoolInner {
                 conns,
                 next: AtomicUsize::new(0),
                 source,
                 settings: settings.clone(),
             }),
-        })
+        };
+        Ok(pool)
     }
 
     /// A connection for one request (round robin over the pool).
@@ -294,33 +351,20 @@ impl RedisPool {
     }
 
     /// A new connection owned by one task, for blocking reads: its response timeout is
-    /// `block` plus the configured response timeout.
+    /// `block` plus the configured response timeout. It is connected before it is
+    /// returned (an error if Redis cannot be reached) and heals like the pool's.
     pub async fn dedicated(&self, block: Duration) -> RedisResult<Conn> {
         let s = &self.inner.settings;
         let connect_timeout = Duration::from_millis(s.connect_timeout_ms);
         let response_timeout = block + Duration::from_millis(s.response_timeout_ms);
         match &self.inner.source {
-            Source::Standalone(client) => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout));
-                let conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                Ok(Conn::Direct(conn))
+            Source::Single(target) => {
+                let conn = Healing::open(target, connect_timeout, response_timeout);
+                conn.slot.live().await?;
+                Ok(Conn::Healing(conn))
             }
-            Source::Sentinel(sentinel) => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout));
-                let conn = sentinel
-                    .lock()
-                    .await
-                    .get_async_connection_with_config(&config)
-                    .await?;
-                Ok(Conn::Direct(conn))
-            }
-            Source::Cluster(client) => {
+            Source::Cluster => {
+                let client = cluster_client(s, response_timeout)?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
@@ -389,8 +433,12 @@ fn sentinel_client(settings: &RedisSettings) -> RedisResult<SentinelClient> {
     )
 }
 
-fn cluster_client(settings: &RedisSettings) -> RedisResult<ClusterClient> {
+/// A cluster client whose every request (retries included) ends within `overall`: the
+/// response timeout of a `ClusterConfig` alone does not bound a request waiting for a
+/// node connection under repair, which could then hang.
+fn cluster_client(settings: &RedisSettings, overall: Duration) -> RedisResult<ClusterClient> {
     let mut builder = ClusterClient::builder(settings.nodes.clone())
+        .overall_response_timeout(Some(overall))
         // A failover takes seconds: retry MOVED/TRYAGAIN/CLUSTERDOWN and lost nodes a few
         // times, but answer within about one response timeout overall.
         .retries(5)
@@ -411,32 +459,450 @@ fn cluster_client(settings: &RedisSettings) -> RedisResult<ClusterClient> {
 /// How often the sentinels are asked whether the master moved.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
-/// A connection to whatever server the sentinels currently call master.
-///
-/// Clones share the connection (one of the pool's slots). It is opened on first use and
-/// dropped when a command fails in a way that means the server is gone or no longer the
-/// master, or when the sentinels name another master (polled every 500 ms: after a
-/// failover the old master may accept writes until the sentinels demote it, and those
-/// writes would be lost). The command after that asks the sentinels again. A failing
-/// command is not retried here: its caller reports 503 (nothing was acknowledged).
-#[derive(Clone)]
-pub struct SentinelConn {
-    state: Arc<SentinelState>,
-    slot: usize,
+/// How often a connection whose closing is not seen at once (TLS, Unix socket) is checked
+/// with a PING, and how often a healthy connection's background task looks at it.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest pause between two reconnection attempts while Redis is away.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// What a standalone or Sentinel connection connects to.
+enum Target {
+    Standalone(redis::Client),
+    /// Whatever server the sentinels currently call master.
+    Sentinel(Arc<SentinelState>),
 }
 
-struct SentinelState {
-    sentinel: Arc<Mutex<SentinelClient>>,
+/// A connection that heals: a multiplexed connection to the server (for Sentinel: the
+/// current master), replaced in the background once it is closed.
+///
+/// Clones share the connection. It is replaced when Redis closes it (seen at once on
+/// plain TCP, by a PING every second on TLS and Unix sockets), when a command fails
+/// because it is gone, and for Sentinel when a command finds the server demoted
+/// (`READONLY`, ...) or the sentinels name another master (polled every 500 ms: after a
+/// failover the old master may accept writes until the sentinels demote it, and those
+/// writes would be lost). See the module documentation for which failed commands are
+/// sent again.
+#[derive(Clone)]
+pub struct Healing {
+    slot: Arc<Slot>,
+}
+
+struct Slot {
+    target: Arc<Target>,
     config: AsyncConnectionConfig,
-    /// Per pool slot: the master's `host:port` and the connection to it.
-    slots: Vec<Mutex<Option<(String, MultiplexedConnection)>>>,
+    connect_timeout: Duration,
+    db: i64,
+    state: std::sync::Mutex<SlotState>,
+    /// Wakes the slot's background task: the connection closed or was dropped.
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    live: Option<Live>,
+    /// The connection attempt under way, shared by everyone who needs the connection.
+    connecting: Option<Shared<BoxFuture<'static, RedisResult<Live>>>>,
+}
+
+#[derive(Clone)]
+struct Live {
+    /// `host:port` of the server.
+    addr: String,
+    conn: MultiplexedConnection,
+    wire: Arc<Wire>,
+}
+
+/// What is known about a connection's socket.
+#[derive(Default)]
+struct Wire {
+    /// The connection is gone: its driver ended (Redis closed it, reading or writing
+    /// failed) or it was dropped after an error. A command handed to it now is never
+    /// written.
+    closed: AtomicBool,
+    /// Bytes the socket has accepted so far.
+    written: AtomicU64,
+    /// Whether `closed` is set the moment the driver ends (own TCP connections); if not
+    /// (TLS, Unix sockets), a PING every [`HEALTH_INTERVAL`] finds out, and `written`
+    /// stays 0 so no failed command on it is ever sent again.
+    watched: bool,
+}
+
+impl Wire {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
+    }
+}
+
+impl Healing {
+    /// A connection to `target`, opened by its background task (and by the first command
+    /// if that comes first).
+    fn open(target: &Arc<Target>, connect_timeout: Duration, response_timeout: Duration) -> Self {
+        let db = match &**target {
+            Target::Standalone(client) => client.get_connection_info().redis_settings().db(),
+            Target::Sentinel(_) => 0,
+        };
+        let slot = Arc::new(Slot {
+            target: target.clone(),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout)),
+            connect_timeout,
+            db,
+            state: std::sync::Mutex::new(SlotState::default()),
+            wake: Arc::new(Notify::new()),
+        });
+        if let Target::Sentinel(sentinel) = &**target {
+            let mut slots = sentinel.slots.lock().expect("sentinel slots");
+            slots.retain(|s| s.strong_count() > 0);
+            slots.push(Arc::downgrade(&slot));
+        }
+        Slot::maintain(&slot);
+        Healing { slot }
+    }
+
+    /// Sends `request`; once more on a fresh connection if it cannot have reached Redis.
+    async fn send(&self, request: Request<'_>) -> RedisResult<Value> {
+        let live = self.slot.live().await?;
+        let written = live.wire.written();
+        let mut result = request.send(&live).await;
+        if let Err(e) = &result {
+            if connection_lost(e) {
+                self.slot.discard(&live);
+                // Not one byte went out after the command was handed over: the command
+                // did not leave this process, so Redis never saw it. (A watched wire
+                // counts every byte the socket took; an unwatched one never qualifies.)
+                if live.wire.watched && live.wire.written() == written {
+                    tracing::debug!(server = %live.addr, error = %e, "redis connection was closed; sending the command on a new one");
+                    crate::telemetry::metrics::redis_resent();
+                    let fresh = self.slot.live().await?;
+                    result = request.send(&fresh).await;
+                    if result.as_ref().is_err_and(connection_lost) {
+                        self.slot.discard(&fresh);
+                    }
+                }
+            }
+        }
+        if let (Err(e), Target::Sentinel(_)) = (&result, &*self.slot.target) {
+            if master_lost(e) {
+                self.slot.discard_current();
+            }
+        }
+        result
+    }
+}
+
+/// One command or a pipeline, as `ConnectionLike` hands them over.
+enum Request<'a> {
+    One(&'a Cmd),
+    Many(&'a Pipeline, usize, usize),
+}
+
+impl Request<'_> {
+    async fn send(&self, live: &Live) -> RedisResult<Value> {
+        let mut conn = live.conn.clone();
+        match *self {
+            Request::One(cmd) => conn.req_packed_command(cmd).await,
+            Request::Many(pipeline, offset, count) => conn
+                .req_packed_commands(pipeline, offset, count)
+                .await
+                .map(Value::Array),
+        }
+    }
+}
+
+/// The connection failed as a connection (closed, broken pipe, reset), not a command.
+fn connection_lost(e: &RedisError) -> bool {
+    e.is_connection_dropped()
+}
+
+impl Slot {
+    /// The open connection, or a new one (one attempt at a time, shared by all callers).
+    async fn live(&self) -> RedisResult<Live> {
+        let attempt = {
+            let mut state = self.state.lock().expect("slot state");
+            if let Some(live) = &state.live {
+                if !live.wire.is_closed() {
+                    return Ok(live.clone());
+                }
+                state.live = None;
+            }
+            match &state.connecting {
+                Some(attempt) => attempt.clone(),
+                None => {
+                    let attempt = connect(
+                        self.target.clone(),
+                        self.config.clone(),
+                        self.connect_timeout,
+                        self.wake.clone(),
+                    )
+                    .boxed()
+                    .shared();
+                    state.connecting = Some(attempt.clone());
+                    attempt
+                }
+            }
+        };
+        let result = attempt.clone().await;
+        let mut state = self.state.lock().expect("slot state");
+        if state
+            .connecting
+            .as_ref()
+            .is_some_and(|a| a.ptr_eq(&attempt))
+        {
+            state.connecting = None;
+            if let Ok(live) = &result {
+                state.live = Some(live.clone());
+            }
+        }
+        result
+    }
+
+    /// Drops `live` (if it is still the slot's connection) and wakes the background task.
+    fn discard(&self, live: &Live) {
+        live.wire.closed.store(true, Ordering::SeqCst);
+        let mut state = self.state.lock().expect("slot state");
+        if state
+            .live
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(&l.wire, &live.wire))
+        {
+            state.live = None;
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Drops the slot's connection, whichever it is.
+    fn discard_current(&self) {
+        let live = self.state.lock().expect("slot state").live.clone();
+        if let Some(live) = live {
+            self.discard(&live);
+        }
+    }
+
+    /// The server of the slot's open connection.
+    fn addr(&self) -> Option<String> {
+        let state = self.state.lock().expect("slot state");
+        state.live.as_ref().map(|l| l.addr.clone())
+    }
+
+    /// Opens the connection and keeps it open: after it closes, a new one is opened at
+    /// once, then every 50 ms doubling up to [`MAX_RECONNECT_DELAY`] while that fails.
+    /// Ends when the slot is dropped. (Outside a Tokio runtime nothing is started: the
+    /// next command then opens the connection.)
+    fn maintain(slot: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(slot);
+        let wake = slot.wake.clone();
+        runtime.spawn(async move {
+            let mut failures = 0u32;
+            let mut was_lost = false;
+            loop {
+                let woken = wake.notified();
+                let Some(slot) = weak.upgrade() else { return };
+                let pause = match slot.check().await {
+                    Ok(addr) => {
+                        if was_lost {
+                            tracing::info!(server = %addr, "redis connection re-established");
+                        }
+                        failures = 0;
+                        was_lost = false;
+                        HEALTH_INTERVAL
+                    }
+                    Err(e) => {
+                        if !was_lost {
+                            tracing::warn!(error = %e, "redis connection lost; reconnecting in the background");
+                        }
+                        was_lost = true;
+                        failures += 1;
+                        (Duration::from_millis(50) * 2u32.pow(failures.min(5)))
+                            .min(MAX_RECONNECT_DELAY)
+                    }
+                };
+                drop(slot);
+                let _ = tokio::time::timeout(pause, woken).await;
+            }
+        });
+    }
+
+    /// Makes sure the connection is open (PINGs one whose closing is not seen at once);
+    /// returns its server.
+    async fn check(&self) -> RedisResult<String> {
+        let live = self.live().await?;
+        if !live.wire.watched {
+            let ping: RedisResult<()> =
+                redis::cmd("PING").query_async(&mut live.conn.clone()).await;
+            if let Err(e) = ping {
+                if connection_lost(&e) || e.is_timeout() {
+                    self.discard(&live);
+                }
+                return Err(e);
+            }
+        }
+        Ok(live.addr)
+    }
+}
+
+/// Opens a connection to the target's server (for Sentinel: the master the sentinels
+/// name). On plain TCP the socket is Herald's own, so it knows when the connection ends
+/// and how many bytes it wrote; TLS and Unix sockets are opened by the client library.
+async fn connect(
+    target: Arc<Target>,
+    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    wake: Arc<Notify>,
+) -> RedisResult<Live> {
+    let client = match &*target {
+        Target::Standalone(client) => client.clone(),
+        Target::Sentinel(state) => state.sentinel.lock().await.async_get_client().await?,
+    };
+    let info = client.get_connection_info();
+    let addr = info.addr().to_string();
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        return Ok(Live {
+            addr,
+            conn,
+            wire: Arc::new(Wire::default()),
+        });
+    };
+    let wire = Arc::new(Wire {
+        watched: true,
+        ..Wire::default()
+    });
+    let opening = async {
+        let socket = TcpStream::connect((host.as_str(), *port)).await?;
+        socket.set_nodelay(true)?;
+        let stream = CountingStream {
+            inner: socket,
+            wire: wire.clone(),
+        };
+        MultiplexedConnection::new_with_config(info.redis_settings(), stream, config).await
+    };
+    let (conn, driver) = tokio::time::timeout(connect_timeout, opening)
+        .await
+        .map_err(|_| RedisError::from(io::Error::from(io::ErrorKind::TimedOut)))??;
+    let ended = wire.clone();
+    // The driver reads replies all the time, so it ends as soon as Redis closes the
+    // connection (or when every clone of `conn` is dropped).
+    tokio::spawn(async move {
+        driver.await;
+        ended.closed.store(true, Ordering::SeqCst);
+        wake.notify_one();
+    });
+    Ok(Live { addr, conn, wire })
+}
+
+/// A TCP socket that counts the bytes it accepted for writing.
+struct CountingStream {
+    inner: TcpStream,
+    wire: Arc<Wire>,
+}
+
+impl CountingStream {
+    fn count(&self, written: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.wire.written.fetch_add(*n as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.count(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.count(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl ConnectionLike for Healing {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(self.send(Request::One(cmd)))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            match self.send(Request::Many(pipeline, offset, count)).await? {
+                Value::Array(replies) => Ok(replies),
+                _ => unreachable!("a pipeline's replies are wrapped in an array"),
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.slot.db
+    }
+}
+
+/// The sentinels, and every connection that follows the master they name.
+struct SentinelState {
+    sentinel: Mutex<SentinelClient>,
+    /// Pool slots and readers' own connections, told to leave a master the sentinels no
+    /// longer name.
+    slots: std::sync::Mutex<Vec<Weak<Slot>>>,
 }
 
 impl SentinelState {
     /// Starts the task that polls the sentinels for the master's address; it ends when
-    /// the pool is dropped. (Outside a Tokio runtime nothing is started: errors alone
-    /// then make the connections follow a failover.)
-    fn watch(state: &Arc<Self>, settings: &RedisSettings) -> RedisResult<()> {
+    /// the last connection is dropped. (Outside a Tokio runtime nothing is started: errors
+    /// alone then make the connections follow a failover.)
+    fn watch(
+        state: &Arc<Self>,
+        settings: &RedisSettings,
+        connect_timeout: Duration,
+    ) -> RedisResult<()> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Ok(());
         };
@@ -445,7 +911,9 @@ impl SentinelState {
             .iter()
             .map(|n| redis::Client::open(with_credentials(n, settings)?))
             .collect::<RedisResult<Vec<_>>>()?;
-        let config = state.config.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
         let master = settings.sentinel_master.clone();
         let state = Arc::downgrade(state);
         runtime.spawn(async move {
@@ -454,19 +922,23 @@ impl SentinelState {
                 tokio::time::sleep(SENTINEL_POLL).await;
                 let Some(state) = state.upgrade() else { return };
                 if let Some(addr) = ask_master(&sentinels, &mut conns, &config, &master).await {
-                    state.forget_all_but(&addr).await;
+                    state.forget_all_but(&addr);
                 }
             }
         });
         Ok(())
     }
 
-    async fn forget_all_but(&self, master: &str) {
-        for slot in &self.slots {
-            let mut slot = slot.lock().await;
-            if slot.as_ref().is_some_and(|(addr, _)| addr != master) {
+    fn forget_all_but(&self, master: &str) {
+        let slots: Vec<Arc<Slot>> = {
+            let mut slots = self.slots.lock().expect("sentinel slots");
+            slots.retain(|s| s.strong_count() > 0);
+            slots.iter().filter_map(Weak::upgrade).collect()
+        };
+        for slot in slots {
+            if slot.addr().is_some_and(|addr| addr != master) {
                 tracing::warn!(master, "the sentinels named a new master; reconnecting");
-                slot.take();
+                slot.discard_current();
             }
         }
     }
@@ -501,32 +973,6 @@ async fn ask_master(
     None
 }
 
-impl SentinelConn {
-    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
-        let mut slot = self.state.slots[self.slot].lock().await;
-        if let Some((_, conn)) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let client = self.state.sentinel.lock().await.async_get_client().await?;
-        let addr = client.get_connection_info().addr().to_string();
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&self.state.config)
-            .await?;
-        *slot = Some((addr, conn.clone()));
-        Ok(conn)
-    }
-
-    /// Drops the slot's connection after `error` if it means the master moved or died.
-    async fn observe<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result {
-            if master_lost(e) {
-                self.state.slots[self.slot].lock().await.take();
-            }
-        }
-        result
-    }
-}
-
 /// The server is gone, or was demoted to a replica by a failover.
 fn master_lost(e: &RedisError) -> bool {
     e.is_io_error()
@@ -537,37 +983,6 @@ fn master_lost(e: &RedisError) -> bool {
         || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
         // A script refused its first write on a replica.
         || e.to_string().contains("READONLY")
-}
-
-impl ConnectionLike for SentinelConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let result = async { self.connection().await?.req_packed_command(cmd).await }.await;
-            self.observe(result).await
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let result = async {
-                self.connection()
-                    .await?
-                    .req_packed_commands(pipeline, offset, count)
-                    .await
-            }
-            .await;
-            self.observe(result).await
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
 }
 
 #[cfg(test)]

@@ -131,6 +131,10 @@ fn describe() {
         "herald_redis_errors_total",
         "Redis command failures, by kind: unavailable (connection, timeout, OOM, …) or error."
     );
+    describe_counter!(
+        "herald_redis_resent_total",
+        "Redis commands sent again on a new connection because their connection had closed before they were written."
+    );
 }
 
 /// The method as a label: HTTP allows any token as a method, so anything but the
@@ -206,6 +210,11 @@ pub fn history_dropped() {
 pub fn redis_error(unavailable: bool) {
     let kind = if unavailable { "unavailable" } else { "error" };
     counter!("herald_redis_errors_total", "kind" => kind).increment(1);
+}
+
+/// A command sent again on a new connection: its own had closed before it was written.
+pub fn redis_resent() {
+    counter!("herald_redis_resent_total").increment(1);
 }
 
 /// Most keys examined by one sample of the saved notifications (SCAN is O(keyspace)).

@@ -24,6 +24,7 @@ mod openapi;
 mod parsers;
 mod process;
 mod races;
+mod recovery;
 mod repartition;
 mod slowlog;
 mod topology;
