@@ -311,9 +311,9 @@ impl RedisPool {
             (Source::Single(target), conns)
         };
         let (source, conns) = match settings.mode {
-            RedisMode::Standalone => single(Target::Standalone(redis::Client::open(
+            RedisMode::Standalone => single(Target::Standalone(Box::new(redis::Client::open(
                 settings.url.as_str(),
-            )?)),
+            )?))),
             RedisMode::Sentinel => {
                 let state = Arc::new(SentinelState {
                     sentinel: Mutex::new(sentinel_client(settings)?),
@@ -468,7 +468,7 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// What a standalone or Sentinel connection connects to.
 enum Target {
-    Standalone(redis::Client),
+    Standalone(Box<redis::Client>),
     /// Whatever server the sentinels currently call master.
     Sentinel(Arc<SentinelState>),
 }
@@ -760,7 +760,7 @@ async fn connect(
     wake: Arc<Notify>,
 ) -> RedisResult<Live> {
     let client = match &*target {
-        Target::Standalone(client) => client.clone(),
+        Target::Standalone(client) => (**client).clone(),
         Target::Sentinel(state) => state.sentinel.lock().await.async_get_client().await?,
     };
     let info = client.get_connection_info();

@@ -47,7 +47,7 @@ use serde_json::{json, Value};
 use crate::support::{test_settings, Receiver, RedisServer, TestApp};
 
 /// Sequences run by default (CI); the long variant sets `HERALD_MODEL_CASES=10000`.
-pub const DEFAULT_CASES: u32 = 60;
+pub const DEFAULT_CASES: u32 = 50;
 /// Longest generated sequence.
 const MAX_OPS: usize = 24;
 /// Waiters one event may hold in these runs (`limits.waiters_per_event`), so the quota
@@ -1539,7 +1539,7 @@ impl Env {
 
 #[test]
 fn concurrent_sequences_keep_the_invariants() {
-    let cases = env_number("HERALD_MODEL_CONCURRENT_CASES").unwrap_or(15) as u32;
+    let cases = env_number("HERALD_MODEL_CONCURRENT_CASES").unwrap_or(12) as u32;
     let rt = runtime();
     let env = rt.block_on(Env::start());
     let mut config = Config {
