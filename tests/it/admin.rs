@@ -114,12 +114,18 @@ async fn health_and_readiness() {
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
     let (status, _) = app.get("/readyz", "").await;
     assert_eq!(status, 200);
-    // A Redis that lost its scripts (e.g. restarted) is reloaded: not ready once, then ready.
+    // A Redis that lost its scripts (e.g. restarted) gets them again from the readiness
+    // check itself: ready at once.
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query(&mut redis.client())
         .unwrap();
-    assert_eq!(app.get("/readyz", "").await.0, 503);
     assert_eq!(app.get("/readyz", "").await.0, 200);
+    let loaded: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(herald::store::scripts::WAIT.get_hash())
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(loaded, vec![true]);
     app.stop().await;
 }
