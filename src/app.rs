@@ -123,9 +123,15 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let data = web::Data::new(state.clone());
     let serves_api = role.serves_api();
+    let durability = crate::store::durability::Policy::from_settings(&settings.redis);
     let mut server = HttpServer::new(move || {
         let app = App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(
+                move |req, next: actix_web::middleware::Next<_>| {
+                    crate::store::durability::scoped(durability, next.call(req))
+                },
+            ))
             .wrap(actix_web::middleware::from_fn(api::observe::observe));
         if serves_api {
             app.configure(api::configure)

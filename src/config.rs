@@ -51,6 +51,9 @@ pub struct RedisSettings {
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
+    /// Replicas that must confirm an API write before it is acknowledged (0: off).
+    pub wait_replicas: u32,
+    pub wait_timeout_ms: u64,
 }
 
 /// How Herald finds its Redis.
@@ -168,6 +171,15 @@ impl Settings {
         }
         if let Err(message) = self.validate_redis_topology() {
             return invalid("redis.mode", message);
+        }
+        if self.redis.wait_replicas > 0
+            && (self.redis.wait_timeout_ms == 0
+                || self.redis.wait_timeout_ms >= self.redis.response_timeout_ms)
+        {
+            return invalid(
+                "redis.wait_timeout_ms",
+                "must be above 0 and below redis.response_timeout_ms (WAIT must answer before the reply times out)".into(),
+            );
         }
         if !crate::domain::is_valid_prefix(&self.redis.key_prefix) {
             return invalid(

@@ -43,6 +43,9 @@ pub enum ApiError {
     },
     #[error("storage is unavailable, try again")]
     Unavailable,
+    /// Applied on the Redis master but not confirmed by the replicas (`redis.wait_replicas`).
+    #[error("the write was applied but not confirmed by the Redis replicas in time ({0}), so it may or may not persist; retry it: a retry with the same Idempotency-Key or workflow step is safe (it is not applied twice)")]
+    NotReplicated(String),
     /// Details go to the log only.
     #[error("internal error")]
     Internal(String),
@@ -66,7 +69,7 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::NotReplicated(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,7 +77,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::NotReplicated(_) => {
                 response.insert_header(("Retry-After", "1"));
             }
             ApiError::RateLimited {
@@ -112,6 +115,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "redis unavailable");
                 ApiError::Unavailable
             }
+            e @ StoreError::NotReplicated { .. } => ApiError::NotReplicated(e.to_string()),
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::Internal(other.to_string())

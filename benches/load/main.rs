@@ -95,6 +95,10 @@ struct Args {
     /// Redis persistence: "no" (no AOF, as `herald dev`), "everysec" or "always".
     #[arg(long, default_value = "no")]
     appendfsync: String,
+    /// Also start a replica of the Redis (to measure `redis.wait_replicas`, set with
+    /// `--herald-env HERALD_REDIS__WAIT_REPLICAS=1`).
+    #[arg(long)]
+    replica: bool,
     /// Herald partitions (`redis.partitions`).
     #[arg(long, default_value_t = 16)]
     partitions: u16,
@@ -172,6 +176,7 @@ fn machine(redis_version: &str, args: &Args) -> Value {
         "cpu": cpu,
         "redis_version": redis_version,
         "redis_appendfsync": args.appendfsync,
+        "redis_replica": args.replica,
         "herald_env": args.herald_env,
         "herald_commit": commit,
         "loadavg_1m": loadavg_1m(),
@@ -205,7 +210,16 @@ impl Output {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
-    let (redis_process, redis_url) = procs::start_redis(dir.path(), &args.appendfsync).await?;
+    let (redis_process, redis_url) =
+        procs::start_redis(dir.path(), &args.appendfsync, None).await?;
+    let replica_dir = tempfile::tempdir()?;
+    let _replica = match args.replica {
+        true => {
+            let master_port = redis_url.rsplit(':').next().unwrap_or("").parse().ok();
+            Some(procs::start_redis(replica_dir.path(), &args.appendfsync, master_port).await?)
+        }
+        false => None,
+    };
     let receiver = Receiver::start()?;
     let binary = args
         .herald_bin

@@ -74,7 +74,14 @@ fn in_path(binary: &str) -> Option<PathBuf> {
 
 /// Starts `redis-server` with no RDB snapshots; `appendfsync` is "no" (no AOF, the
 /// default here) or an AOF policy ("everysec", "always").
-pub async fn start_redis(dir: &Path, appendfsync: &str) -> anyhow::Result<(Process, String)> {
+///
+/// With `replica_of` (a port) the server is a replica of that master; the call returns
+/// once its link to the master is up.
+pub async fn start_redis(
+    dir: &Path,
+    appendfsync: &str,
+    replica_of: Option<u16>,
+) -> anyhow::Result<(Process, String)> {
     let binary = in_path("redis-server")
         .context("redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server)")?;
     let port = free_port()?;
@@ -88,6 +95,9 @@ pub async fn start_redis(dir: &Path, appendfsync: &str) -> anyhow::Result<(Proce
         command.args(["--appendonly", "no"]);
     } else {
         command.args(["--appendonly", "yes", "--appendfsync", appendfsync]);
+    }
+    if let Some(master) = replica_of {
+        command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
     }
     let child = command
         .stdout(Stdio::null())
@@ -103,11 +113,18 @@ pub async fn start_redis(dir: &Path, appendfsync: &str) -> anyhow::Result<(Proce
     for _ in 0..250 {
         process.check_alive()?;
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-            if redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .is_ok()
-            {
+            let up = match replica_of {
+                None => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
+                Some(_) => redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok_and(|info| info.contains("master_link_status:up")),
+            };
+            if up {
                 return Ok((process, url));
             }
         }

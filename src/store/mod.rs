@@ -1,9 +1,11 @@
 //! Redis storage: key names ([`keys`]), connections for every topology ([`redis`]), one
 //! typed wrapper per Lua script ([`scripts`]), tenant records ([`tenants`]), dead letters
 //! ([`dead_letters`]), the offline change of the partition count ([`repartition`]) and the
-//! upgrade of a store written by an older version ([`migrate`]).
+//! upgrade of a store written by an older version ([`migrate`]), and the opt-in wait for
+//! replicas after an API write ([`durability`]).
 
 pub mod dead_letters;
+pub mod durability;
 pub mod keys;
 pub mod limits;
 pub mod migrate;
@@ -29,6 +31,14 @@ pub enum StoreError {
     Reply(String),
     #[error("{0}")]
     Setup(String),
+    /// The write was applied on the master, but fewer than `wanted` replicas confirmed
+    /// it in time (`redis.wait_replicas`): it may or may not survive a failover.
+    #[error("not confirmed by {wanted} replica(s) within {timeout_ms} ms ({detail})")]
+    NotReplicated {
+        wanted: u32,
+        timeout_ms: u64,
+        detail: String,
+    },
 }
 
 impl From<RedisError> for StoreError {

@@ -89,6 +89,12 @@ async fn invoke(
             db.operation = name,
         )
     };
+    // With `redis.wait_replicas` set, an API write also waits for the replicas.
+    if let Some(policy) = super::durability::policy_for(name) {
+        return super::durability::invoke_replicated(conn, &invocation, policy)
+            .instrument(span)
+            .await;
+    }
     invocation
         .invoke_async(conn)
         .instrument(span)

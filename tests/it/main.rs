@@ -11,6 +11,7 @@ mod cli;
 mod delivery;
 mod dlq;
 mod docs;
+mod durability;
 mod fairness;
 mod faults;
 mod history;

@@ -19,21 +19,21 @@ use crate::support::{eventually, eventually_async, test_settings, Receiver, Test
 
 /// What a load run got acknowledged, with when (relative to the run's start).
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// Waits answered 200 "waiting" and never notified: event ids.
-    waiting: Vec<(String, Duration)>,
+    pub(crate) waiting: Vec<(String, Duration)>,
     /// Lookback notifies answered "saved": run ids (event `approved`).
-    saved: Vec<(String, Duration)>,
+    pub(crate) saved: Vec<(String, Duration)>,
     /// Broadcast notifies that reported one delivery: receiver paths.
-    notified: Vec<(String, Duration)>,
+    pub(crate) notified: Vec<(String, Duration)>,
     /// Requests that were not acknowledged (503, timeouts, refused connections).
-    failures: Vec<Duration>,
+    pub(crate) failures: Vec<Duration>,
 }
 
 /// Sends waits, lookback notifies and broadcast notifies from `workers` concurrent loops
 /// until `stop` is set (at most `max_per_worker` rounds each) and records what was
 /// acknowledged.
-async fn load(
+pub(crate) async fn load(
     app: Arc<TestApp>,
     receiver_url: String,
     workers: usize,
@@ -131,7 +131,7 @@ async fn load(
 }
 
 /// What of `ledger` is gone: (waiting events, saved runs, notified paths) lost.
-async fn lost(
+pub(crate) async fn lost(
     app: &TestApp,
     receiver: &Receiver,
     ledger: &Ledger,
@@ -175,7 +175,7 @@ async fn lost(
     (waiting_lost, saved_lost, notified_lost)
 }
 
-fn cluster_settings(cluster: &RedisCluster) -> herald::config::Settings {
+pub(crate) fn cluster_settings(cluster: &RedisCluster) -> herald::config::Settings {
     let mut settings = test_settings(&cluster.url());
     settings.redis.response_timeout_ms = 1000;
     settings.delivery.concurrency = 128;
@@ -494,16 +494,23 @@ fn rediss_urls_connect_with_tls_and_check_the_certificate() {
     assert!(stored, "the tenant was written over TLS");
 }
 
+/// What a failover under load did: acknowledged writes, and of them lost.
+pub(crate) struct Measured {
+    pub(crate) acked: usize,
+    pub(crate) lost: usize,
+}
+
 /// Kills (SIGKILL) a master under load and reports what acknowledged writes were lost
-/// and how long its partitions were unavailable. Not a pass/fail test: it measures.
-async fn measure_killed_master<S>(
+/// and how long its partitions were unavailable. Not a pass/fail test: it measures
+/// (callers may assert on the figures it returns).
+pub(crate) async fn measure_killed_master<S>(
     topology: &str,
     app: Arc<TestApp>,
     receiver: &Receiver,
     redis: &mut S,
     kill: fn(&mut S),
     await_recovery: fn(&S),
-) {
+) -> Measured {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let running = tokio::spawn(load(app.clone(), receiver.url(""), 8, 20_000, stop.clone()));
@@ -558,6 +565,10 @@ async fn measure_killed_master<S>(
         failures_after.len(),
     );
     Arc::try_unwrap(app).ok().unwrap().stop().await;
+    Measured {
+        acked,
+        lost: lost_all.len(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! A local Sentinel setup: a master, one replica, and three sentinels monitoring the
+//! A local Sentinel setup: a master, one replica (or more), and three sentinels monitoring the
 //! master as `mymaster` (quorum 2), every one a real `redis-server` process on a free
 //! loopback port. Stopped (by PID) when dropped.
 
@@ -11,7 +11,7 @@ use super::redis::{poll_until, register, RedisProcess, Topology};
 pub const MASTER_NAME: &str = "mymaster";
 
 pub struct SentinelSetup {
-    /// The data nodes: the first master, then the replica.
+    /// The data nodes: the first master, then the replicas.
     pub servers: Vec<RedisProcess>,
     pub sentinels: Vec<RedisProcess>,
     key: String,
@@ -21,14 +21,23 @@ impl SentinelSetup {
     /// Starts the setup; returns once every sentinel knows the master, the replica and
     /// the other sentinels (so a failover can be agreed on at once).
     pub fn start() -> Self {
+        Self::start_with_replicas(1)
+    }
+
+    /// The same with `replicas` replicas of the master.
+    pub fn start_with_replicas(replicas: usize) -> Self {
         let master = RedisProcess::start(&["--appendonly", "no"]);
-        let replica = RedisProcess::start(&[
-            "--appendonly",
-            "no",
-            "--replicaof",
-            "127.0.0.1",
-            &master.port.to_string(),
-        ]);
+        let mut servers = vec![master];
+        for _ in 0..replicas {
+            let port = servers[0].port.to_string();
+            servers.push(RedisProcess::start(&[
+                "--appendonly",
+                "no",
+                "--replicaof",
+                "127.0.0.1",
+                &port,
+            ]));
+        }
         let sentinels: Vec<RedisProcess> = (0..3)
             .map(|_| {
                 let dir = tempfile::tempdir().unwrap();
@@ -41,7 +50,7 @@ impl SentinelSetup {
                          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                          sentinel failover-timeout {MASTER_NAME} 5000\n\
                          sentinel parallel-syncs {MASTER_NAME} 1\n",
-                        port = master.port
+                        port = servers[0].port
                     ),
                 )
                 .unwrap();
@@ -49,8 +58,8 @@ impl SentinelSetup {
             })
             .collect();
         let setup = SentinelSetup {
-            key: master.url(),
-            servers: vec![master, replica],
+            key: servers[0].url(),
+            servers,
             sentinels,
         };
         setup.await_ready(Duration::from_secs(30));
@@ -69,13 +78,12 @@ impl SentinelSetup {
         let ready = poll_until(limit, || {
             self.sentinels.iter().all(|s| {
                 let master = sentinel_master_state(s);
-                master.get("num-slaves").map(String::as_str) == Some("1")
+                master.get("num-slaves") == Some(&(self.servers.len() - 1).to_string())
                     && master.get("num-other-sentinels").map(String::as_str) == Some("2")
                     && master.get("flags").map(String::as_str) == Some("master")
-            }) && self.servers[1]
-                .info("replication")
-                .get("master_link_status")
-                == Some(&"up".to_owned())
+            }) && self.servers[1..]
+                .iter()
+                .all(|r| r.info("replication").get("master_link_status") == Some(&"up".to_owned()))
         });
         assert!(
             ready,
