@@ -181,8 +181,10 @@ fn wait_bodies_are_accepted_or_refused_with_a_400() {
                     shown
                 );
             }
-            // An empty id segment is another route (404); a quota over max_timeout: 422.
-            404 if event.is_empty() => {}
+            // An empty id segment is another route (404), and so are `.` and `..`, which
+            // the HTTP client normalises out of an unencoded path; a quota over
+            // max_timeout: 422.
+            404 if event.is_empty() || event == "." || event == ".." => {}
             422 => prop_assert!(reply["error"].is_string()),
             other => {
                 return Err(TestCaseError::fail(format!(
