@@ -231,19 +231,18 @@ async fn load_bodies(
     partitions: &[Partition],
     letters: &mut [DeadLetter],
 ) -> Result<(), StoreError> {
-    let mut wanted: Vec<String> = Vec::new();
-    for letter in letters.iter() {
-        let (Some(r), Some(p)) = (
-            &letter.body_ref,
-            partitions.iter().find(|p| p.index == letter.id.partition),
-        ) else {
-            continue;
-        };
-        let key = p.body(r);
-        if !wanted.contains(&key) {
-            wanted.push(key);
-        }
-    }
+    // Each letter's body key (None: its body is inline), and the keys to read, once each.
+    let keys: Vec<Option<String>> = letters
+        .iter()
+        .map(|letter| {
+            let r = letter.body_ref.as_ref()?;
+            let p = partitions.iter().find(|p| p.index == letter.id.partition)?;
+            Some(p.body(r))
+        })
+        .collect();
+    let mut wanted: Vec<&String> = keys.iter().flatten().collect();
+    wanted.sort();
+    wanted.dedup();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -256,16 +255,12 @@ async fn load_bodies(
         })
         .collect();
     let bodies: Vec<Option<Vec<u8>>> = conn.query_each(reads).await?;
-    for letter in letters.iter_mut() {
-        let (Some(r), Some(p)) = (
-            &letter.body_ref,
-            partitions.iter().find(|p| p.index == letter.id.partition),
-        ) else {
-            continue;
-        };
-        let key = p.body(r);
-        if let Some(Some(body)) = wanted.iter().position(|k| *k == key).map(|i| &bodies[i]) {
-            letter.body = body.clone();
+    for (letter, key) in letters.iter_mut().zip(&keys) {
+        let Some(key) = key else { continue };
+        if let Ok(i) = wanted.binary_search(&key) {
+            if let Some(body) = &bodies[i] {
+                letter.body = body.clone();
+            }
         }
     }
     Ok(())

@@ -278,22 +278,8 @@ async fn measure_sentinel_killed_master_with_wait_replicas() {
         app,
         &receiver,
         &mut setup,
-        |s| {
-            let master = s.master_port();
-            s.server_mut(master).kill();
-        },
-        |s| {
-            let before = s
-                .servers
-                .iter()
-                .filter(|p| p.is_running())
-                .map(|p| p.port)
-                .collect::<Vec<_>>();
-            let switched = poll_until(Duration::from_secs(30), || {
-                before.contains(&s.master_port())
-            });
-            assert!(switched, "the sentinels promoted the replica");
-        },
+        crate::topology::kill_sentinel_master,
+        crate::topology::await_sentinel_promotion,
     )
     .await;
 }

@@ -610,6 +610,26 @@ async fn measure_cluster_killed_master_loss_window() {
     .await;
 }
 
+/// Kills the Sentinel setup's current master (SIGKILL).
+pub(crate) fn kill_sentinel_master(s: &mut SentinelSetup) {
+    let master = s.master_port();
+    s.server_mut(master).kill();
+}
+
+/// Waits (30 s at most) until the sentinels name a running server master.
+pub(crate) fn await_sentinel_promotion(s: &SentinelSetup) {
+    let running = s
+        .servers
+        .iter()
+        .filter(|p| p.is_running())
+        .map(|p| p.port)
+        .collect::<Vec<_>>();
+    let switched = poll_until(Duration::from_secs(30), || {
+        running.contains(&s.master_port())
+    });
+    assert!(switched, "the sentinels promoted the replica");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: prints the loss window of a killed Sentinel-monitored master"]
 async fn measure_sentinel_killed_master_loss_window() {
@@ -624,22 +644,8 @@ async fn measure_sentinel_killed_master_loss_window() {
         app,
         &receiver,
         &mut setup,
-        |s| {
-            let master = s.master_port();
-            s.server_mut(master).kill();
-        },
-        |s| {
-            let before = s
-                .servers
-                .iter()
-                .filter(|p| p.is_running())
-                .map(|p| p.port)
-                .collect::<Vec<_>>();
-            let switched = poll_until(Duration::from_secs(30), || {
-                before.contains(&s.master_port())
-            });
-            assert!(switched, "the sentinels promoted the replica");
-        },
+        kill_sentinel_master,
+        await_sentinel_promotion,
     )
     .await;
 }
