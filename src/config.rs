@@ -26,6 +26,17 @@ pub struct Settings {
     pub history: HistorySettings,
     pub telemetry: TelemetrySettings,
     pub limits: LimitSettings,
+    pub workflow: WorkflowSettings,
+}
+
+/// The Upstash Workflow runtime (src/workflow/).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkflowSettings {
+    pub max_message_bytes: usize,
+    pub run_ttl_secs: u64,
+    pub finished_ttl_secs: u64,
+    pub max_call_response_bytes: usize,
+    pub max_error_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

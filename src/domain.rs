@@ -128,6 +128,17 @@ pub fn is_valid_prefix(prefix: &str) -> bool {
 
 /// Parses a timeout: a number of seconds (`"90"`), or units `s`, `m`, `h`, `d`, alone or
 /// compound (`"30s"`, `"5m"`, `"1h30m"`, `"7d"`). Returns milliseconds.
+/// A random id of `len` base62 characters (message ids, waiter ids, consumer names).
+pub fn random_id(len: usize) -> String {
+    use rand::distr::Alphanumeric;
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 pub fn parse_duration(value: &str) -> Result<u64, InvalidInput> {
     let bad = || {
         InvalidInput(format!(

@@ -25,6 +25,8 @@
 //! - [`telemetry`] — logs, OpenTelemetry traces (OTLP) and Prometheus metrics.
 //! - [`history`] — the recent outcomes of each event, for "why did my run not resume?".
 //! - [`remote`] — the `herald` commands that talk to a running Herald over HTTP.
+//! - [`workflow`] — the Upstash Workflow runtime: runs, their history and messages
+//!   (`/v2/batch`, `/v2/publish`), with its scripts in `lua/workflow/`.
 //!
 //! Every state change is one Lua script in `lua/` (see `lua/README.md`), so any number of
 //! api and worker processes can run against one Redis, Sentinel or Redis Cluster.
@@ -44,3 +46,4 @@ pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod waiter;
+pub mod workflow;

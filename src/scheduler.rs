@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::wait::random_id;
 use crate::config::Settings;
+use crate::domain::random_id;
 use crate::store::keys::parse_deadline_member;
 use crate::store::scripts::{self, DueCandidate, HistoryArgs};
 use crate::store::{Conn, Keys, Partition, RedisPool, StoreError};

@@ -22,7 +22,7 @@ fn is_zero_u32(v: &u32) -> bool {
 /// it; [`Waiter::from_stored`] puts it back) and no event id, and `timeoutUrl` is `""`
 /// when it is `url`. The delivery job carries the id again (`enqueue_delivery` in
 /// `lua/shared/delivery.lua`). Waiters stored with all of them still read the same.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Waiter {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -45,6 +45,7 @@ pub struct Waiter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     /// The timeout as requested (e.g. "10m"), echoed in workflow step deliveries.
+    #[serde(default)]
     pub timeout: String,
     /// Per-waiter override of the retry count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +104,7 @@ impl Waiter {
         match kind {
             JobKind::Event => (&self.url, &self.headers),
             JobKind::Timeout => (self.timeout_url(), &self.timeout_headers),
+            JobKind::Workflow => (&self.url, &self.headers),
         }
     }
 
@@ -137,6 +139,73 @@ pub enum JobKind {
     Event,
     /// The timeout, to `timeoutUrl`.
     Timeout,
+    /// A workflow message (`r` says which): its target is the job's `w.url` and
+    /// `w.headers`, as the message's header grammar resolved them.
+    Workflow,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Event => "event",
+            JobKind::Timeout => "timeout",
+            JobKind::Workflow => "workflow",
+        }
+    }
+}
+
+/// What a workflow delivery job does ([`Job::r`]); see `src/workflow/mod.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowKind {
+    /// The run's history prefix `0..=i` to the workflow URL (`RawStep[]`).
+    Step,
+    /// A third-party request of `context.call`; its final answer becomes one callback.
+    Call,
+    /// The one callback of a call, to the workflow URL.
+    Callback,
+    /// The failure callback of a failed run.
+    Failure,
+    /// A message without a run: its body as published, to its destination.
+    Plain,
+    /// Not sent over HTTP: the result of a child run (`context.invoke`), appended to the
+    /// parent run `run` as step `step` (the body is the step's `out`).
+    InvokeResult,
+}
+
+/// The workflow part of a delivery job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkflowJob {
+    pub kind: WorkflowKind,
+    /// The run the job belongs to (the parent run for [`WorkflowKind::InvokeResult`]);
+    /// empty for a plain message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run: String,
+    /// Step: the index of the last history entry delivered, set by `lua/workflow/submit.lua`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub i: Option<u64>,
+    /// The HTTP method (call, plain); POST when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Per-attempt timeout in ms (`Upstash-Timeout` of a call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Call: where its callback goes, with which headers and retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Hop>,
+    /// Call: the step it answers (for the callback); invoke result: the parent's step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<serde_json::Value>,
+}
+
+/// A follow-up message's target: a URL, the headers delivered there, its retries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Hop {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "HeaderMap::is_empty")]
+    pub headers: HeaderMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
 
 /// A delivery job (stream entry field `j`). Short field names: one is stored per delivery.
@@ -166,7 +235,12 @@ pub struct Job {
     /// Content type of the notify body.
     #[serde(default)]
     pub c: Option<String>,
+    /// The waiter (event and timeout jobs), or the target of a workflow message.
+    #[serde(default)]
     pub w: Waiter,
+    /// Workflow messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<WorkflowJob>,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod prometheus;
 pub mod runs;
 pub mod wait;
 pub mod waiters;
+pub mod workflow;
 
 use std::sync::Arc;
 
@@ -85,6 +86,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/waiters/{eventId}", web::get().to(waiters::list))
         .route("/v2/events/{eventId}/history", web::get().to(history::get))
         .route("/v2/workflows/runs/{runId}", web::delete().to(runs::cancel))
+        .route(
+            "/v2/workflows/runs/{runId}",
+            web::get().to(workflow::history),
+        )
+        .route(
+            "/v2/workflows/runs",
+            web::delete().to(workflow::cancel_many),
+        )
+        .route("/v2/batch", web::post().to(workflow::batch))
+        .route(
+            "/v2/publish/{destination:.*}",
+            web::post().to(workflow::publish),
+        )
+        .route(
+            "/v2/workflows/hooks/{userId}/{runId}/{eventId}",
+            web::route().to(workflow::hook),
+        )
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
         .route("/v2/dlq", web::get().to(dlq::list))

@@ -182,6 +182,26 @@ pub async fn lookback(
     let limits = state.limits_of(&mut conn, &tenant).await?;
     admission::still_refused(&state.limits, &tenant, RateClass::Notify, &limits)?;
     let body = read_notify_body(&state, &req, payload, &limits).await?;
+    let ct = content_type_json(&req);
+    to_run(&state, &req, &tenant, &run, &event, &body, &ct, &limits).await
+}
+
+/// A lookback notify of (`run`, `event`) with `body`: delivered to the run's waiters on
+/// the event, or saved for the run's next wait on it. Also the webhook hits of a run
+/// (`api/workflow.rs`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn to_run(
+    state: &State,
+    req: &HttpRequest,
+    tenant: &crate::domain::TenantName,
+    run: &RunId,
+    event: &EventId,
+    body: &[u8],
+    ct: &str,
+    limits: &Limits,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, run, event, limits) = (tenant.clone(), run.clone(), event.clone(), limits);
+    let mut conn = state.redis.get();
     let settings = &state.settings;
     let partition = state.keys.partition_of(&tenant, &event);
     // A client retry with the same Idempotency-Key (or Upstash-Deduplication-Id) gets the
@@ -205,13 +225,12 @@ pub async fn lookback(
         &state.keys,
         &state.limits,
         &tenant,
-        &limits,
+        limits,
         RateClass::Notify,
         None,
     )
     .await?;
-    let trace = super::observe::job_traceparent(&req);
-    let ct = content_type_json(&req);
+    let trace = super::observe::job_traceparent(req);
     let args = |more: bool| NotifyRunArgs {
         partition: &partition,
         tenant: &tenant,
@@ -220,8 +239,8 @@ pub async fn lookback(
         // Later calls of a batched delivery keep no record: the first call's record
         // already answers a retry of the request.
         op_id: op_id.as_deref().filter(|_| !more),
-        body: &body,
-        content_type_json: &ct,
+        body,
+        content_type_json: ct,
         message_id_base: "",
         saved_ttl_ms: settings.waiters.saved_ttl_secs * 1000,
         op_ttl_secs: settings.waiters.idempotency_ttl_secs,
@@ -288,7 +307,7 @@ pub async fn lookback(
         .into()),
         NotifyRunReply::Limited(refusal) => {
             Err(
-                admission::refused(&state.limits, &tenant, RateClass::Notify, &limits, refusal)
+                admission::refused(&state.limits, &tenant, RateClass::Notify, limits, refusal)
                     .into(),
             )
         }

@@ -1,14 +1,17 @@
-//! `DELETE /v2/workflows/runs/{runId}`: cancel a run: drop its waiters and saved
-//! notifications in every partition, and refuse its later waits and lookback notifies.
+//! `DELETE /v2/workflows/runs/{runId}`: end a workflow run (`?cancel=false`, sent by the
+//! SDK when the workflow returns) or cancel a run: a run Herald holds ends
+//! (src/workflow/mod.rs); a cancel also drops the run's waiters and saved notifications in
+//! every partition and refuses its later waits and lookback notifies.
 
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::Tenant;
-use super::{path_param, State};
-use crate::domain::{EventId, RunId};
+use super::{path_param, query_param, read_body, State};
+use crate::domain::{EventId, RunId, TenantName};
 use crate::error::ApiError;
 use crate::limits::RateClass;
 use crate::store::scripts;
+use crate::workflow::run::RunState;
 
 /// Most cancel script calls per partition (each removes up to
 /// [`scripts::CANCEL_MAX_WAITERS`] waiters); a bound, not an expected count.
@@ -18,13 +21,61 @@ pub async fn cancel(
     state: State,
     Tenant(tenant): Tenant,
     req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let run = RunId::parse(path_param(&req, "runId"))?;
-    let ttl_ms = state.settings.waiters.saved_ttl_secs * 1000;
+    // `?cancel=false` is a workflow's end (its return value as the body); anything else
+    // cancels the run.
+    let ending = query_param(&req, "cancel").as_deref() == Some("false");
     let mut conn = state.redis.get();
     state
         .check_rate(&mut conn, &tenant, RateClass::Wait)
         .await?;
+    let result = if ending {
+        read_body(&req, payload, state.settings.workflow.max_message_bytes).await?
+    } else {
+        web::Bytes::new()
+    };
+    let after = if ending {
+        RunState::Success
+    } else {
+        RunState::Canceled
+    };
+    let before = super::workflow::end_run(
+        &state,
+        &tenant,
+        &run,
+        after,
+        (!result.is_empty()).then_some(&result[..]),
+        &req,
+    )
+    .await?;
+    if ending && before.is_some() {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({
+            "workflowRunId": run.as_str(),
+            "state": after.as_str(),
+        })));
+    }
+    let (waiters, saved) = clear_waiters(&state, &tenant, &run).await?;
+    tracing::info!(tenant = %tenant, run = %run, waiters, saved, "run cancelled");
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "workflowRunId": run.as_str(),
+        "cancelled": true,
+        "waitersRemoved": waiters,
+        "savedRemoved": saved,
+    })))
+}
+
+/// Drops a run's waiters and saved notifications in every partition and refuses its
+/// later waits and lookback notifies (a tombstone per partition). Returns (waiters,
+/// saved) removed.
+pub async fn clear_waiters(
+    state: &State,
+    tenant: &TenantName,
+    run: &RunId,
+) -> Result<(i64, i64), ApiError> {
+    let ttl_ms = state.settings.waiters.saved_ttl_secs * 1000;
+    let mut conn = state.redis.get();
     let (mut waiters, mut saved) = (0, 0);
     for partition in state.keys.all_partitions() {
         // First call: tombstone (no new state for the run from now on) + list its events;
@@ -32,7 +83,7 @@ pub async fn cancel(
         let mut events: Vec<EventId> = Vec::new();
         for call in 0..MAX_CANCEL_CALLS {
             let cleared =
-                scripts::cancel(&mut conn, &partition, &tenant, &run, ttl_ms, &events).await?;
+                scripts::cancel(&mut conn, &partition, tenant, run, ttl_ms, &events).await?;
             waiters += cleared.waiters;
             saved += cleared.saved;
             events = cleared
@@ -48,11 +99,5 @@ pub async fn cancel(
             }
         }
     }
-    tracing::info!(tenant = %tenant, run = %run, waiters, saved, "run cancelled");
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "workflowRunId": run.as_str(),
-        "cancelled": true,
-        "waitersRemoved": waiters,
-        "savedRemoved": saved,
-    })))
+    Ok((waiters, saved))
 }

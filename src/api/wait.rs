@@ -151,15 +151,7 @@ pub fn hash_id(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
-pub fn random_id(len: usize) -> String {
-    use rand::distr::Alphanumeric;
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
+pub use crate::domain::random_id;
 
 pub async fn wait(
     state: State,

@@ -60,7 +60,7 @@ impl Outbound {
     }
 }
 
-fn push_header(headers: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: &str) {
+pub(super) fn push_header(headers: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: &str) {
     let lower = name.to_ascii_lowercase();
     let name = lower.strip_prefix(FORWARD_PREFIX).unwrap_or(&lower);
     if DROPPED_HEADERS.contains(&name) {
@@ -80,6 +80,19 @@ fn push_header(headers: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: 
 /// element stands for the run's initial payload (Herald does not hold it: empty) and whose
 /// last is the wait step with `out` = base64(event body), or `waitTimeout: true`.
 fn workflow_body(job: &Job, event_body: &[u8]) -> Vec<u8> {
+    let step_json = wait_result_step(job, event_body).to_string();
+    serde_json::json!([
+        { "messageId": job.m, "body": "", "callType": "step" },
+        { "messageId": job.m, "body": STANDARD.encode(step_json), "callType": "step" },
+    ])
+    .to_string()
+    .into_bytes()
+}
+
+/// The step a workflow waiter's outcome stands for: the registered step with
+/// `waitEventId`, `timeout`, and `out` = base64(event body) or `waitTimeout: true`
+/// (without `out`: the SDK reads an empty `out` as a body).
+pub fn wait_result_step(job: &Job, event_body: &[u8]) -> serde_json::Value {
     let mut step = match &job.w.step {
         Some(serde_json::Value::Object(s)) => s.clone(),
         _ => serde_json::Map::new(),
@@ -91,17 +104,11 @@ fn workflow_body(job: &Job, event_body: &[u8]) -> Vec<u8> {
             step.insert("out".into(), STANDARD.encode(event_body).into());
             step.insert("waitTimeout".into(), false.into());
         }
-        JobKind::Timeout => {
+        JobKind::Timeout | JobKind::Workflow => {
             step.insert("waitTimeout".into(), true.into());
         }
     }
-    let step_json = serde_json::Value::Object(step).to_string();
-    serde_json::json!([
-        { "messageId": job.m, "body": "", "callType": "step" },
-        { "messageId": job.m, "body": STANDARD.encode(step_json), "callType": "step" },
-    ])
-    .to_string()
-    .into_bytes()
+    serde_json::Value::Object(step)
 }
 
 /// Builds the request of a job: the event to `url`, or the timeout to `timeoutUrl`.
@@ -121,7 +128,7 @@ pub fn build(job: &Job, event_body: &[u8]) -> Outbound {
         )
     } else {
         match job.k {
-            JobKind::Event => (event_body.to_vec(), job.c.clone()),
+            JobKind::Event | JobKind::Workflow => (event_body.to_vec(), job.c.clone()),
             JobKind::Timeout => (
                 w.timeout_body
                     .as_deref()
@@ -139,13 +146,7 @@ pub fn build(job: &Job, event_body: &[u8]) -> Outbound {
         ("upstash-message-id", job.m.clone()),
         ("upstash-retried", job.a.to_string()),
         ("herald-event-id", job.e.clone()),
-        (
-            "herald-outcome",
-            match job.k {
-                JobKind::Event => "event".to_owned(),
-                JobKind::Timeout => "timeout".to_owned(),
-            },
-        ),
+        ("herald-outcome", job.k.as_str().to_owned()),
     ];
     for (name, value) in fixed {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -258,27 +259,46 @@ impl Sender {
     }
 
     pub async fn send(&self, outbound: Outbound) -> Attempt {
+        self.send_with(outbound, "POST", RESPONSE_EXCERPT, None)
+            .await
+            .into_attempt()
+    }
+
+    /// Sends with `method`, reading at most `max_body` bytes of the answer, with an
+    /// optional per-request timeout (below the client's total timeout).
+    pub async fn send_with(
+        &self,
+        outbound: Outbound,
+        method: &str,
+        max_body: usize,
+        timeout: Option<Duration>,
+    ) -> Exchange {
         let url = match reqwest::Url::parse(&outbound.url) {
             Ok(u) => u,
             Err(e) => {
-                return Attempt::Refused {
+                return Exchange::Refused {
                     reason: format!("invalid url: {e}"),
                 }
             }
         };
         if let Some(reason) = self.refusal(&url) {
-            return Attempt::Refused { reason };
+            return Exchange::Refused { reason };
         }
         let shown = without_query(&url);
-        let mut request = self.client.post(url);
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut request = self.client.request(method, url);
         for (name, value) in outbound.headers {
             request = request.header(name, value);
+        }
+        if let Some(t) = timeout {
+            request = request.timeout(t);
         }
         let response = match request.body(outbound.body).send().await {
             Ok(r) => r,
             Err(e) => {
                 if let Some(blocked) = find_source::<Blocked>(&e) {
-                    return Attempt::Refused {
+                    return Exchange::Refused {
                         reason: blocked.to_string(),
                     };
                 }
@@ -286,13 +306,10 @@ impl Sender {
                 // carry a receiver's secret, and the text is logged and kept in the dead
                 // letter.
                 let error = format!("{shown}: {}", error_chain(&e.without_url()));
-                return Attempt::Unreachable { error };
+                return Exchange::Unreachable { error };
             }
         };
         let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Attempt::Delivered { status };
-        }
         let headers = response.headers().clone();
         let non_retryable = status == 489
             && headers
@@ -300,10 +317,14 @@ impl Sender {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let retry_after = super::retry::retry_after(&headers);
-        let excerpt = read_excerpt(response).await;
-        Attempt::Failed {
+        let body = read_at_most(response, max_body).await;
+        Exchange::Answered {
             status,
-            excerpt,
+            headers: headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            body,
             retry_after,
             non_retryable,
         }
@@ -368,18 +389,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Reads at most [`RESPONSE_EXCERPT`] bytes; a receiver streaming forever or dripping
-/// bytes is cut off by the size cap or the client's total timeout.
-async fn read_excerpt(mut response: reqwest::Response) -> String {
+/// Reads at most `max` bytes; a receiver streaming forever or dripping bytes is cut off
+/// by the size cap or the client's total timeout.
+async fn read_at_most(mut response: reqwest::Response, max: usize) -> Vec<u8> {
     let mut buf = Vec::new();
-    while buf.len() < RESPONSE_EXCERPT {
+    while buf.len() < max {
         match response.chunk().await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
             _ => break,
         }
     }
-    buf.truncate(RESPONSE_EXCERPT);
-    String::from_utf8_lossy(&buf).into_owned()
+    buf.truncate(max);
+    buf
+}
+
+/// What one request came to, with the answer kept (a workflow call passes it on).
+#[derive(Debug)]
+pub enum Exchange {
+    Answered {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        retry_after: Option<Duration>,
+        non_retryable: bool,
+    },
+    Unreachable {
+        error: String,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+impl Exchange {
+    /// The attempt as a delivery counts it (2xx delivered; else failed, with an excerpt).
+    pub fn into_attempt(self) -> Attempt {
+        match self {
+            Exchange::Answered { status, .. } if (200..300).contains(&status) => {
+                Attempt::Delivered { status }
+            }
+            Exchange::Answered {
+                status,
+                body,
+                retry_after,
+                non_retryable,
+                ..
+            } => {
+                let mut body = body;
+                body.truncate(RESPONSE_EXCERPT);
+                Attempt::Failed {
+                    status,
+                    excerpt: String::from_utf8_lossy(&body).into_owned(),
+                    retry_after,
+                    non_retryable,
+                }
+            }
+            Exchange::Unreachable { error } => Attempt::Unreachable { error },
+            Exchange::Refused { reason } => Attempt::Refused { reason },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod ip_policy;
 mod record;
 pub mod retry;
 pub mod signing;
+mod workflow;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -95,7 +96,7 @@ impl Deliverer {
             "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
             std::process::id(),
-            crate::api::wait::random_id(6)
+            crate::domain::random_id(6)
         );
         let (acks, ack_queues) = keys
             .all_partitions()
@@ -562,6 +563,15 @@ impl Deliverer {
         body: Vec<u8>,
         body_ref: Option<String>,
     ) {
+        // A workflow waiter of a run Herald holds: its outcome joins the run's history.
+        if job.r.is_none() && job.w.step.is_some() {
+            if let Some(true) = self
+                .relay_wait(partition, entry_id, &job, &body, body_ref.clone())
+                .await
+            {
+                return;
+            }
+        }
         // Signing never fails open: without the tenant's key no request leaves. The delivery
         // goes back into the retry schedule like a deferral (no attempt counted: nothing
         // was sent, and `Upstash-Retried` keeps counting requests the receiver could have
@@ -577,13 +587,18 @@ impl Deliverer {
                 return;
             }
         };
+        if job.r.is_some() {
+            self.attempt_workflow(partition, entry_id, job, body, &key)
+                .await;
+            return;
+        }
         let mut outbound = http::build(&job, &body);
         record::trace_header(&mut outbound, &job);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let jti = format!("jwt_{}", crate::api::wait::random_id(20));
+        let jti = format!("jwt_{}", crate::domain::random_id(20));
         let token = signing::sign(&key, &outbound.url, &outbound.body, now, &jti);
         match reqwest::header::HeaderValue::from_str(&token) {
             Ok(v) => outbound.headers.push((

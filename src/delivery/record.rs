@@ -19,10 +19,7 @@ pub fn trace_header(outbound: &mut Outbound, job: &Job) {
 }
 
 fn kind(job: &Job) -> &'static str {
-    match job.k {
-        JobKind::Event => "event",
-        JobKind::Timeout => "timeout",
-    }
+    job.k.as_str()
 }
 
 /// An attempt's outcome, taken before the attempt is consumed by the outcome handling.

@@ -30,7 +30,15 @@ use super::StoreError;
 use crate::config::RedisSettings;
 
 /// Scripts whose reply a client acts on; the rest (rate limits, worker scripts) never wait.
-pub const CONFIRMED_SCRIPTS: [&str; 5] = ["wait", "notify", "notify_run", "cancel", "redrive"];
+pub const CONFIRMED_SCRIPTS: [&str; 7] = [
+    "wait",
+    "notify",
+    "notify_run",
+    "cancel",
+    "redrive",
+    "workflow/submit",
+    "workflow/finish",
+];
 
 /// How many replicas must confirm a write, within how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

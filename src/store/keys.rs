@@ -20,6 +20,8 @@
 //! | `<prefix>:{p<n>}:waiters:<tenant>` | STRING | the tenant's waiters registered in the partition (quota) |
 //! | `<prefix>:{p<h>}:rate:<tenant>:<class>` | STRING | GCRA state of a tenant's rate limit, in its home partition `h` |
 //! | `<prefix>:{p<n>}:history:<tenant>:<event>` | LIST | recent outcomes of the event, newest first |
+//! | `<prefix>:{p<r>}:wf:<tenant>:<run>` | HASH | a workflow run's record, in the run's partition `r` ([`Keys::run_partition`]) |
+//! | `<prefix>:{p<r>}:wfsteps:<tenant>:<run>` | LIST | a workflow run's history (RawStep JSON) |
 //!
 //! Global keys (single-key commands only): `<prefix>:meta` (HASH: partitions),
 //! `<prefix>:tenant:<name>` (HASH), `<prefix>:tenants` (SET), `<prefix>:token:<sha256>` (STRING),
@@ -155,6 +157,13 @@ impl Keys {
 
     pub fn all_partitions(&self) -> impl Iterator<Item = Partition> + '_ {
         (0..self.partitions).map(|i| self.partition(i))
+    }
+
+    /// The partition of a workflow run: its record and history share one slot with the
+    /// stream its deliveries go through (src/workflow/mod.rs).
+    pub fn run_partition(&self, tenant: &TenantName, run: &RunId) -> Partition {
+        let h = fnv1a64(&[tenant.as_str().as_bytes(), b"wf", run.as_str().as_bytes()]);
+        self.partition((h % u64::from(self.partitions)) as u16)
     }
 
     /// The tenant's home partition: where its rate-limit state lives (one slot per tenant,
@@ -324,6 +333,16 @@ impl Partition {
 
     pub fn retry_jobs(&self) -> String {
         format!("{}retry-jobs", self.base)
+    }
+
+    /// A workflow run's record (HASH, src/workflow/run.rs `RunRecord`).
+    pub fn workflow_run(&self, tenant: &TenantName, run: &RunId) -> String {
+        format!("{}wf:{}:{}", self.base, tenant, run)
+    }
+
+    /// A workflow run's history (LIST of RawStep JSON, in acceptance order).
+    pub fn workflow_steps(&self, tenant: &TenantName, run: &RunId) -> String {
+        format!("{}wfsteps:{}:{}", self.base, tenant, run)
     }
 
     pub fn dead_letters(&self, tenant: &TenantName) -> String {

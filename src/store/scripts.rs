@@ -49,9 +49,12 @@ script!(RECLAIM, "reclaim.lua", with_shared);
 script!(RENEW, "renew.lua");
 script!(REDRIVE, "redrive.lua", with_shared);
 script!(DELETE_DEAD_LETTER, "delete_dead_letter.lua", with_shared);
+script!(WORKFLOW_SUBMIT, "workflow/submit.lua");
+script!(WORKFLOW_FINISH, "workflow/finish.lua");
+script!(WORKFLOW_CHAIN, "workflow/chain.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 14] {
+pub fn all() -> [(&'static str, &'static Script); 17] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -67,13 +70,16 @@ pub fn all() -> [(&'static str, &'static Script); 14] {
         ("redrive", &REDRIVE),
         ("delete_dead_letter", &DELETE_DEAD_LETTER),
         ("rate_limit", &RATE_LIMIT),
+        ("workflow/submit", &WORKFLOW_SUBMIT),
+        ("workflow/finish", &WORKFLOW_FINISH),
+        ("workflow/chain", &WORKFLOW_CHAIN),
     ]
 }
 
 /// Runs one script inside its own span, a child of the request or delivery span. Calls
 /// outside both (the scheduler's periodic scripts) get no span: they would be a stream
 /// of root spans, several per partition and tick, that explain nothing.
-async fn invoke(
+pub(crate) async fn invoke(
     conn: &mut Conn,
     name: &'static str,
     invocation: ScriptInvocation<'_>,
@@ -102,7 +108,7 @@ async fn invoke(
         .map_err(StoreError::from)
 }
 
-fn text(v: &Value) -> Result<String, StoreError> {
+pub(crate) fn text(v: &Value) -> Result<String, StoreError> {
     match v {
         Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Ok(s.clone()),
@@ -113,7 +119,7 @@ fn text(v: &Value) -> Result<String, StoreError> {
     }
 }
 
-fn int(v: &Value) -> Result<i64, StoreError> {
+pub(crate) fn int(v: &Value) -> Result<i64, StoreError> {
     match v {
         Value::Int(i) => Ok(*i),
         other => text(other)?
@@ -122,7 +128,7 @@ fn int(v: &Value) -> Result<i64, StoreError> {
     }
 }
 
-fn array(v: Value) -> Result<Vec<Value>, StoreError> {
+pub(crate) fn array(v: Value) -> Result<Vec<Value>, StoreError> {
     match v {
         Value::Array(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),

@@ -1,6 +1,7 @@
 //! Tenant records, API tokens and signing keys.
 //!
-//! Tokens are random (`hld_` + 32 base62 characters, about 190 bits) and stored only as
+//! Tokens are base64 JSON around a random secret (`hld_` + 32 base62 characters, about 190
+//! bits; see [`new_tenant_token`]) and stored only as
 //! their SHA-256: `<prefix>:token:<sha256 hex>` → tenant name. A leaked Redis dump holds
 //! no usable token. Lookups compare the stored name after a constant-time hash match.
 
@@ -22,8 +23,36 @@ fn random_string(len: usize) -> String {
         .collect()
 }
 
+/// A secret in the old token shape (`hld_` + 32 base62 characters); the admin token of
+/// `herald dev` still uses it.
 pub fn new_token() -> String {
     format!("hld_{}", random_string(32))
+}
+
+/// A tenant token: standard base64 of `{"UserID":"<tenant>","Password":"hld_…"}`, the
+/// shape of QStash tokens, which the Upstash Workflow SDK decodes to read `UserID` (the
+/// tenant) for `createWebhook` URLs. Only the whole string is a credential (it is stored
+/// as its SHA-256 like every token); the name inside is not trusted by Herald. The random
+/// part is drawn again until the base64 text has no `+`, `/` or `=`, so a token is
+/// `[A-Za-z0-9]` only, like the old `hld_` tokens (which keep working).
+pub fn new_tenant_token(name: &TenantName) -> String {
+    use base64::Engine;
+    let mut token = String::new();
+    // Bounded: a tenant name whose own bytes encode to `+` or `/` cannot be helped by
+    // drawing again; its token then holds them (still valid base64).
+    for _ in 0..200 {
+        let mut json =
+            serde_json::json!({ "UserID": name.as_str(), "Password": new_token() }).to_string();
+        // JSON whitespace before the closing brace: a length divisible by 3 has no `=`.
+        while json.len() % 3 != 0 {
+            json.insert(json.len() - 1, ' ');
+        }
+        token = base64::engine::general_purpose::STANDARD.encode(json);
+        if token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            break;
+        }
+    }
+    token
 }
 
 pub fn new_signing_key() -> String {
@@ -90,7 +119,7 @@ pub async fn create(
     if !created {
         return Err(TenantError::Exists(name.to_string()));
     }
-    let token = new_token();
+    let token = new_tenant_token(name);
     let current = new_signing_key();
     let next = new_signing_key();
     let hash = token_hash(&token);
@@ -150,7 +179,7 @@ pub async fn rotate_token(
     let Some(old) = old else {
         return Err(TenantError::NotFound(name.to_string()));
     };
-    let token = new_token();
+    let token = new_tenant_token(name);
     let hash = token_hash(&token);
     // Index first, then the authoritative record, then the old index (keys in different
     // cluster slots, so no pipeline): the new token works from the record's write on.

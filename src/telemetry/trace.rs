@@ -18,7 +18,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TelemetrySettings;
-use crate::waiter::{Job, JobKind};
+use crate::waiter::Job;
 
 fn env_set(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
@@ -145,7 +145,7 @@ pub fn delivery_span(job: &Job) -> Span {
         event_id = %job.e,
         run_id = job.w.run_id.as_deref().unwrap_or(""),
         message_id = %job.m,
-        outcome = match job.k { JobKind::Event => "event", JobKind::Timeout => "timeout" },
+        outcome = job.k.as_str(),
         attempt = job.a,
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,

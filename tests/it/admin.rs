@@ -35,7 +35,15 @@ async fn tenants_are_managed_with_the_admin_token() {
         .await;
     assert_eq!(status, 201, "{created}");
     let token = created["token"].as_str().unwrap().to_owned();
-    assert!(token.starts_with("hld_") && token.len() >= 36);
+    // The shape of QStash tokens, which the workflow SDK decodes for `createWebhook`:
+    // base64 JSON naming the tenant as UserID; [A-Za-z0-9] only.
+    assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()), "{token}");
+    let decoded: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &token).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(decoded["UserID"], "initech", "{decoded}");
+    assert!(decoded["Password"].as_str().unwrap().starts_with("hld_"));
     assert!(created["currentSigningKey"]
         .as_str()
         .unwrap()

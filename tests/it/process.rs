@@ -86,7 +86,7 @@ fn tenant_create_prints_a_working_token() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("tenant:              hooli"), "{stdout}");
-    assert!(stdout.contains("token:               hld_"), "{stdout}");
+    assert!(stdout.contains("token:               eyJ"), "{stdout}");
     assert!(stdout.contains("current signing key: sig_"), "{stdout}");
     // The same name again is refused.
     let again = Command::new(HERALD)
