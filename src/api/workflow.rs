@@ -34,18 +34,21 @@ fn reply_of(accepted: &Accepted) -> Value {
     }
 }
 
+/// Everything is parsed before anything is stored: a bad element changes nothing.
+fn parse_all(messages: Vec<Message>) -> Result<Vec<Request>, ApiError> {
+    let now = crate::history::now_ms();
+    Ok(messages
+        .into_iter()
+        .map(|m| Request::parse(m, now))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 async fn accept_all(
     state: &State,
     tenant: &TenantName,
     req: &HttpRequest,
-    messages: Vec<Message>,
+    requests: Vec<Request>,
 ) -> Result<Vec<Accepted>, ApiError> {
-    let now = crate::history::now_ms();
-    // Everything is parsed before anything is stored: a bad element changes nothing.
-    let requests = messages
-        .into_iter()
-        .map(|m| Request::parse(m, now))
-        .collect::<Result<Vec<_>, _>>()?;
     let trace = super::observe::job_traceparent(req);
     let mut conn = state.redis.get();
     let mut accepted = Vec::with_capacity(requests.len());
@@ -90,11 +93,12 @@ pub async fn batch(
         .enumerate()
         .map(|(i, v)| Message::from_batch_element(i, v))
         .collect::<Result<Vec<_>, _>>()?;
+    let requests = parse_all(messages)?;
     let mut conn = state.redis.get();
     state
         .check_rate(&mut conn, &tenant, RateClass::Notify)
         .await?;
-    let accepted = accept_all(&state, &tenant, &req, messages).await?;
+    let accepted = accept_all(&state, &tenant, &req, requests).await?;
     if let Some(error) = accepted.iter().find_map(|a| match a {
         Accepted::Refused(e) => Some(e.clone()),
         _ => None,
@@ -129,11 +133,12 @@ pub async fn publish(
         .iter()
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())));
     let message = Message::from_publish(destination, headers, raw.to_vec())?;
+    let requests = parse_all(vec![message])?;
     let mut conn = state.redis.get();
     state
         .check_rate(&mut conn, &tenant, RateClass::Notify)
         .await?;
-    let accepted = accept_all(&state, &tenant, &req, vec![message]).await?;
+    let accepted = accept_all(&state, &tenant, &req, requests).await?;
     match accepted.into_iter().next() {
         Some(Accepted::Refused(error)) => Err(ApiError::BadRequest(error)),
         Some(a) => Ok(HttpResponse::Created().json(reply_of(&a))),

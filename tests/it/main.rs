@@ -31,3 +31,4 @@ mod slowlog;
 mod topology;
 mod traces;
 mod upgrade;
+mod workflow;

@@ -1,0 +1,492 @@
+//! The workflow runtime (src/workflow/) at the protocol level: a small workflow endpoint
+//! written here the way the SDKs behave (each delivery carries the history so far; the
+//! endpoint publishes the next step with `/v2/batch`, or ends the run with `DELETE
+//! ?cancel=false`) against a live Herald and a real Redis of the suite's topology. The
+//! real SDKs run in `tests/workflow/` (scripts/test).
+//!
+//! What is checked here is what the SDK suite cannot see: exactly one delivery per
+//! history entry and the prefix each carries, duplicate submissions, state left behind,
+//! the statuses of late messages, failure, cancel, and a worker killed mid-run.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use redis::Commands;
+use serde_json::{json, Value};
+
+use crate::support::{eventually, test_settings, Receiver, RedisServer, TestApp};
+
+/// One delivery the endpoint got: its history and headers.
+#[derive(Debug, Clone)]
+struct Hit {
+    entries: Vec<Value>,
+    run: String,
+    message_id: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded body of entry `i` (JSON).
+    fn step(&self, i: usize) -> Value {
+        let b64 = self.entries[i]["body"].as_str().unwrap();
+        serde_json::from_slice(&STANDARD.decode(b64).unwrap()).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Clone)]
+struct Flow {
+    herald: String,
+    token: String,
+    /// Run steps before the end.
+    steps: usize,
+    /// Register a wait for this event as step 1 (then end after its result).
+    wait_for: Option<String>,
+    /// Publish every step twice (an at-least-once SDK).
+    twice: bool,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    ended: Arc<Mutex<Vec<u16>>>,
+}
+
+/// A workflow endpoint that behaves like the SDKs' `serve()`.
+struct Endpoint {
+    port: u16,
+    flow: Flow,
+}
+
+async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -> HttpResponse {
+    let entries: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let run = req
+        .headers()
+        .get("upstash-workflow-runid")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let hit = Hit {
+        entries: entries.clone(),
+        run: run.clone(),
+        message_id: req
+            .headers()
+            .get("upstash-message-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        headers,
+    };
+    flow.hits.lock().unwrap().push(hit);
+    let url = format!("http://{}{}", req.connection_info().host(), req.path());
+    let http = reqwest::Client::new();
+    let k = entries.len();
+    let step_headers = json!({
+        "upstash-workflow-runid": run,
+        "upstash-workflow-init": "false",
+        "upstash-workflow-url": url,
+        "upstash-workflow-sdk-version": "1",
+        "upstash-forward-upstash-workflow-sdk-version": "1",
+        "content-type": "application/json",
+    });
+    if let (Some(event), 1) = (&flow.wait_for, k) {
+        let wait = json!({
+            "url": url, "timeout": "1h", "timeoutUrl": url,
+            "timeoutHeaders": {"Upstash-Workflow-RunId": [run]},
+            "step": {"stepId": 1, "stepName": "w", "stepType": "Wait", "concurrent": 1},
+        });
+        let r = http
+            .post(format!("{}/v2/wait/{event}", flow.herald))
+            .bearer_auth(&flow.token)
+            .header("Upstash-Workflow-RunId", &run)
+            .body(wait.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "wait: {}", r.status());
+        return HttpResponse::Ok().finish();
+    }
+    let last = if flow.wait_for.is_some() {
+        1
+    } else {
+        flow.steps
+    };
+    if k <= last {
+        let step = json!({
+            "stepId": k, "stepName": format!("s{k}"), "stepType": "Run",
+            "out": format!("{k}"), "concurrent": 1,
+        });
+        let batch =
+            json!([{ "destination": url, "headers": step_headers, "body": step.to_string() }]);
+        for _ in 0..if flow.twice { 2 } else { 1 } {
+            let r = http
+                .post(format!("{}/v2/batch", flow.herald))
+                .bearer_auth(&flow.token)
+                .body(batch.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "publish: {}", r.status());
+        }
+    } else {
+        let r = http
+            .delete(format!(
+                "{}/v2/workflows/runs/{run}?cancel=false",
+                flow.herald
+            ))
+            .bearer_auth(&flow.token)
+            .body("\"done\"")
+            .send()
+            .await
+            .unwrap();
+        flow.ended.lock().unwrap().push(r.status().as_u16());
+    }
+    HttpResponse::Ok().json(json!({"workflowRunId": run, "finishCondition": "success"}))
+}
+
+impl Endpoint {
+    async fn start(app: &TestApp, steps: usize) -> Self {
+        Self::start_with(app, steps, None, false).await
+    }
+
+    async fn start_with(app: &TestApp, steps: usize, wait_for: Option<&str>, twice: bool) -> Self {
+        let flow = Flow {
+            herald: app.base.clone(),
+            token: app.token.clone(),
+            steps,
+            wait_for: wait_for.map(str::to_owned),
+            twice,
+            hits: Arc::default(),
+            ended: Arc::default(),
+        };
+        let data = web::Data::new(flow.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .default_service(web::to(serve_step))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .run();
+        tokio::spawn(server);
+        Endpoint { port, flow }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/wf", self.port)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.flow.hits.lock().unwrap().clone()
+    }
+
+    async fn ended(&self, limit: Duration) -> bool {
+        eventually(limit, || !self.flow.ended.lock().unwrap().is_empty()).await
+    }
+}
+
+/// The first message of a run, as `Client.trigger` sends it.
+fn trigger(url: &str, run: &str, extra: Value) -> Value {
+    let mut headers = json!({
+        "upstash-workflow-init": "true",
+        "upstash-workflow-runid": run,
+        "upstash-workflow-url": url,
+        "upstash-workflow-sdk-version": "1",
+        "upstash-forward-upstash-workflow-sdk-version": "1",
+        "upstash-forward-x-k": "v",
+        "upstash-forward-host": "junk",
+        "content-type": "application/json",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        headers[k] = v.clone();
+    }
+    json!([{ "destination": url, "headers": headers, "body": "{\"n\":1}" }])
+}
+
+async fn batch(app: &TestApp, body: &Value) -> (u16, Value) {
+    app.post("/v2/batch", &app.token, body.to_string()).await
+}
+
+/// The run's keys and their TTLs (ms; -1: none).
+fn run_keys(redis: &RedisServer, run: &str) -> Vec<(String, i64)> {
+    let mut conn = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{run}*"))
+        .query(&mut conn)
+        .unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let ttl: i64 = conn.pttl(&k).unwrap();
+            (k, ttl)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_gets_one_delivery_per_entry_each_carrying_the_history_so_far() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let endpoint = Endpoint::start(&app, 3).await;
+    let run = "wfr_prefix-1";
+    let (status, reply) = batch(&app, &trigger(&endpoint.url(), run, json!({}))).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply[0]["messageId"].as_str().is_some(), "{reply}");
+    assert!(
+        endpoint.ended(Duration::from_secs(20)).await,
+        "the run did not end"
+    );
+    assert_eq!(*endpoint.flow.ended.lock().unwrap(), vec![200]);
+
+    let hits = endpoint.hits();
+    assert_eq!(hits.len(), 4, "one delivery per entry: {hits:?}");
+    for (i, hit) in hits.iter().enumerate() {
+        assert_eq!(
+            hit.entries.len(),
+            i + 1,
+            "delivery {i} carries entries 0..={i}"
+        );
+        assert_eq!(hit.run, run);
+        assert_eq!(hit.header("upstash-workflow-sdk-version"), Some("1"));
+        assert_eq!(hit.header("content-type"), Some("application/json"));
+        // Run-level user headers on every delivery; hop headers are not replayed.
+        assert_eq!(hit.header("x-k"), Some("v"), "{:?}", hit.headers);
+        assert_ne!(hit.header("host"), Some("junk"));
+        assert!(hit.header("upstash-signature").is_some());
+        // The delivered entry is the last one, named by Upstash-Message-Id.
+        assert_eq!(hit.entries[i]["messageId"], hit.message_id.as_str());
+        if i > 0 {
+            assert_eq!(
+                hit.entries[..i],
+                hits[i - 1].entries[..],
+                "a prefix grows by one"
+            );
+            assert_eq!(hit.step(i)["stepId"], i);
+        }
+    }
+    assert_eq!(
+        hits[0].step(0),
+        json!({"n": 1}),
+        "entry 0 is the initial body"
+    );
+
+    // Ended: late steps get 400, the lazy fetch 404, the end again 200; the history is
+    // gone and the record expires.
+    let late = json!([{ "destination": endpoint.url(), "headers": {
+        "upstash-workflow-runid": run, "upstash-workflow-init": "false" },
+        "body": "{\"stepId\":9,\"stepName\":\"x\",\"stepType\":\"Run\",\"out\":\"1\",\"concurrent\":1}" }]);
+    let (status, body) = batch(&app, &late).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = app
+        .get(&format!("/v2/workflows/runs/{run}"), &app.token)
+        .await;
+    assert_eq!(status, 404);
+    let again = app
+        .send(
+            app.http
+                .delete(app.url(&format!("/v2/workflows/runs/{run}?cancel=false")))
+                .bearer_auth(&app.token),
+        )
+        .await;
+    assert_eq!(again.0, 200, "{}", again.1);
+    // Left: the ended run's record and the history of its deliveries (`herald history
+    // <runId>`), both expiring; the run's history of entries is gone.
+    let keys = run_keys(&redis, run);
+    assert!(keys.iter().any(|(k, _)| k.contains(":wf:")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|(k, _)| k.contains(":wfsteps:")),
+        "{keys:?}"
+    );
+    for (key, ttl) in &keys {
+        assert!(
+            *ttl > 0 && *ttl <= 86_400_000,
+            "{key} expires within a day: {ttl}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_trigger_or_step_changes_nothing() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let endpoint = Endpoint::start_with(&app, 2, None, true).await;
+    let run = "wfr_twice";
+    let first = trigger(&endpoint.url(), run, json!({}));
+    let (status, reply) = batch(&app, &first).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = batch(&app, &first).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply[0]["deduplicated"], true, "{reply}");
+    assert!(endpoint.ended(Duration::from_secs(20)).await);
+    // Every step was published twice; each entry was still delivered once.
+    let hits = endpoint.hits();
+    let lengths: Vec<usize> = hits.iter().map(|h| h.entries.len()).collect();
+    assert_eq!(lengths, vec![1, 2, 3], "{hits:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_of_a_run_resolves_into_its_history() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let event = "order-wf-1";
+    let endpoint = Endpoint::start_with(&app, 0, Some(event), false).await;
+    let run = "wfr_waits";
+    let (status, reply) = batch(&app, &trigger(&endpoint.url(), run, json!({}))).await;
+    assert_eq!(status, 200, "{reply}");
+    // The run's first step registered the wait.
+    let mut waiting = false;
+    for _ in 0..200 {
+        if !app.waiters(event).await.is_empty() {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the wait was not registered");
+    let (status, _) = app.notify(event, "{\"paid\":true}").await;
+    assert_eq!(status, 201);
+    assert!(endpoint.ended(Duration::from_secs(20)).await);
+    let hits = endpoint.hits();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    let wait = hits[1].step(1);
+    assert_eq!(wait["stepType"], "Wait", "{wait}");
+    assert_eq!(wait["waitTimeout"], false);
+    assert_eq!(wait["waitEventId"], event);
+    let out = STANDARD.decode(wait["out"].as_str().unwrap()).unwrap();
+    assert_eq!(out, b"{\"paid\":true}");
+    assert_eq!(hits[1].header("x-k"), Some("v"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_endpoint_keeps_failing_fails_once_with_its_failure_callback() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/wf", &[500], &[]);
+    let run = "wfr_fails";
+    let url = receiver.url("/wf");
+    let body = trigger(
+        &url,
+        run,
+        json!({
+            "upstash-retries": "1",
+            "upstash-failure-callback": receiver.url("/failed"),
+            "upstash-failure-callback-forward-upstash-workflow-is-failure": "true",
+            "upstash-failure-callback-retries": "0",
+        }),
+    );
+    let (status, reply) = batch(&app, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let failed = receiver.expect("/failed", 1).await;
+    assert_eq!(receiver.at("/wf").len(), 2, "1 attempt + 1 retry");
+    let f = &failed[0];
+    assert_eq!(f.header("upstash-workflow-is-failure"), Some("true"));
+    assert_eq!(f.header("upstash-workflow-runid"), Some(run));
+    assert_eq!(f.header("upstash-workflow-sdk-version"), None);
+    let v: Value = serde_json::from_slice(&f.body).unwrap();
+    assert_eq!(v["status"], 500, "{v}");
+    assert_eq!(v["workflowRunId"], run);
+    assert_eq!(v["url"], url.as_str());
+    assert_eq!(
+        STANDARD.decode(v["sourceBody"].as_str().unwrap()).unwrap(),
+        b"{\"n\":1}"
+    );
+    assert_eq!(
+        STANDARD.decode(v["body"].as_str().unwrap()).unwrap(),
+        b"scripted"
+    );
+    // Failed: nothing more is accepted for it.
+    let step = json!([{ "destination": url, "headers": {
+        "upstash-workflow-runid": run, "upstash-workflow-init": "false" },
+        "body": "{\"stepId\":1,\"stepName\":\"x\",\"stepType\":\"Run\",\"out\":\"1\",\"concurrent\":1}" }]);
+    assert_eq!(batch(&app, &step).await.0, 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.at("/failed").len(), 1, "one failure callback");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_run_sends_nothing_more() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let receiver = Receiver::start().await;
+    let run = "wfr_cancel";
+    let body = trigger(&receiver.url("/wf"), run, json!({"upstash-delay": "1s"}));
+    assert_eq!(batch(&app, &body).await.0, 200);
+    let (status, reply) = app
+        .send(
+            app.http
+                .delete(app.url(&format!("/v2/workflows/runs?workflowRunIds={run}")))
+                .bearer_auth(&app.token),
+        )
+        .await;
+    assert_eq!(
+        (status, reply.clone()),
+        (200, json!({"cancelled": 1})),
+        "{reply}"
+    );
+    // The delayed first delivery comes due and sends nothing: bounded wait past it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(receiver.all().is_empty(), "{:?}", receiver.all());
+    let (status, reply) = app
+        .send(
+            app.http
+                .delete(app.url(&format!("/v2/workflows/runs?workflowRunIds={run}")))
+                .bearer_auth(&app.token),
+        )
+        .await;
+    assert_eq!((status, reply["cancelled"].clone()), (200, json!(0)));
+    let (status, reply) = app
+        .send(
+            app.http
+                .delete(app.url("/v2/workflows/runs?label=x"))
+                .bearer_auth(&app.token),
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_messages_are_refused_whole_and_change_nothing() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let digest = redis.digest();
+    for body in [
+        json!({}),
+        json!([]),
+        json!([{ "headers": {} }]),
+        json!([{ "destination": "ftp://x" }]),
+        json!([{ "destination": "http://x/y", "headers": {
+            "upstash-workflow-runid": "wfr_a", "upstash-workflow-init": "false" }, "body": "not json" }]),
+        json!([{ "destination": "http://x/y", "headers": {"upstash-delay": "soon"} }]),
+        // The second element is bad: the first is not stored either.
+        json!([{ "destination": "http://x/y" }, { "destination": "nope" }]),
+    ] {
+        let (status, reply) = batch(&app, &body).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        assert!(reply["error"].as_str().is_some(), "{reply}");
+    }
+    let (status, _) = app.post("/v2/batch", "wrong-token", "[]").await;
+    assert_eq!(status, 401);
+    assert_eq!(redis.digest(), digest, "nothing was written");
+    app.stop().await;
+}
