@@ -72,6 +72,9 @@ pub fn configure_health_only(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// A workflow run's webhook URL (`createWebhook`): any of the methods below.
+pub const HOOK: &str = "/v2/workflows/hooks/{userId}/{runId}/{eventId}";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
@@ -99,10 +102,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v2/publish/{destination:.*}",
             web::post().to(workflow::publish),
         )
-        .route(
-            "/v2/workflows/hooks/{userId}/{runId}/{eventId}",
-            web::route().to(workflow::hook),
-        )
+        .route(HOOK, web::get().to(workflow::hook))
+        .route(HOOK, web::post().to(workflow::hook))
+        .route(HOOK, web::put().to(workflow::hook))
+        .route(HOOK, web::patch().to(workflow::hook))
+        .route(HOOK, web::delete().to(workflow::hook))
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
         .route("/v2/dlq", web::get().to(dlq::list))

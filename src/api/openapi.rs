@@ -106,6 +106,29 @@ fn admin_security() -> Value {
     json!([{ "admin": [] }])
 }
 
+/// A webhook URL of a workflow run (`createWebhook`), one operation per method.
+fn hook_operation(method: &str) -> Value {
+    json!({
+        "operationId": format!("webhook_{method}"), "tags": ["workflows"],
+        "summary": "A webhook hit: completes the run's waitForWebhook (or is kept for it). No token: the URL is the capability.",
+        "parameters": [
+            path_param("userId", "The tenant (UserID of its token).", "^[a-z0-9][a-z0-9-]{0,62}$"),
+            run_param(),
+            event_param()
+        ],
+        "responses": responses(&[
+            ("200", ok_json("Taken.", json!({ "type": "object" }))),
+            ("400", error("An invalid run or event id.")),
+            ("404", error("No such tenant.")),
+            ("409", error("The run was cancelled.")),
+            ("413", error("The body is larger than server.max_body_bytes.")),
+            ("422", error("The run already has as many saved notifications for the event as allowed.")),
+            ("429", rate_limited()),
+            ("503", error("Redis is unavailable.")),
+        ])
+    })
+}
+
 fn build() -> Value {
     let any_body = json!({
         "required": false,
@@ -229,15 +252,77 @@ fn build() -> Value {
                 ("200", ok_json("The history.", schema("History"))),
             ]))
         }},
-        "/v2/workflows/runs/{runId}": { "delete": {
-            "operationId": "cancelRun", "tags": ["waiters"],
-            "summary": "Cancel a run: drop its waiters and saved notifications.",
+        "/v2/workflows/runs/{runId}": {
+            "delete": {
+                "operationId": "cancelRun", "tags": ["waiters", "workflows"],
+                "summary": "Cancel a run (drop its waiters and saved notifications; a workflow run Herald holds sends nothing more), or, with cancel=false, end a workflow run with the body as its result.",
+                "security": tenant_security(),
+                "parameters": [run_param(),
+                    query_param("cancel", "`false`: the workflow returned (its end); anything else cancels.", json!({ "type": "string" }))],
+                "requestBody": {
+                    "required": false,
+                    "description": "With cancel=false: the workflow's return value (any bytes).",
+                    "content": { "text/plain": { "schema": { "type": "string" } }, "application/json": { "schema": {} } }
+                },
+                "responses": tenant_errors(responses(&[
+                    ("200", ok_json("Cancelled, or ended.", json!({ "oneOf": [schema("CancelResponse"), schema("RunEnded")] }))),
+                ]))
+            },
+            "get": {
+                "operationId": "runHistory", "tags": ["workflows"],
+                "summary": "A running workflow run's history (RawStep[]), as the SDK's lazy fetch reads it.",
+                "security": tenant_security(),
+                "parameters": [run_param()],
+                "responses": tenant_errors(responses(&[
+                    ("200", ok_json("The history, oldest entry first.", json!({ "type": "array", "items": schema("RawStep") }))),
+                    ("404", error("No such run, or it has ended.")),
+                ]))
+            }
+        },
+        "/v2/workflows/runs": { "delete": {
+            "operationId": "cancelRuns", "tags": ["workflows"],
+            "summary": "Cancel workflow runs by id (Client.cancel). Filters and all-runs are not supported (400).",
             "security": tenant_security(),
-            "parameters": [run_param()],
+            "parameters": [
+                { "name": "workflowRunIds", "in": "query", "required": true, "description": "A run id; repeat for more (at most 1000).",
+                  "schema": { "type": "array", "items": { "type": "string", "pattern": ID_PATTERN } }, "style": "form", "explode": true },
+                query_param("count", "Ignored (the SDK sends it).", json!({ "type": "integer" })),
+                query_param("cursor", "Ignored (the SDK sends it).", json!({ "type": "string" }))
+            ],
             "responses": tenant_errors(responses(&[
-                ("200", ok_json("Cancelled.", schema("CancelResponse"))),
+                ("200", ok_json("How many of the runs were running.", schema("CancelledRuns"))),
             ]))
         }},
+        "/v2/batch": { "post": {
+            "operationId": "batch", "tags": ["workflows"],
+            "summary": "Publish messages (the Upstash Workflow SDKs' triggers, steps, sleeps, plans and calls; or plain messages).",
+            "security": tenant_security(),
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "array", "minItems": 1, "maxItems": 1000, "items": schema("BatchMessage") } } } },
+            "responses": tenant_errors(responses(&[
+                ("200", ok_json("One element per message, in order.", json!({ "type": "array", "items": schema("PublishReply") }))),
+                ("413", error("The body is larger than workflow.max_message_bytes.")),
+            ]))
+        }},
+        "/v2/publish/{destination}": { "post": {
+            "operationId": "publish", "tags": ["workflows"],
+            "summary": "Publish one message to the destination (the raw path tail and query); its Upstash-* headers say what it is.",
+            "security": tenant_security(),
+            "parameters": [{ "name": "destination", "in": "path", "required": true,
+                "description": "The destination URL, not percent-encoded (http://app/api/wf).", "schema": { "type": "string" } }],
+            "requestBody": any_body.clone(),
+            "responses": tenant_errors(responses(&[
+                ("201", ok_json("Accepted.", schema("PublishReply"))),
+                ("413", error("The body is larger than workflow.max_message_bytes.")),
+            ]))
+        }},
+        "/v2/workflows/hooks/{userId}/{runId}/{eventId}": {
+            "get": hook_operation("get"),
+            "post": hook_operation("post"),
+            "put": hook_operation("put"),
+            "patch": hook_operation("patch"),
+            "delete": hook_operation("delete"),
+        },
         "/v2/keys": { "get": {
             "operationId": "signingKeys", "tags": ["keys"],
             "summary": "The tenant's signing keys.",
@@ -491,6 +576,40 @@ fn build() -> Value {
                 "eventId": { "type": "string" },
                 "retentionSecs": { "type": "integer" },
                 "entries": { "type": "array", "items": schema("HistoryEntry") }
+            }
+        },
+        "RunEnded": {
+            "type": "object", "required": ["workflowRunId", "state"],
+            "properties": { "workflowRunId": { "type": "string" }, "state": { "type": "string" } }
+        },
+        "CancelledRuns": {
+            "type": "object", "required": ["cancelled"],
+            "properties": { "cancelled": { "type": "integer", "minimum": 0 } }
+        },
+        "RawStep": {
+            "type": "object", "required": ["messageId", "body", "callType"],
+            "properties": {
+                "messageId": { "type": "string" },
+                "body": { "type": "string", "description": "Standard base64 of the entry (entry 0: the initial payload)." },
+                "callType": { "type": "string" }
+            }
+        },
+        "BatchMessage": {
+            "type": "object", "required": ["destination"],
+            "properties": {
+                "destination": { "type": "string", "description": "An http(s) URL." },
+                "headers": { "type": "object", "additionalProperties": { "type": "string" },
+                    "description": "Upstash-* headers (the header grammar: Upstash-Forward-*, Upstash-Retries, Upstash-Delay, Upstash-Workflow-*, Upstash-Callback-*, Upstash-Failure-Callback-*) and Content-Type." },
+                "body": { "type": "string" },
+                "queue": { "type": ["string", "null"] }
+            }
+        },
+        "PublishReply": {
+            "type": "object",
+            "properties": {
+                "messageId": { "type": "string" }, "url": { "type": "string" },
+                "deduplicated": { "type": "boolean" },
+                "error": { "type": "string", "description": "Set (in a batch of several) for a step of a run that ended or does not exist; alone, that step gets 400." }
             }
         },
         "CancelResponse": {

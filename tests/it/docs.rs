@@ -26,11 +26,21 @@ fn every_script_is_documented() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/lua");
     let readme = std::fs::read_to_string(format!("{dir}/README.md")).unwrap();
     let mut count = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for sub in ["", "workflow"] {
+        for entry in std::fs::read_dir(format!("{dir}/{sub}")).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    for path in files {
         if path.extension().is_some_and(|e| e == "lua") {
             count += 1;
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let name = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches('/')
+                .to_owned();
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "lua/README.md lacks {name}"

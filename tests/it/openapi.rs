@@ -20,15 +20,24 @@ fn registered_routes() -> BTreeSet<(String, String)> {
     let mut rest = body;
     while let Some(at) = rest.find(".route(") {
         rest = &rest[at + ".route(".len()..];
-        let open = rest.find('"').unwrap();
-        let close = open + 1 + rest[open + 1..].find('"').unwrap();
-        let path = &rest[open + 1..close];
+        let path = if rest.trim_start().starts_with("HOOK,") {
+            herald::api::HOOK.to_owned()
+        } else {
+            let open = rest.find('"').unwrap();
+            let close = open + 1 + rest[open + 1..].find('"').unwrap();
+            // `{name:regex}` segments are documented as `{name}`.
+            let path = &rest[open + 1..close];
+            match path.find(':') {
+                Some(colon) if path[colon..].ends_with(".*}") => format!("{}}}", &path[..colon]),
+                _ => path.to_owned(),
+            }
+        };
         let method_at = rest.find("web::").unwrap() + "web::".len();
         let method: String = rest[method_at..]
             .chars()
             .take_while(|c| c.is_ascii_alphabetic())
             .collect();
-        routes.insert((method.to_ascii_uppercase(), path.to_owned()));
+        routes.insert((method.to_ascii_uppercase(), path));
     }
     routes
 }
