@@ -37,12 +37,12 @@ fn cycles(long: usize, short: usize) -> usize {
 }
 
 /// A `herald serve --role worker` child process, killed (by PID) when dropped.
-struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     child: Child,
 }
 
 impl WorkerProcess {
-    fn spawn(config: &Path) -> Self {
+    pub(crate) fn spawn(config: &Path) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--role", "worker", "--config"])
             .arg(config)
@@ -56,7 +56,7 @@ impl WorkerProcess {
     }
 
     /// kill -9.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
