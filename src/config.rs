@@ -47,6 +47,12 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     pub http_workers: usize,
     pub auth_cache_ms: u64,
+    pub auth_failures_per_minute: u32,
+    pub client_ip_header: String,
+    pub operator_listen: String,
+    pub max_connections: usize,
+    pub read_timeout_ms: u64,
+    pub max_read_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -120,7 +120,7 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
            -d '{{\"url\":\"http://127.0.0.1:9000/resume\",\"timeout\":\"10m\"}}'\n\
          curl -s \"$HERALD_URL/v2/waiters/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\"\n\
          curl -s -X POST \"$HERALD_URL/v2/notify/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\" -d '{{\"paid\":true}}'\n\
-         herald history order-42    # what happened to the event (also: herald waiters, herald notify)\n\n\
+         target/release/herald history order-42    # what happened to the event (also: herald waiters, herald notify)\n\n\
          Upstash Workflow apps (serve(), Client): point the SDK here (README, \"Run your Upstash workflows on Herald\"):\n\
          export QSTASH_URL={base} QSTASH_TOKEN={token} QSTASH_CURRENT_SIGNING_KEY={cur} QSTASH_NEXT_SIGNING_KEY={next}\n\n\
          Press Ctrl-C to stop.\n",
