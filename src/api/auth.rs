@@ -2,8 +2,8 @@
 //! the operator's admin token only from the `Authorization` header (a query string ends
 //! up in access logs and browser histories).
 //!
-//! Lookups are cached per process for `server.auth_cache_ms` (1 s by default), so a hot
-//! tenant costs one Redis round trip per second per process; a revoked or rotated token
+//! Lookups are cached per process for `server.auth_cache_ms` (500 ms by default), so a
+//! hot tenant costs two Redis round trips per second per process; a revoked or rotated token
 //! stops working on every replica within that time.
 //!
 //! Failed authentications are throttled per client address ([`AuthThrottle`]): after
