@@ -75,7 +75,7 @@ pub async fn prepare_redis(
     loop {
         let mut conn = redis.get();
         let attempt = async {
-            store::check_partitions(&mut conn, &keys).await?;
+            store::check_partitions(&mut conn, &keys, settings.redis.initialize).await?;
             store::migrate::ensure(&mut conn, &keys).await?;
             store::prepare(&mut conn, &keys).await
         }

@@ -71,6 +71,8 @@ pub struct RedisSettings {
     /// Replicas that must confirm an API write before it is acknowledged (0: off).
     pub wait_replicas: u32,
     pub wait_timeout_ms: u64,
+    /// Initialise a Redis that holds no Herald data (else refuse to start on it).
+    pub initialize: bool,
 }
 
 /// How Herald finds its Redis.
@@ -108,6 +110,7 @@ pub struct DeliverySettings {
     pub max_deliveries: u32,
     pub tenant_concurrency: usize,
     pub dead_letter_retention_secs: u64,
+    pub consumer_idle_secs: u64,
     pub allow_cidrs: Vec<String>,
 }
 

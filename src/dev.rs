@@ -99,6 +99,8 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
     for cidr in ["127.0.0.0/8", "::1/128"] {
         settings.delivery.allow_cidrs.push(cidr.to_owned());
     }
+    // Local development: an empty Redis is expected.
+    settings.redis.initialize = true;
     if settings.server.admin_token.is_empty() {
         settings.server.admin_token = tenants::new_token().replace("hld_", "adm_");
     }

@@ -215,6 +215,7 @@ impl Deliverer {
                 .clamp(1, self.settings.delivery.read_batch.max(1));
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
+                self.forget_idle_consumers(c, &partition).await;
                 self.reclaim(c, &partition, count).await
             } else {
                 self.read(c, &partition, count, block).await
@@ -362,6 +363,51 @@ impl Deliverer {
         Ok(reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             .unwrap_or_default())
+    }
+
+    /// Removes the consumers of workers that are gone: idle longer than
+    /// `delivery.consumer_idle_secs` and holding no pending entry (a live worker reads
+    /// every `delivery.block_ms`, which resets its idle time; one removed by mistake is
+    /// recreated by its next read). Best effort: an error is logged and ignored.
+    async fn forget_idle_consumers(&self, conn: &mut Conn, partition: &Partition) {
+        let idle_ms = self
+            .settings
+            .delivery
+            .consumer_idle_secs
+            .saturating_mul(1000);
+        let info: Result<Vec<std::collections::HashMap<String, redis::Value>>, _> =
+            redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(partition.deliveries())
+                .arg(GROUP)
+                .query_async(conn)
+                .await;
+        let Ok(consumers) = info else { return };
+        for c in consumers {
+            let field = |k: &str| {
+                c.get(k)
+                    .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+            };
+            let name = c
+                .get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                .unwrap_or_default();
+            if name.is_empty() || name == self.consumer {
+                continue;
+            }
+            if field("pending") == Some(0) && field("idle").is_some_and(|i| i as u64 > idle_ms) {
+                let removed: Result<i64, _> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(partition.deliveries())
+                    .arg(GROUP)
+                    .arg(&name)
+                    .query_async(conn)
+                    .await;
+                if removed.is_ok() {
+                    tracing::info!(partition = partition.index, consumer = %name, "removed the consumer of a worker that is gone");
+                }
+            }
+        }
     }
 
     /// Takes over entries another consumer left idle too long (it crashed or hung), and

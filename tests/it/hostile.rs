@@ -375,3 +375,116 @@ async fn the_operator_surface_can_live_on_its_own_listener() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_signing_key_rotations_lose_no_key() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let rotations: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url, token) = (
+                app.http.clone(),
+                app.url("/v2/keys/rotate"),
+                app.token.clone(),
+            );
+            tokio::spawn(async move {
+                let r = http.post(url).bearer_auth(token).send().await.unwrap();
+                let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+                (
+                    v["current"].as_str().unwrap().to_owned(),
+                    v["next"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for r in rotations {
+        replies.push(r.await.unwrap());
+    }
+    // Applied one after the other: every reply's next key became exactly one later
+    // reply's current key (or is the final next key); no two replies share a current key.
+    let currents: std::collections::HashSet<&String> = replies.iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        currents.len(),
+        replies.len(),
+        "two rotations promoted the same key: {replies:?}"
+    );
+    let (_, now) = app.get("/v2/keys", &app.token).await;
+    for (_, next) in &replies {
+        assert!(
+            currents.contains(next) || now["next"] == next.as_str(),
+            "the key {next} handed out by a rotation was lost"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_of_gone_workers_are_removed() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.consumer_idle_secs = 1;
+    settings.delivery.reclaim_idle_secs = 4;
+    let keys = herald::store::Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let app = TestApp::start(settings).await;
+    let stream = keys.partition(0).deliveries();
+    let mut conn = redis.client();
+    // The consumer of a worker that is gone.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("herald")
+        .arg("ghost-worker")
+        .query(&mut conn)
+        .unwrap();
+    let names = |conn: &mut crate::support::redis::InspectConn| -> Vec<String> {
+        let info: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("herald")
+            .query(conn)
+            .unwrap();
+        info.iter()
+            .filter_map(|c| redis::from_redis_value::<String>(c.get("name")?.clone()).ok())
+            .collect()
+    };
+    assert!(names(&mut conn).contains(&"ghost-worker".to_owned()));
+    let gone = crate::support::eventually(Duration::from_secs(15), || {
+        !names(&mut conn).contains(&"ghost-worker".to_owned())
+    })
+    .await;
+    assert!(
+        gone,
+        "the idle consumer is still there: {:?}",
+        names(&mut conn)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redis_without_herald_data_is_refused_unless_initialised() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.redis.initialize = false;
+    let refused = herald::app::start(settings.clone(), herald::app::Role::All).await;
+    let error = format!("{:#}", refused.err().expect("refused"));
+    assert!(error.contains("holds no Herald data"), "{error}");
+    settings.redis.initialize = true;
+    let app = TestApp::start(settings.clone()).await;
+    app.stop().await;
+    // Initialised: later starts need no override.
+    settings.redis.initialize = false;
+    let app = TestApp::start(settings.clone()).await;
+    app.stop().await;
+    // The data is lost (an empty restore): refused again.
+    let mut conn = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", settings.redis.key_prefix))
+        .query(&mut conn)
+        .unwrap();
+    for k in keys {
+        let _: i64 = redis::cmd("DEL").arg(&k).query(&mut conn).unwrap();
+    }
+    let refused = herald::app::start(settings, herald::app::Role::All).await;
+    assert!(refused.is_err());
+}
