@@ -40,6 +40,7 @@ use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
 use crate::history::Recorder;
+use crate::limits::cache::LimitsCache;
 use crate::store::scripts::{
     self, DeadLetterArgs, Delivered, ReclaimArgs, ReclaimCandidate, RetryLaterArgs,
 };
@@ -74,6 +75,10 @@ pub struct Deliverer {
     ack_queues: Mutex<Vec<mpsc::UnboundedReceiver<Delivered>>>,
     /// Bodies read from body keys, most recent last (key, body).
     bodies: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
+    /// Tenants' limits (their outbound `allow_cidrs` and `allow_ports`).
+    limits: LimitsCache,
+    /// Senders of tenants with an outbound policy of their own, by that policy.
+    tenant_senders: Mutex<HashMap<String, Sender>>,
 }
 
 impl Deliverer {
@@ -98,6 +103,7 @@ impl Deliverer {
             std::process::id(),
             crate::domain::random_id(6)
         );
+        let cache_ms = settings.limits.cache_ms;
         let (acks, ack_queues) = keys
             .all_partitions()
             .map(|_| mpsc::unbounded_channel())
@@ -116,6 +122,8 @@ impl Deliverer {
             acks,
             ack_queues: Mutex::new(ack_queues),
             bodies: Mutex::new(VecDeque::new()),
+            limits: LimitsCache::new(Duration::from_millis(cache_ms)),
+            tenant_senders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -522,6 +530,56 @@ impl Deliverer {
         Ok(keys.current)
     }
 
+    /// The sender for a tenant's deliveries: the worker's, or, for a tenant with outbound
+    /// ranges or ports of its own (`allow_cidrs`, `allow_ports`), one with those (the
+    /// tenant's ranges are opened for that tenant only). Falls back to the worker's on a
+    /// Redis error (never more open than the operator's policy).
+    async fn sender_for(&self, tenant: &str) -> Sender {
+        let Ok(name) = TenantName::parse(tenant) else {
+            return self.sender.clone();
+        };
+        let limits = match self
+            .limits
+            .get(&mut self.redis.get(), &self.keys, &self.settings, &name)
+            .await
+        {
+            Ok(l) => l,
+            Err(_) => return self.sender.clone(),
+        };
+        if limits.allow_cidrs.is_empty() && limits.allow_ports.is_empty() {
+            return self.sender.clone();
+        }
+        let key = format!("{}|{}", limits.allow_cidrs, limits.allow_ports);
+        if let Some(s) = self
+            .tenant_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        let mut cidrs = self.settings.allow_cidrs().unwrap_or_default();
+        cidrs.extend(limits.outbound_cidrs());
+        let built = Sender::new(
+            ip_policy::IpPolicy::new(cidrs),
+            Duration::from_secs(self.settings.delivery.connect_timeout_secs),
+            Duration::from_secs(self.settings.delivery.request_timeout_secs),
+        )
+        .map(|s| s.with_ports(limits.outbound_ports()));
+        let Ok(sender) = built else {
+            return self.sender.clone();
+        };
+        let mut senders = self
+            .tenant_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if senders.len() >= 256 {
+            senders.clear();
+        }
+        senders.insert(key, sender.clone());
+        sender
+    }
+
     /// The body of a body key: from the worker's cache, or read (and cached). None when
     /// the key holds no body.
     async fn stored_body(
@@ -660,7 +718,7 @@ impl Deliverer {
             }
         }
         let started = Instant::now();
-        let attempt = self.sender.send(outbound).await;
+        let attempt = self.sender_for(&job.t).await.send(outbound).await;
         let elapsed_ms = started.elapsed().as_millis();
         let summary = record::Summary::of(&job, &attempt, started.elapsed());
         let max_retries = job.w.retries.unwrap_or(self.settings.delivery.max_retries);

@@ -488,3 +488,71 @@ async fn a_redis_without_herald_data_is_refused_unless_initialised() {
     let refused = herald::app::start(settings, herald::app::Role::All).await;
     assert!(refused.is_err());
 }
+
+#[tokio::test]
+async fn outbound_ranges_opened_for_one_tenant_are_opened_for_it_only() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.allow_cidrs = Vec::new();
+    settings.limits.cache_ms = 0;
+    let app = TestApp::start(settings).await;
+    let other = app.tenant_token("initech").await;
+    let receiver = crate::support::Receiver::start().await;
+    let put = |body: Value| {
+        app.http
+            .put(app.url("/admin/tenants/acme/limits"))
+            .bearer_auth("test-admin-token")
+            .body(body.to_string())
+    };
+    let (status, reply) = app.send(put(json!({"allow_cidrs": "127.0.0.0/8"}))).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = app.send(put(json!({"allow_cidrs": "127.0.0.0/99"}))).await;
+    assert_eq!(status, 400, "{reply}");
+    for (token, path) in [(&app.token, "/acme"), (&other, "/initech")] {
+        let (status, _) = app
+            .post(
+                "/v2/wait/outbound",
+                token,
+                json!({"url": receiver.url(path), "retries": 0}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = app.post("/v2/notify/outbound", token, "x").await;
+        assert_eq!(status, 201);
+    }
+    receiver.expect("/acme", 1).await;
+    let refused = crate::support::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = app.get("/v2/dlq", &other).await;
+        page["messages"].as_array().is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    assert!(
+        refused,
+        "the other tenant's delivery to loopback is refused"
+    );
+    let (_, page) = app.get("/v2/dlq", &other).await;
+    assert!(page.to_string().contains("blocked"), "{page}");
+    assert!(receiver.at("/initech").is_empty());
+    // A port allow list: the receiver's port is not on it.
+    let (status, _) = app
+        .send(put(
+            json!({"allow_cidrs": "127.0.0.0/8", "allow_ports": "1"}),
+        ))
+        .await;
+    assert_eq!(status, 200);
+    app.post(
+        "/v2/wait/ported",
+        &app.token,
+        json!({"url": receiver.url("/ported"), "retries": 0}).to_string(),
+    )
+    .await;
+    app.post("/v2/notify/ported", &app.token, "x").await;
+    let refused = crate::support::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = app.get("/v2/dlq?eventId=ported", &app.token).await;
+        page.to_string().contains("port")
+    })
+    .await;
+    assert!(refused);
+    assert!(receiver.at("/ported").is_empty());
+    app.stop().await;
+}
