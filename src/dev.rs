@@ -99,8 +99,10 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
     for cidr in ["127.0.0.0/8", "::1/128"] {
         settings.delivery.allow_cidrs.push(cidr.to_owned());
     }
-    // Local development: an empty Redis is expected.
+    // Local development: an empty Redis is expected, and every client is this machine
+    // (tools that probe with bad tokens must not lock it out).
     settings.redis.initialize = true;
+    settings.server.auth_failures_per_minute = 0;
     if settings.server.admin_token.is_empty() {
         settings.server.admin_token = tenants::new_token().replace("hld_", "adm_");
     }

@@ -102,16 +102,20 @@ impl FromRequest for Tenant {
             .and_then(|s| client_address(req, &s.settings.server.client_ip_header));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no app state".into()))?;
-            state.auth_throttle.check(client)?;
             let Some(token) = token.filter(|t| !t.is_empty()) else {
+                state.auth_throttle.check(client)?;
                 state.auth_throttle.failed(client);
                 return Err(ApiError::Unauthorized);
             };
             let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            // A token this process just found valid passes even from a throttled address
+            // (clients behind one proxy address are not all locked out by one guesser);
+            // anything else from that address is refused before it is looked up.
             if let Some(tenant) = state.auth.get(&cache_key) {
                 super::observe::record_tenant(tenant.as_str());
                 return Ok(Tenant(tenant));
             }
+            state.auth_throttle.check(client)?;
             let mut conn = state.redis.get();
             let Some(tenant) = tenants::authenticate(&mut conn, &state.keys, &token).await? else {
                 state.auth_throttle.failed(client);

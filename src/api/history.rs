@@ -22,7 +22,7 @@ pub async fn get(
     // `count`: most entries returned (default and cap: history.max_entries).
     let count = super::query_param(&req, "count");
     let count = match count.as_deref() {
-        None | Some("") => max,
+        None => max,
         Some(raw) => raw
             .parse::<usize>()
             .ok()

@@ -286,7 +286,7 @@ fn build() -> Value {
             "parameters": [
                 { "name": "workflowRunIds", "in": "query", "required": true, "description": "A run id; repeat for more (at most 1000).",
                   "schema": { "type": "array", "items": { "type": "string", "pattern": ID_PATTERN } }, "style": "form", "explode": true },
-                query_param("count", "Ignored (the SDK sends it).", json!({ "type": "integer" })),
+                query_param("count", "Checked, else ignored (the SDK sends it).", json!({ "type": "integer", "minimum": 0 })),
                 query_param("cursor", "Ignored (the SDK sends it).", json!({ "type": "string" }))
             ],
             "responses": tenant_errors(responses(&[
@@ -309,7 +309,8 @@ fn build() -> Value {
             "summary": "Publish one message to the destination (the raw path tail and query); its Upstash-* headers say what it is.",
             "security": tenant_security(),
             "parameters": [{ "name": "destination", "in": "path", "required": true,
-                "description": "The destination URL, not percent-encoded (http://app/api/wf).", "schema": { "type": "string" } }],
+                "description": "The destination URL, not percent-encoded (http://app/api/wf).",
+                "schema": { "type": "string", "pattern": "^https?://([A-Za-z][A-Za-z0-9-]{0,62}(\\.[A-Za-z][A-Za-z0-9-]{0,62})*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~-]*)*$" } }],
             "requestBody": any_body.clone(),
             "responses": tenant_errors(responses(&[
                 ("201", ok_json("Accepted.", schema("PublishReply"))),
@@ -599,8 +600,10 @@ fn build() -> Value {
         "BatchMessage": {
             "type": "object", "required": ["destination"],
             "properties": {
-                "destination": { "type": "string", "description": "An http(s) URL." },
-                "headers": { "type": "object", "additionalProperties": { "type": "string" },
+                "destination": { "type": "string", "pattern": "^https?://([A-Za-z][A-Za-z0-9-]{0,62}(\\.[A-Za-z][A-Za-z0-9-]{0,62})*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&()*+,;=:@/-]*)?$", "description": "An http(s) URL." },
+                "headers": { "type": "object", "maxProperties": 100,
+                    "propertyNames": { "pattern": "^[A-Za-z0-9-]{1,64}$" },
+                    "additionalProperties": { "type": "string", "pattern": "^[\\t -~\\u0080-\\uffff]*$" },
                     "description": "Upstash-* headers (the header grammar: Upstash-Forward-*, Upstash-Retries, Upstash-Delay, Upstash-Workflow-*, Upstash-Callback-*, Upstash-Failure-Callback-*) and Content-Type." },
                 "body": { "type": "string" },
                 "queue": { "type": ["string", "null"] }

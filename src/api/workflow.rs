@@ -216,7 +216,13 @@ pub async fn cancel_many(
                     ids.push(RunId::parse(id)?);
                 }
             }
-            "count" | "cursor" => {}
+            // The SDK sends count and cursor; qstash_token is the token's query form.
+            "count" => {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ApiError::bad("count must be a whole number"));
+                }
+            }
+            "cursor" | "qstash_token" => {}
             other => {
                 return Err(ApiError::bad(format!(
                     "cancelling runs by {other} is not supported: pass workflowRunIds"

@@ -58,29 +58,28 @@ impl Message {
             .ok_or_else(|| bad("destination (a URL) is required"))?;
         let mut headers = Vec::new();
         match o.get("headers") {
-            None | Some(Value::Null) => {}
+            None => {}
             Some(Value::Object(h)) => {
                 for (name, value) in h {
-                    let value = match value {
-                        Value::String(s) => s.clone(),
-                        Value::Array(items) => items
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return Err(bad(&format!("header {name} must be a string"))),
+                    let Value::String(value) = value else {
+                        return Err(bad(&format!("header {name} must be a string")));
                     };
+                    let value = value.clone();
                     headers.push((name.to_ascii_lowercase(), value));
                 }
             }
             Some(_) => return Err(bad("headers must be an object")),
         }
+        if !matches!(
+            o.get("queue"),
+            None | Some(Value::Null) | Some(Value::String(_))
+        ) {
+            return Err(bad("queue must be a string or null"));
+        }
         let body = match o.get("body") {
-            None | Some(Value::Null) => Vec::new(),
+            None => Vec::new(),
             Some(Value::String(s)) => s.clone().into_bytes(),
-            Some(other) => other.to_string().into_bytes(),
+            Some(_) => return Err(bad("body must be a string")),
         };
         let message = Message {
             destination: destination.to_owned(),

@@ -78,6 +78,8 @@ pub fn test_settings(redis_url: &str) -> Settings {
     s.redis.key_prefix = format!("t{}", herald::api::wait::random_id(8));
     // Every test starts on a fresh prefix.
     s.redis.initialize = true;
+    // Tests probe with bad tokens from one address; tests/it/hostile.rs sets its own.
+    s.server.auth_failures_per_minute = 0;
     s.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
     s.delivery.backoff_factor = 0.001;
     s.delivery.block_ms = 200;
