@@ -47,6 +47,8 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     pub http_workers: usize,
     pub auth_cache_ms: u64,
+    /// Serve the web console at `/console` (src/api/console.rs).
+    pub console: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod dlq;
 pub mod health;
 pub mod history;
@@ -13,6 +14,7 @@ pub mod observe;
 pub mod openapi;
 pub mod prometheus;
 pub mod runs;
+pub mod saved;
 pub mod wait;
 pub mod waiters;
 pub mod workflow;
@@ -80,6 +82,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(prometheus::metrics))
         .route("/openapi.json", web::get().to(openapi::document))
+        .route("/console", web::get().to(console::page))
+        .route("/console/{file:.*}", web::get().to(console::file))
         .route("/v2/wait/{eventId}", web::post().to(wait::wait))
         .route("/v2/notify/{eventId}", web::post().to(notify::broadcast))
         .route(
@@ -92,6 +96,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v2/workflows/runs/{runId}",
             web::get().to(workflow::history),
+        )
+        .route(
+            "/v2/workflows/runs/{runId}/saved",
+            web::get().to(saved::list),
         )
         .route(
             "/v2/workflows/runs",
@@ -109,6 +117,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(HOOK, web::delete().to(workflow::hook))
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
+        .route("/v2/limits", web::get().to(limits::own))
         .route("/v2/dlq", web::get().to(dlq::list))
         .route("/v2/dlq/retry/{dlqId}", web::post().to(dlq::retry))
         .route("/v2/dlq/{dlqId}", web::delete().to(dlq::delete))
