@@ -146,7 +146,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     // A registered path asked with another method: 405 and the methods it takes.
     if let Some(pattern) = req.match_pattern() {
-        let allowed = openapi::methods_of(&pattern);
+        // A tail segment `{name:.*}` is documented as `{name}`.
+        let allowed = openapi::methods_of(&pattern.replace(":.*}", "}"));
         if !allowed.is_empty() {
             return Err(ApiError::MethodNotAllowed {
                 method: req.method().to_string(),

@@ -35,6 +35,12 @@ async fn the_console_is_served_from_the_binary_with_a_self_only_csp() {
     }
     let (status, body) = app.get("/console/nope.js", "").await;
     assert_eq!(status, 404, "{body}");
+    // Another method: 405 with Allow, on both routes.
+    for path in ["/console", "/console/app.js"] {
+        let response = app.http.post(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+        assert_eq!(response.headers()["allow"], "GET");
+    }
     app.stop().await;
 
     let mut settings = test_settings(&redis.url());
