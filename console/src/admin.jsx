@@ -174,7 +174,11 @@ export function Rates({ session }) {
           <option value="5">5 s</option>
           <option value="10">10 s</option>
         </select>
-        <span class="muted">{points.length ? `${points.length} samples` : last.current ? "waiting for a second sample…" : "scraping…"}</span>
+        <span class="muted">{points.length
+            ? `${points.length} interval${points.length === 1 ? "" : "s"} charted`
+            : last.current
+              ? "waiting for a second scrape…"
+              : "scraping…"}</span>
       </div>
       <Notice error>{error}</Notice>
       <div class="charts">

@@ -163,7 +163,7 @@ export function Chart({ title, unit, times, series }) {
           ))}
         </ul>
       </figcaption>
-      <svg viewBox={`0 0 ${w} ${h}`} role="img" aria-label={summary} preserveAspectRatio="none">
+      <svg viewBox={`0 0 ${w} ${h}`} role="img" aria-label={summary}>
         <line x1={padL} y1={h - padB} x2={w} y2={h - padB} class="axis" />
         <line x1={padL} y1={4} x2={padL} y2={h - padB} class="axis" />
         <text x={padL - 4} y={12} class="tick" text-anchor="end">
@@ -176,11 +176,22 @@ export function Chart({ title, unit, times, series }) {
           {times.length > 1 ? `last ${Math.round((t1 - t0) / 1000)} s` : "collecting…"}
         </text>
         {series.map((s, i) => {
+          const color = COLORS[i % COLORS.length];
           const points = s.values
-            .map((v, j) => (v === null || !Number.isFinite(v) ? null : `${x(times[j]).toFixed(1)},${y(v).toFixed(1)}`))
-            .filter(Boolean)
-            .join(" ");
-          return <polyline key={s.name} points={points} fill="none" stroke={COLORS[i % COLORS.length]} stroke-width="2" />;
+            .map((v, j) => (v === null || !Number.isFinite(v) ? null : [x(times[j]), y(v)]))
+            .filter(Boolean);
+          if (points.length === 1) {
+            return <circle key={s.name} cx={points[0][0]} cy={points[0][1]} r="3" fill={color} />;
+          }
+          return (
+            <polyline
+              key={s.name}
+              points={points.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" ")}
+              fill="none"
+              stroke={color}
+              stroke-width="2"
+            />
+          );
         })}
       </svg>
     </figure>

@@ -291,9 +291,16 @@ def test_the_operator_sees_tenants_and_live_rates(page, state):
         return m and float(m.group(1)) > 0
 
     until(notifies_shown, "a notify rate above 0 in the chart", limit=30)
+    charted = page.get_by_text(re.compile(r"^\d+ intervals? charted$"))
+
+    def lines_drawn():
+        api("POST", f"/v2/notify/{event}", b"x")
+        return int(charted.inner_text().split()[0]) >= 4
+
+    until(lines_drawn, "four intervals charted", limit=30)
     expect(page.get_by_role("figure").filter(has_text="Delivery attempts per second")).to_contain_text("delivered")
     expect(page.get_by_role("figure").filter(has_text="Timeouts: lateness")).to_be_visible()
-    assert page.locator("svg[role=img] polyline").count() >= 5
+    assert page.locator("svg[role=img] :is(polyline, circle)").count() >= 5
     shot(page, "11-admin-rates")
     page.set_viewport_size({"width": 360, "height": 740})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
