@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, auth::TokenCache, AppState};
+use crate::api::{self, auth::AuthThrottle, auth::TokenCache, AppState};
 use crate::config::Settings;
 use crate::delivery::http::Sender;
 use crate::delivery::ip_policy::IpPolicy;
@@ -38,11 +38,23 @@ impl Role {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Clone, Copy)]
+enum Surface {
+    /// `server.listen`: the tenant routes, and the operator's unless they have a listener
+    /// of their own.
+    Tenant { with_operator: bool },
+    /// `server.operator_listen`.
+    Operator,
+}
+
 /// A started Herald: its address, and the means to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The operator listener (`server.operator_listen`), when configured.
+    pub operator_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
-    server: actix_web::dev::ServerHandle,
+    servers: Vec<actix_web::dev::ServerHandle>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The delivery history writer (workers only); ended last, so what the deliveries
@@ -63,7 +75,7 @@ pub async fn prepare_redis(
     loop {
         let mut conn = redis.get();
         let attempt = async {
-            store::check_partitions(&mut conn, &keys).await?;
+            store::check_partitions(&mut conn, &keys, settings.redis.initialize).await?;
             store::migrate::ensure(&mut conn, &keys).await?;
             store::prepare(&mut conn, &keys).await
         }
@@ -87,6 +99,7 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     crate::telemetry::metrics::handle();
     let state = Arc::new(AppState {
         auth: TokenCache::new(Duration::from_millis(settings.server.auth_cache_ms)),
+        auth_throttle: AuthThrottle::new(settings.server.auth_failures_per_minute),
         limits: LimitsCache::new(Duration::from_millis(settings.limits.cache_ms)),
         settings: settings.clone(),
         redis: redis.clone(),
@@ -121,10 +134,19 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(settings.server.listen)
         .with_context(|| format!("binding {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
+    let operator_listener = match settings.server.operator_listen.as_str() {
+        "" => None,
+        at => Some(TcpListener::bind(at).with_context(|| format!("binding {at}"))?),
+    };
+    let operator_addr = operator_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let data = web::Data::new(state.clone());
     let serves_api = role.serves_api();
+    let operator_here = operator_listener.is_none();
     let durability = crate::store::durability::Policy::from_settings(&settings.redis);
-    let mut server = HttpServer::new(move || {
+    let app = move |surface: Surface| {
         let app = App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(
@@ -133,30 +155,64 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
                 },
             ))
             .wrap(actix_web::middleware::from_fn(api::observe::observe));
-        if serves_api {
-            app.configure(api::configure)
-        } else {
-            app.configure(api::configure_health_only)
+        match surface {
+            Surface::Tenant { with_operator } if serves_api => {
+                let app = app.configure(api::configure);
+                if with_operator {
+                    app.configure(api::configure_operator)
+                } else {
+                    app
+                }
+            }
+            Surface::Operator if serves_api => app.configure(api::configure_operator),
+            _ => app.configure(api::configure_health_only),
         }
+    };
+    let timeout = Duration::from_millis(settings.server.read_timeout_ms);
+    let workers = match settings.server.http_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let per_worker = settings.server.max_connections.div_ceil(workers).max(1);
+    let main_app = app.clone();
+    let server = HttpServer::new(move || {
+        main_app(Surface::Tenant {
+            with_operator: operator_here,
+        })
     })
     .listen(listener)?
+    .workers(workers)
+    .max_connections(per_worker)
+    .client_request_timeout(timeout)
     .disable_signals()
-    .shutdown_timeout(settings.server.shutdown_grace_secs);
-    if settings.server.http_workers > 0 {
-        server = server.workers(settings.server.http_workers);
-    }
-    let server = server.run();
-    let handle = server.handle();
+    .shutdown_timeout(settings.server.shutdown_grace_secs)
+    .run();
+    let mut handles = vec![server.handle()];
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "http server failed");
         }
     }));
-    tracing::info!(%addr, role = ?role, "herald started");
+    if let Some(listener) = operator_listener {
+        let operator = HttpServer::new(move || app(Surface::Operator))
+            .listen(listener)?
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_grace_secs)
+            .run();
+        handles.push(operator.handle());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = operator.await {
+                tracing::error!(error = %e, "operator http server failed");
+            }
+        }));
+    }
+    tracing::info!(%addr, ?operator_addr, role = ?role, "herald started");
     Ok(Running {
         addr,
+        operator_addr,
         state,
-        server: handle,
+        servers: handles,
         shutdown,
         tasks,
         history_writer,
@@ -171,9 +227,9 @@ impl Running {
     pub async fn stop(self) {
         tracing::info!("shutting down");
         self.shutdown.cancel();
-        let server = self.server.stop(true);
+        let servers = futures_util::future::join_all(self.servers.iter().map(|s| s.stop(true)));
         let all = async {
-            server.await;
+            servers.await;
             for t in self.tasks {
                 let _ = t.await;
             }

@@ -160,7 +160,7 @@ async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<(
             let keys =
                 crate::store::Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
             let mut conn = redis.get();
-            crate::store::check_partitions(&mut conn, &keys).await?;
+            crate::store::check_partitions(&mut conn, &keys, settings.redis.initialize).await?;
             let done = crate::store::migrate::migrate(&mut conn, &keys).await?;
             println!(
                 "store at schema {}: {} saved lists renamed, {} left to expire (ambiguous: {}, unresolved: {}), {} run waiters indexed",

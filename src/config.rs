@@ -47,6 +47,12 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     pub http_workers: usize,
     pub auth_cache_ms: u64,
+    pub auth_failures_per_minute: u32,
+    pub client_ip_header: String,
+    pub operator_listen: String,
+    pub max_connections: usize,
+    pub read_timeout_ms: u64,
+    pub max_read_bytes: usize,
     /// Serve the web console at `/console` (src/api/console.rs).
     pub console: bool,
 }
@@ -67,6 +73,8 @@ pub struct RedisSettings {
     /// Replicas that must confirm an API write before it is acknowledged (0: off).
     pub wait_replicas: u32,
     pub wait_timeout_ms: u64,
+    /// Initialise a Redis that holds no Herald data (else refuse to start on it).
+    pub initialize: bool,
 }
 
 /// How Herald finds its Redis.
@@ -104,6 +112,7 @@ pub struct DeliverySettings {
     pub max_deliveries: u32,
     pub tenant_concurrency: usize,
     pub dead_letter_retention_secs: u64,
+    pub consumer_idle_secs: u64,
     pub allow_cidrs: Vec<String>,
 }
 

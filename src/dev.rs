@@ -99,6 +99,8 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
     for cidr in ["127.0.0.0/8", "::1/128"] {
         settings.delivery.allow_cidrs.push(cidr.to_owned());
     }
+    // Local development: an empty Redis is expected.
+    settings.redis.initialize = true;
     if settings.server.admin_token.is_empty() {
         settings.server.admin_token = tenants::new_token().replace("hld_", "adm_");
     }
@@ -121,7 +123,7 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
            -d '{{\"url\":\"http://127.0.0.1:9000/resume\",\"timeout\":\"10m\"}}'\n\
          curl -s \"$HERALD_URL/v2/waiters/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\"\n\
          curl -s -X POST \"$HERALD_URL/v2/notify/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\" -d '{{\"paid\":true}}'\n\
-         herald history order-42    # what happened to the event (also: herald waiters, herald notify)\n\n\
+         target/release/herald history order-42    # what happened to the event (also: herald waiters, herald notify)\n\n\
          Upstash Workflow apps (serve(), Client): point the SDK here (README, \"Run your Upstash workflows on Herald\"):\n\
          export QSTASH_URL={base} QSTASH_TOKEN={token} QSTASH_CURRENT_SIGNING_KEY={cur} QSTASH_NEXT_SIGNING_KEY={next}\n\n\
          Press Ctrl-C to stop.\n",

@@ -189,6 +189,22 @@ pub fn parse_duration(value: &str) -> Result<u64, InvalidInput> {
     Ok(total)
 }
 
+/// Most bytes of header names and values one header map may hold.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Most bytes of a workflow `step` object a waiter may hold, and its deepest nesting.
+pub const MAX_STEP_BYTES: usize = 16 * 1024;
+pub const MAX_STEP_DEPTH: usize = 8;
+
+/// How deep a JSON value nests (a scalar: 0).
+pub fn json_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A header map as the Upstash protocol carries it: name → list of values.
 ///
 /// Names are compared case-insensitively and merged: the SDK sends both
@@ -244,6 +260,17 @@ impl HeaderMap {
         };
         if object.len() > 100 {
             return Err(InvalidInput(format!("{field} has more than 100 headers")));
+        }
+        // Bounded when registered, so nothing stored becomes undeliverable later (receivers
+        // refuse requests with larger header sections).
+        let bytes: usize = object
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len())
+            .sum();
+        if bytes > MAX_HEADER_BYTES {
+            return Err(InvalidInput(format!(
+                "{field} is {bytes} bytes; at most {MAX_HEADER_BYTES} bytes of header names and values"
+            )));
         }
         let mut map = Self::default();
         for (name, values) in object {

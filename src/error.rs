@@ -13,7 +13,7 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error(
-        "missing or invalid token: send Authorization: Bearer <token> or ?qstash_token=<token>"
+        "missing or invalid token: send Authorization: Bearer <token> (tenant routes also take ?qstash_token=<token>)"
     )]
     Unauthorized,
     #[error("{0}")]
@@ -25,6 +25,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `server.read_timeout_ms`.
+    #[error("the request body did not arrive within {0} ms")]
+    RequestTimeout(u64),
     #[error("{0}")]
     Unprocessable(String),
     /// A tenant quota on the body size (the server-wide cap is `PayloadTooLarge`).
@@ -66,6 +69,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

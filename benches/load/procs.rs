@@ -154,6 +154,7 @@ pub async fn start_herald(
     }
     let child = command
         .envs(env.iter().map(|(name, value)| (name, value)))
+        .env("HERALD_REDIS__INITIALIZE", "true")
         .arg("--config")
         .arg(config)
         .args(["serve", "--role", role])

@@ -90,11 +90,15 @@ function SignIn({ onSignedIn }) {
       window.location.hash = `#/${SECTIONS[role][0].id}`;
       onSignedIn(session);
     } catch (err) {
-      setError(
-        err.status === 401
-          ? `Sign-in refused (401): Herald does not accept this ${role === "admin" ? "admin" : "tenant"} token.`
-          : err.message,
-      );
+      let message = err.message;
+      if (err.status === 401) {
+        message = `Sign-in refused (401): Herald does not accept this ${role === "admin" ? "admin" : "tenant"} token.`;
+      } else if (err.status === 404 && role === "admin") {
+        message = `${err.message}. The admin routes are not on this address: they are disabled (no server.admin_token) or on the operator listener (server.operator_listen) — open /console there.`;
+      } else if (err.status === 404) {
+        message = `${err.message}. This address serves no tenant routes (the operator listener?): open /console on the API's address.`;
+      }
+      setError(message);
     } finally {
       setBusy(false);
     }

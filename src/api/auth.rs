@@ -1,10 +1,18 @@
-//! Tenant authentication: `Authorization: Bearer <token>` or `?qstash_token=<token>`.
+//! Tenant authentication: `Authorization: Bearer <token>` or `?qstash_token=<token>`;
+//! the operator's admin token only from the `Authorization` header (a query string ends
+//! up in access logs and browser histories).
 //!
-//! Lookups are cached per process for `server.auth_cache_ms`, so a hot tenant costs no
-//! Redis round trip per request; a revoked token stops working within that time.
+//! Lookups are cached per process for `server.auth_cache_ms` (500 ms by default), so a
+//! hot tenant costs two Redis round trips per second per process; a revoked or rotated token
+//! stops working on every replica within that time.
+//!
+//! Failed authentications are throttled per client address ([`AuthThrottle`]): after
+//! `server.auth_failures_per_minute` failures within a minute, that address gets 429
+//! until the minute is over, before any token is looked up.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -60,13 +68,17 @@ impl TokenCache {
     }
 }
 
+fn bearer_of(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
 fn token_of(req: &HttpRequest) -> Option<String> {
-    if let Some(value) = req.headers().get("authorization") {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+    if req.headers().contains_key("authorization") {
+        return bearer_of(req);
     }
     req.query_string().split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
@@ -85,20 +97,26 @@ impl FromRequest for Tenant {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<State>().cloned();
         let token = token_of(req);
+        let client = state
+            .as_ref()
+            .and_then(|s| client_address(req, &s.settings.server.client_ip_header));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no app state".into()))?;
-            let token = token
-                .filter(|t| !t.is_empty())
-                .ok_or(ApiError::Unauthorized)?;
+            state.auth_throttle.check(client)?;
+            let Some(token) = token.filter(|t| !t.is_empty()) else {
+                state.auth_throttle.failed(client);
+                return Err(ApiError::Unauthorized);
+            };
             let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             if let Some(tenant) = state.auth.get(&cache_key) {
                 super::observe::record_tenant(tenant.as_str());
                 return Ok(Tenant(tenant));
             }
             let mut conn = state.redis.get();
-            let tenant = tenants::authenticate(&mut conn, &state.keys, &token)
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
+            let Some(tenant) = tenants::authenticate(&mut conn, &state.keys, &token).await? else {
+                state.auth_throttle.failed(client);
+                return Err(ApiError::Unauthorized);
+            };
             state.auth.put(cache_key, tenant.clone());
             super::observe::record_tenant(tenant.as_str());
             Ok(Tenant(tenant))
@@ -126,16 +144,139 @@ impl FromRequest for Admin {
                     "the admin API is disabled (server.admin_token is not set)".into(),
                 ));
             }
-            let given = token_of(req).ok_or(ApiError::Unauthorized)?;
+            let client = client_address(req, &state.settings.server.client_ip_header);
+            state.auth_throttle.check(client)?;
+            // The header only: never `?qstash_token=`.
+            let given = bearer_of(req).unwrap_or_default();
             // Compare digests: constant time, and no length leak.
             let a = Sha256::digest(given.as_bytes());
             let b = Sha256::digest(expected);
-            if bool::from(a.ct_eq(&b)) {
+            if !given.is_empty() && bool::from(a.ct_eq(&b)) {
                 Ok(Admin)
             } else {
+                state.auth_throttle.failed(client);
                 Err(ApiError::Unauthorized)
             }
         })();
         std::future::ready(result)
+    }
+}
+
+/// The client address of a request: the first address in `header` when one is configured
+/// (`server.client_ip_header`, e.g. `x-forwarded-for` behind an ingress that sets it),
+/// else the connection's peer.
+pub fn client_address(req: &HttpRequest, header: &str) -> Option<IpAddr> {
+    if !header.is_empty() {
+        return req
+            .headers()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+    }
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// Most client addresses the throttle remembers (about 64 bytes each): past it, entries
+/// whose minute is over are dropped, and if none is, the oldest half.
+const THROTTLE_ENTRIES: usize = 50_000;
+
+/// Failed authentications per client address in the current minute. Bounded memory
+/// ([`THROTTLE_ENTRIES`]); per process (each api replica counts its own).
+pub struct AuthThrottle {
+    per_minute: u32,
+    entries: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+impl AuthThrottle {
+    /// `per_minute` 0: no throttling.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// 429 when the address has used up its failures in the current minute.
+    pub fn check(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
+        let (Some(ip), true) = (client, self.per_minute > 0) else {
+            return Ok(());
+        };
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&ip) {
+            Some((failures, since)) if *failures >= self.per_minute && since.elapsed() < WINDOW => {
+                let retry = (WINDOW - since.elapsed()).as_secs().max(1);
+                Err(ApiError::RateLimited {
+                    message: format!(
+                        "too many failed authentications from this address; try again in {retry} s"
+                    ),
+                    limit: self.per_minute,
+                    remaining: 0,
+                    reset_secs: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() + retry)
+                        .unwrap_or(0),
+                    retry_after_secs: retry,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication of the address.
+    pub fn failed(&self, client: Option<IpAddr>) {
+        let (Some(ip), true) = (client, self.per_minute > 0) else {
+            return;
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= THROTTLE_ENTRIES && !entries.contains_key(&ip) {
+            entries.retain(|_, (_, since)| since.elapsed() < WINDOW);
+            if entries.len() >= THROTTLE_ENTRIES {
+                let mut ages: Vec<Instant> = entries.values().map(|(_, s)| *s).collect();
+                ages.sort();
+                let cut = ages[ages.len() / 2];
+                entries.retain(|_, (_, since)| *since > cut);
+            }
+        }
+        let entry = entries.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_refused_after_its_failures_and_memory_stays_bounded() {
+        let t = AuthThrottle::new(3);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check(Some(ip)).is_ok());
+            t.failed(Some(ip));
+        }
+        assert!(matches!(
+            t.check(Some(ip)),
+            Err(ApiError::RateLimited { .. })
+        ));
+        assert!(t.check(Some("10.0.0.2".parse().unwrap())).is_ok());
+        for i in 0..(THROTTLE_ENTRIES as u32 + 10) {
+            t.failed(Some(IpAddr::from(i.to_be_bytes())));
+        }
+        assert!(t.len() <= THROTTLE_ENTRIES, "{}", t.len());
+        assert!(AuthThrottle::new(0).check(Some(ip)).is_ok());
     }
 }

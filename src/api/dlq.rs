@@ -127,7 +127,11 @@ pub async fn list(
         &tenant,
         &scanned,
         after.as_ref(),
-        count,
+        dead_letters::PageBound {
+            count,
+            bytes: state.settings.server.max_read_bytes,
+            letter_bytes: state.settings.server.max_body_bytes + 64 * 1024,
+        },
         |d| {
             event.as_ref().is_none_or(|e| d.job.e == e.as_str())
                 && q.url.as_deref().is_none_or(|u| d.url() == u)

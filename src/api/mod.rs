@@ -34,6 +34,7 @@ pub struct AppState {
     pub redis: RedisPool,
     pub keys: Keys,
     pub auth: auth::TokenCache,
+    pub auth_throttle: auth::AuthThrottle,
     pub limits: crate::limits::cache::LimitsCache,
 }
 
@@ -77,11 +78,9 @@ pub fn configure_health_only(cfg: &mut web::ServiceConfig) {
 /// A workflow run's webhook URL (`createWebhook`): any of the methods below.
 pub const HOOK: &str = "/v2/workflows/hooks/{userId}/{runId}/{eventId}";
 
+/// The tenant surface (and `/openapi.json`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(prometheus::metrics))
-        .route("/openapi.json", web::get().to(openapi::document))
+    cfg.route("/openapi.json", web::get().to(openapi::document))
         .route("/console", web::get().to(console::page))
         .route("/console/{file:.*}", web::get().to(console::file))
         .route("/v2/wait/{eventId}", web::post().to(wait::wait))
@@ -121,6 +120,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/dlq", web::get().to(dlq::list))
         .route("/v2/dlq/retry/{dlqId}", web::post().to(dlq::retry))
         .route("/v2/dlq/{dlqId}", web::delete().to(dlq::delete))
+        .default_service(web::to(not_found));
+}
+
+/// The operator surface: probes, metrics and `/admin`. On `server.listen` too unless
+/// `server.operator_listen` is set (then only there). The console is served on both
+/// surfaces: on the operator listener it is where the operator signs in.
+pub fn configure_operator(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(prometheus::metrics))
+        .route("/console", web::get().to(console::page))
+        .route("/console/{file:.*}", web::get().to(console::file))
         .route("/admin/tenants", web::post().to(admin::create_tenant))
         .route("/admin/tenants", web::get().to(admin::list_tenants))
         .route(
@@ -163,7 +174,8 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// Reads the request body up to `limit` bytes; a larger one is refused with 413 before
-/// it is read in full.
+/// it is read in full, and one that does not arrive within `server.read_timeout_ms` gets
+/// 408 (a client trickling bytes holds no connection or memory for long).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -179,16 +191,25 @@ pub async fn read_body(
             return Err(ApiError::PayloadTooLarge(limit));
         }
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
+    let timeout_ms = req
+        .app_data::<State>()
+        .map(|s| s.settings.server.read_timeout_ms)
+        .unwrap_or(30_000);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout_ms))?
 }
 
 /// A percent-decoded query parameter (the first one of that name).

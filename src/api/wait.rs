@@ -205,6 +205,18 @@ pub async fn wait(
                     "step must have a numeric stepId and a string stepName",
                 ));
             }
+            let step = Value::Object(s.clone());
+            let bytes = step.to_string().len();
+            if bytes > crate::domain::MAX_STEP_BYTES
+                || crate::domain::json_depth(&step) > crate::domain::MAX_STEP_DEPTH
+            {
+                return Err(ApiError::bad(format!(
+                    "step is {bytes} bytes deep {}; at most {} bytes and {} levels",
+                    crate::domain::json_depth(&step),
+                    crate::domain::MAX_STEP_BYTES,
+                    crate::domain::MAX_STEP_DEPTH
+                )));
+            }
             Some(Value::Object(s.clone()))
         }
         Some(_) => return Err(ApiError::bad("step must be an object")),

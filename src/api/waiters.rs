@@ -1,4 +1,6 @@
-//! `GET /v2/waiters/{eventId}`: the event's active waiters (Upstash `Waiter[]`).
+//! `GET /v2/waiters/{eventId}`: the event's active waiters (Upstash `Waiter[]`), a page at
+//! a time: at most [`MAX_LISTED`] waiters and `server.max_read_bytes` bytes of them, oldest
+//! first within the page; `Herald-Next-Cursor` names the next page (`?cursor=`).
 
 use actix_web::{HttpRequest, HttpResponse};
 
@@ -7,7 +9,7 @@ use super::{path_param, State};
 use crate::domain::EventId;
 use crate::error::ApiError;
 use crate::limits::RateClass;
-use crate::store::StoreError;
+use crate::store::scripts;
 use crate::waiter::{Waiter, WaiterView};
 
 /// Most waiters listed in one response.
@@ -27,23 +29,22 @@ pub async fn list(
     state
         .check_rate(&mut conn, &tenant, RateClass::Read)
         .await?;
-    let mut values: Vec<(String, String)> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-            .arg(&key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(MAX_LISTED)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::from)?;
-        values.extend(batch);
-        cursor = next;
-        if cursor == 0 || values.len() >= MAX_LISTED {
-            break;
-        }
+    // One page, bounded in count and in bytes (`server.max_read_bytes`); the next
+    // page's cursor, if any, is in `Herald-Next-Cursor` (ask again with `?cursor=`).
+    let cursor = super::query_param(&req, "cursor").unwrap_or_else(|| "0.0".to_owned());
+    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(ApiError::bad(
+            "cursor must be a value of Herald-Next-Cursor",
+        ));
     }
+    let (next, values) = scripts::list_waiters(
+        &mut conn,
+        &key,
+        &cursor,
+        MAX_LISTED,
+        state.settings.server.max_read_bytes,
+    )
+    .await?;
     let mut waiters: Vec<Waiter> = values
         .iter()
         .filter_map(|(field, json)| Waiter::from_stored(field, json).ok())
@@ -51,5 +52,9 @@ pub async fn list(
     waiters.sort_by_key(|w| (w.created_at, w.id.clone()));
     waiters.truncate(MAX_LISTED);
     let views: Vec<WaiterView<'_>> = waiters.iter().map(Waiter::view).collect();
-    Ok(HttpResponse::Ok().json(views))
+    let mut response = HttpResponse::Ok();
+    if let Some(next) = next {
+        response.insert_header(("Herald-Next-Cursor", next));
+    }
+    Ok(response.json(views))
 }

@@ -236,6 +236,8 @@ impl Resolve for GuardedResolver {
 pub struct Sender {
     client: reqwest::Client,
     policy: Arc<IpPolicy>,
+    /// The only ports requests may go to (None: any).
+    ports: Option<Arc<Vec<u16>>>,
 }
 
 impl Sender {
@@ -255,7 +257,17 @@ impl Sender {
                 policy: policy.clone(),
             }))
             .build()?;
-        Ok(Self { client, policy })
+        Ok(Self {
+            client,
+            policy,
+            ports: None,
+        })
+    }
+
+    /// This sender, allowed only `ports` (a tenant's `allow_ports`).
+    pub fn with_ports(mut self, ports: Option<Vec<u16>>) -> Self {
+        self.ports = ports.map(Arc::new);
+        self
     }
 
     pub async fn send(&self, outbound: Outbound) -> Attempt {
@@ -332,6 +344,13 @@ impl Sender {
 
     /// IP-literal hosts are checked here: no resolver runs for them.
     fn refusal(&self, url: &reqwest::Url) -> Option<String> {
+        if let (Some(ports), Some(port)) = (&self.ports, url.port_or_known_default()) {
+            if !ports.contains(&port) {
+                return Some(format!(
+                    "blocked: port {port} is not one of the tenant's allowed ports"
+                ));
+            }
+        }
         let ip = match url.host()? {
             url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
             url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),

@@ -40,6 +40,7 @@ use self::http::{Attempt, Sender};
 use crate::config::Settings;
 use crate::domain::TenantName;
 use crate::history::Recorder;
+use crate::limits::cache::LimitsCache;
 use crate::store::scripts::{
     self, DeadLetterArgs, Delivered, ReclaimArgs, ReclaimCandidate, RetryLaterArgs,
 };
@@ -74,6 +75,10 @@ pub struct Deliverer {
     ack_queues: Mutex<Vec<mpsc::UnboundedReceiver<Delivered>>>,
     /// Bodies read from body keys, most recent last (key, body).
     bodies: Mutex<VecDeque<(String, Arc<Vec<u8>>)>>,
+    /// Tenants' limits (their outbound `allow_cidrs` and `allow_ports`).
+    limits: LimitsCache,
+    /// Senders of tenants with an outbound policy of their own, by that policy.
+    tenant_senders: Mutex<HashMap<String, Sender>>,
 }
 
 impl Deliverer {
@@ -98,6 +103,7 @@ impl Deliverer {
             std::process::id(),
             crate::domain::random_id(6)
         );
+        let cache_ms = settings.limits.cache_ms;
         let (acks, ack_queues) = keys
             .all_partitions()
             .map(|_| mpsc::unbounded_channel())
@@ -116,6 +122,8 @@ impl Deliverer {
             acks,
             ack_queues: Mutex::new(ack_queues),
             bodies: Mutex::new(VecDeque::new()),
+            limits: LimitsCache::new(Duration::from_millis(cache_ms)),
+            tenant_senders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -215,6 +223,7 @@ impl Deliverer {
                 .clamp(1, self.settings.delivery.read_batch.max(1));
             let result = if last_reclaim.elapsed() >= reclaim_every {
                 last_reclaim = Instant::now();
+                self.forget_idle_consumers(c, &partition).await;
                 self.reclaim(c, &partition, count).await
             } else {
                 self.read(c, &partition, count, block).await
@@ -364,6 +373,51 @@ impl Deliverer {
             .unwrap_or_default())
     }
 
+    /// Removes the consumers of workers that are gone: idle longer than
+    /// `delivery.consumer_idle_secs` and holding no pending entry (a live worker reads
+    /// every `delivery.block_ms`, which resets its idle time; one removed by mistake is
+    /// recreated by its next read). Best effort: an error is logged and ignored.
+    async fn forget_idle_consumers(&self, conn: &mut Conn, partition: &Partition) {
+        let idle_ms = self
+            .settings
+            .delivery
+            .consumer_idle_secs
+            .saturating_mul(1000);
+        let info: Result<Vec<std::collections::HashMap<String, redis::Value>>, _> =
+            redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(partition.deliveries())
+                .arg(GROUP)
+                .query_async(conn)
+                .await;
+        let Ok(consumers) = info else { return };
+        for c in consumers {
+            let field = |k: &str| {
+                c.get(k)
+                    .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+            };
+            let name = c
+                .get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                .unwrap_or_default();
+            if name.is_empty() || name == self.consumer {
+                continue;
+            }
+            if field("pending") == Some(0) && field("idle").is_some_and(|i| i as u64 > idle_ms) {
+                let removed: Result<i64, _> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(partition.deliveries())
+                    .arg(GROUP)
+                    .arg(&name)
+                    .query_async(conn)
+                    .await;
+                if removed.is_ok() {
+                    tracing::info!(partition = partition.index, consumer = %name, "removed the consumer of a worker that is gone");
+                }
+            }
+        }
+    }
+
     /// Takes over entries another consumer left idle too long (it crashed or hung), and
     /// dead-letters those already handed out `delivery.max_deliveries` times (poison).
     ///
@@ -474,6 +528,56 @@ impl Deliverer {
             .unwrap_or_else(|e| e.into_inner())
             .insert(tenant.to_owned(), (keys.current.clone(), Instant::now()));
         Ok(keys.current)
+    }
+
+    /// The sender for a tenant's deliveries: the worker's, or, for a tenant with outbound
+    /// ranges or ports of its own (`allow_cidrs`, `allow_ports`), one with those (the
+    /// tenant's ranges are opened for that tenant only). Falls back to the worker's on a
+    /// Redis error (never more open than the operator's policy).
+    async fn sender_for(&self, tenant: &str) -> Sender {
+        let Ok(name) = TenantName::parse(tenant) else {
+            return self.sender.clone();
+        };
+        let limits = match self
+            .limits
+            .get(&mut self.redis.get(), &self.keys, &self.settings, &name)
+            .await
+        {
+            Ok(l) => l,
+            Err(_) => return self.sender.clone(),
+        };
+        if limits.allow_cidrs.is_empty() && limits.allow_ports.is_empty() {
+            return self.sender.clone();
+        }
+        let key = format!("{}|{}", limits.allow_cidrs, limits.allow_ports);
+        if let Some(s) = self
+            .tenant_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        let mut cidrs = self.settings.allow_cidrs().unwrap_or_default();
+        cidrs.extend(limits.outbound_cidrs());
+        let built = Sender::new(
+            ip_policy::IpPolicy::new(cidrs),
+            Duration::from_secs(self.settings.delivery.connect_timeout_secs),
+            Duration::from_secs(self.settings.delivery.request_timeout_secs),
+        )
+        .map(|s| s.with_ports(limits.outbound_ports()));
+        let Ok(sender) = built else {
+            return self.sender.clone();
+        };
+        let mut senders = self
+            .tenant_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if senders.len() >= 256 {
+            senders.clear();
+        }
+        senders.insert(key, sender.clone());
+        sender
     }
 
     /// The body of a body key: from the worker's cache, or read (and cached). None when
@@ -614,7 +718,7 @@ impl Deliverer {
             }
         }
         let started = Instant::now();
-        let attempt = self.sender.send(outbound).await;
+        let attempt = self.sender_for(&job.t).await.send(outbound).await;
         let elapsed_ms = started.elapsed().as_millis();
         let summary = record::Summary::of(&job, &attempt, started.elapsed());
         let max_retries = job.w.retries.unwrap_or(self.settings.delivery.max_retries);

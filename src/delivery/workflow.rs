@@ -158,7 +158,8 @@ impl Deliverer {
         let url = outbound.url.clone();
         let started = Instant::now();
         let exchange = self
-            .sender
+            .sender_for(&job.t)
+            .await
             .send_with(
                 outbound,
                 &method,

@@ -85,6 +85,11 @@ pub struct Limits {
     pub saved_per_run_event: u64,
     pub notify_body_bytes: u64,
     pub max_timeout: String,
+    /// Private or loopback ranges this tenant's deliveries may reach besides the public
+    /// internet and `delivery.allow_cidrs` (comma-separated CIDRs; "" none).
+    pub allow_cidrs: String,
+    /// The only ports this tenant's deliveries may go to (comma-separated; "" any).
+    pub allow_ports: String,
 }
 
 /// The server-wide caps no tenant limit may exceed.
@@ -114,7 +119,7 @@ fn ranged(name: &str, value: &str, min: u64, max: u64) -> Result<u64, InvalidInp
 
 impl Limits {
     /// Every limit name, in the order they are documented.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 13] = [
         "wait_per_sec",
         "wait_burst",
         "notify_per_sec",
@@ -126,6 +131,8 @@ impl Limits {
         "saved_per_run_event",
         "notify_body_bytes",
         "max_timeout",
+        "allow_cidrs",
+        "allow_ports",
     ];
 
     /// Sets one limit from its text form, checked against its range and the caps.
@@ -155,6 +162,36 @@ impl Limits {
                     )));
                 }
                 self.max_timeout = value.trim().to_owned();
+            }
+            "allow_cidrs" => {
+                let cidrs = list(value)
+                    .map(|c| {
+                        c.parse::<crate::delivery::ip_policy::Cidr>()
+                            .map(|c| c.to_string())
+                            .map_err(|e| InvalidInput(format!("allow_cidrs: {c:?}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if cidrs.len() > 64 {
+                    return Err(InvalidInput("allow_cidrs: at most 64 ranges".into()));
+                }
+                self.allow_cidrs = cidrs.join(",");
+            }
+            "allow_ports" => {
+                let ports = list(value)
+                    .map(|p| {
+                        p.parse::<u16>()
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .map(|p| p.to_string())
+                            .ok_or_else(|| {
+                                InvalidInput(format!("allow_ports: {p:?} is not a port"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if ports.len() > 64 {
+                    return Err(InvalidInput("allow_ports: at most 64 ports".into()));
+                }
+                self.allow_ports = ports.join(",");
             }
             _ => {
                 return Err(InvalidInput(format!(
@@ -218,6 +255,26 @@ impl Limits {
     pub fn max_timeout_ms(&self) -> u64 {
         parse_duration(&self.max_timeout).unwrap_or(u64::MAX)
     }
+
+    /// The tenant's own outbound ranges (validated when set).
+    pub fn outbound_cidrs(&self) -> Vec<crate::delivery::ip_policy::Cidr> {
+        list(&self.allow_cidrs)
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
+    /// The ports the tenant's deliveries may use (None: any).
+    pub fn outbound_ports(&self) -> Option<Vec<u16>> {
+        let ports: Vec<u16> = list(&self.allow_ports)
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (!ports.is_empty()).then_some(ports)
+    }
+}
+
+/// The items of a comma-separated list, trimmed, empty ones left out.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// A tenant's overrides: limit name → value in text form (as stored in Redis).
@@ -243,7 +300,7 @@ impl Overrides {
                 serde_json::Value::String(s) => s.clone(),
                 _ => {
                     return Err(InvalidInput(format!(
-                        "{name} must be a number (or a duration string for max_timeout)"
+                        "{name} must be a number (or a string for max_timeout, allow_cidrs and allow_ports)"
                     )))
                 }
             };

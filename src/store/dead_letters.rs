@@ -154,16 +154,29 @@ struct Source {
     exhausted: bool,
 }
 
+/// How much one listing may read: letters returned, and bytes of them (jobs and bodies).
+#[derive(Debug, Clone, Copy)]
+pub struct PageBound {
+    pub count: usize,
+    pub bytes: usize,
+    /// The largest one letter can be (its body at most `server.max_body_bytes`, plus
+    /// its job): read batches are sized so that what is buffered stays within `bytes`
+    /// plus one letter per partition.
+    pub letter_bytes: usize,
+}
+
 /// Lists the tenant's dead letters in `partitions` after `after`, oldest first: at most
-/// `count` that satisfy `matches`, looking at no more than [`SCAN_LIMIT`].
+/// `bound.count` that satisfy `matches` and about `bound.bytes` of them (a page always
+/// holds at least one), looking at no more than [`SCAN_LIMIT`].
 pub async fn list(
     conn: &mut Conn,
     tenant: &TenantName,
     partitions: &[Partition],
     after: Option<&DeadLetterId>,
-    count: usize,
+    bound: PageBound,
     matches: impl Fn(&DeadLetter) -> bool,
 ) -> Result<Page, StoreError> {
+    let count = bound.count;
     let mut sources: Vec<Source> = partitions
         .iter()
         .map(|p| Source {
@@ -180,15 +193,22 @@ pub async fn list(
             exhausted: false,
         })
         .collect();
-    let batch = if partitions.len() <= 1 {
+    let by_count = if partitions.len() <= 1 {
         100
     } else {
         (count / partitions.len() + 1).clamp(8, 100)
     };
-    let mut letters = Vec::new();
+    // What one read of every partition may buffer stays within the byte bound.
+    let by_bytes = bound.bytes / (partitions.len().max(1) * bound.letter_bytes.max(1));
+    let batch = by_count.min(by_bytes).max(1);
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    let mut bytes = 0usize;
     let mut last: Option<DeadLetterId> = None;
     let mut examined = 0;
-    while letters.len() < count && examined < SCAN_LIMIT {
+    while letters.len() < count
+        && examined < SCAN_LIMIT
+        && (letters.is_empty() || bytes < bound.bytes)
+    {
         refill(conn, &mut sources, batch).await?;
         let Some(next) = sources
             .iter_mut()
@@ -209,7 +229,17 @@ pub async fn list(
         examined += 1;
         last = Some(id);
         match DeadLetter::from_entry(id.partition, &entry) {
-            Some(letter) if matches(&letter) => letters.push(letter),
+            Some(letter) if matches(&letter) => {
+                // A referenced body is read later; count it as the largest it can be.
+                bytes += letter.body.len()
+                    + letter.job.w.url.len()
+                    + if letter.body_ref.is_some() {
+                        bound.letter_bytes
+                    } else {
+                        0
+                    };
+                letters.push(letter)
+            }
             Some(_) => {}
             None => tracing::warn!(dead_letter = %id, "undecodable dead letter skipped"),
         }

@@ -143,6 +143,10 @@ impl Keys {
         self.partitions
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn partition_of(&self, tenant: &TenantName, event: &EventId) -> Partition {
         let h = fnv1a64(&[tenant.as_str().as_bytes(), event.as_str().as_bytes()]);
         self.partition((h % u64::from(self.partitions)) as u16)

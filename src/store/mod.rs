@@ -81,8 +81,27 @@ impl From<RedisError> for StoreError {
 
 /// Records `partitions` at first start and refuses to run with another value: the
 /// partition of every key depends on it.
-pub async fn check_partitions(conn: &mut Conn, keys: &Keys) -> Result<(), StoreError> {
+pub async fn check_partitions(
+    conn: &mut Conn,
+    keys: &Keys,
+    initialize: bool,
+) -> Result<(), StoreError> {
     let meta = keys.meta();
+    // No meta record: a Redis that was never initialised for this prefix, or one that
+    // lost Herald's data (restored empty, or the wrong instance). Running on it would
+    // look healthy while every waiter, run and tenant is gone: refuse unless told to
+    // initialise (`redis.initialize`).
+    let known: bool = conn.exists(&meta).await?;
+    if !known && !initialize {
+        return Err(StoreError::Setup(format!(
+            "this Redis holds no Herald data under the prefix {:?} (no {meta}): either it was \
+             never initialised, or it lost Herald's data (restored empty, or the wrong \
+             instance). Herald refuses to start on it. For a new installation start once \
+             with redis.initialize = true (HERALD_REDIS__INITIALIZE=true); if data was \
+             expected here, restore it first",
+            keys.prefix()
+        )));
+    }
     let migrating: Option<u16> = conn.hget(&meta, "repartition_to").await?;
     if let Some(to) = migrating {
         return Err(StoreError::Setup(format!(
@@ -90,6 +109,15 @@ pub async fn check_partitions(conn: &mut Conn, keys: &Keys) -> Result<(), StoreE
         )));
     }
     let _: bool = conn.hset_nx(&meta, "partitions", keys.partitions()).await?;
+    if !known {
+        let _: bool = conn
+            .hset_nx(&meta, "initialized_at", crate::history::now_ms())
+            .await?;
+        tracing::warn!(
+            prefix = keys.prefix(),
+            "initialised an empty Redis for Herald (redis.initialize)"
+        );
+    }
     let recorded: u16 = conn.hget(&meta, "partitions").await?;
     if recorded != keys.partitions() {
         return Err(StoreError::Setup(format!(

@@ -49,12 +49,15 @@ script!(RECLAIM, "reclaim.lua", with_shared);
 script!(RENEW, "renew.lua");
 script!(REDRIVE, "redrive.lua", with_shared);
 script!(DELETE_DEAD_LETTER, "delete_dead_letter.lua", with_shared);
+script!(LIST_WAITERS, "list_waiters.lua");
+script!(TENANT_CREATE, "tenant_create.lua");
+script!(ROTATE_SIGNING_KEYS, "rotate_signing_keys.lua");
 script!(WORKFLOW_SUBMIT, "workflow/submit.lua");
 script!(WORKFLOW_FINISH, "workflow/finish.lua");
 script!(WORKFLOW_CHAIN, "workflow/chain.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 17] {
+pub fn all() -> [(&'static str, &'static Script); 20] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -70,6 +73,9 @@ pub fn all() -> [(&'static str, &'static Script); 17] {
         ("redrive", &REDRIVE),
         ("delete_dead_letter", &DELETE_DEAD_LETTER),
         ("rate_limit", &RATE_LIMIT),
+        ("list_waiters", &LIST_WAITERS),
+        ("tenant_create", &TENANT_CREATE),
+        ("rotate_signing_keys", &ROTATE_SIGNING_KEYS),
         ("workflow/submit", &WORKFLOW_SUBMIT),
         ("workflow/finish", &WORKFLOW_FINISH),
         ("workflow/chain", &WORKFLOW_CHAIN),
@@ -915,4 +921,60 @@ pub async fn delete_dead_letter(
         .arg(dead_letter_id)
         .arg(body_ref.unwrap_or(""));
     Ok(int(&invoke(conn, "delete_dead_letter", inv).await?)? == 1)
+}
+
+/// One page of an event's waiters (`lua/list_waiters.lua`): (field, waiter JSON) pairs
+/// and the cursor of the next page (None: complete).
+pub async fn list_waiters(
+    conn: &mut Conn,
+    key: &str,
+    cursor: &str,
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<(Option<String>, Vec<(String, String)>), StoreError> {
+    let mut inv = LIST_WAITERS.prepare_invoke();
+    inv.key(key).arg(cursor).arg(max_count).arg(max_bytes);
+    let items = array(invoke(conn, "list_waiters", inv).await?)?;
+    let mut it = items.iter();
+    let next = it.next().map(text).transpose()?.filter(|c| !c.is_empty());
+    let rest: Vec<&Value> = it.collect();
+    let pairs = rest
+        .chunks(2)
+        .map(|c| match c {
+            [f, w] => Ok((text(f)?, text(w)?)),
+            _ => Err(StoreError::Reply("waiters come in pairs".into())),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((next, pairs))
+}
+
+/// Writes a new tenant record (`lua/tenant_create.lua`); false when it existed.
+pub async fn tenant_create(
+    conn: &mut Conn,
+    key: &str,
+    fields: &[(&str, &str)],
+) -> Result<bool, StoreError> {
+    let mut inv = TENANT_CREATE.prepare_invoke();
+    inv.key(key);
+    for (k, v) in fields {
+        inv.arg(*k).arg(*v);
+    }
+    Ok(int(&invoke(conn, "tenant_create", inv).await?)? == 1)
+}
+
+/// Rotates a tenant's signing keys (`lua/rotate_signing_keys.lua`): (current, next)
+/// after, None when the tenant does not exist.
+pub async fn rotate_signing_keys(
+    conn: &mut Conn,
+    key: &str,
+    new_next: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let mut inv = ROTATE_SIGNING_KEYS.prepare_invoke();
+    inv.key(key).arg(new_next);
+    let reply = array(invoke(conn, "rotate_signing_keys", inv).await?)?;
+    match reply.as_slice() {
+        [] => Ok(None),
+        [c, n] => Ok(Some((text(c)?, text(n)?))),
+        other => Err(StoreError::Reply(format!("rotate replied {other:?}"))),
+    }
 }

@@ -115,30 +115,37 @@ pub async fn create(
     name: &TenantName,
 ) -> Result<NewTenant, TenantError> {
     let key = keys.tenant(name);
-    let created: bool = conn.hset_nx(&key, "name", name.as_str()).await?;
-    if !created {
-        return Err(TenantError::Exists(name.to_string()));
-    }
     let token = new_tenant_token(name);
     let current = new_signing_key();
     let next = new_signing_key();
     let hash = token_hash(&token);
-    // One command at a time, not a pipeline: the three keys live in different cluster
-    // slots. The tenant record is the authority (see `authenticate`), so a partial
-    // failure leaves at worst a tenant whose token must be rotated.
-    let _: () = conn
-        .hset_multiple(
-            &key,
-            &[
-                ("created_at", now_ms().to_string()),
-                ("token_sha256", hash.clone()),
-                ("signing_current", current.clone()),
-                ("signing_next", next.clone()),
-            ],
-        )
-        .await?;
+    // The three keys live in different cluster slots. Order: the token index (an orphan
+    // index is harmless: the record is the authority, see `authenticate`), the tenants
+    // set, then the record, all fields in one script: the record is never half written,
+    // and a create that failed before it can simply be repeated.
+    let exists: bool = conn.exists(&key).await?;
+    if exists {
+        return Err(TenantError::Exists(name.to_string()));
+    }
     let _: () = conn.set(keys.token(&hash), name.as_str()).await?;
     let _: () = conn.sadd(keys.tenants(), name.as_str()).await?;
+    let created_at = now_ms().to_string();
+    let created = super::scripts::tenant_create(
+        conn,
+        &key,
+        &[
+            ("name", name.as_str()),
+            ("created_at", &created_at),
+            ("token_sha256", &hash),
+            ("signing_current", &current),
+            ("signing_next", &next),
+        ],
+    )
+    .await?;
+    if !created {
+        let _: () = conn.del(keys.token(&hash)).await?;
+        return Err(TenantError::Exists(name.to_string()));
+    }
     Ok(NewTenant {
         name: name.to_string(),
         token,
@@ -260,25 +267,19 @@ pub async fn signing_keys(
     }
 }
 
-/// Promotes the next signing key to current and makes a new next key.
+/// Promotes the next signing key to current and makes a new next key, atomically
+/// (`lua/rotate_signing_keys.lua`).
 pub async fn rotate_signing_keys(
     conn: &mut Conn,
     keys: &Keys,
     name: &TenantName,
 ) -> Result<SigningKeys, TenantError> {
-    let old = signing_keys(conn, keys, name).await?;
+    let rotated = super::scripts::rotate_signing_keys(conn, &keys.tenant(name), &new_signing_key())
+        .await?
+        .ok_or_else(|| TenantError::NotFound(name.to_string()))?;
     let rotated = SigningKeys {
-        current: old.next,
-        next: new_signing_key(),
+        current: rotated.0,
+        next: rotated.1,
     };
-    let _: () = conn
-        .hset_multiple(
-            keys.tenant(name),
-            &[
-                ("signing_current", rotated.current.as_str()),
-                ("signing_next", rotated.next.as_str()),
-            ],
-        )
-        .await?;
     Ok(rotated)
 }

@@ -186,3 +186,23 @@ async fn a_runs_saved_notifications_are_listed_per_event_and_bounded() {
     assert_eq!(status, 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_an_operator_listener_the_console_is_served_on_both() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.server.operator_listen = "127.0.0.1:0".into();
+    let app = TestApp::start(settings).await;
+    let operator = format!(
+        "http://{}",
+        app.running.as_ref().unwrap().operator_addr.unwrap()
+    );
+    // Tenants sign in on server.listen, the operator where /admin and /metrics are.
+    for base in [app.base.clone(), operator] {
+        for path in ["/console", "/console/app.js"] {
+            let r = app.http.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{base}{path}");
+        }
+    }
+    app.stop().await;
+}

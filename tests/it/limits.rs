@@ -138,7 +138,7 @@ async fn the_waiter_quota_holds_across_two_api_replicas() {
     assert_eq!(admitted + refused, 60, "{statuses:?}");
     if suite_topology() == RedisMode::Cluster {
         // The other partitions' counts are read just before each wait's script: waits in
-        // flight at that moment may each take one more place (README, Limits).
+        // flight at that moment may each take one more place (docs/limits.md).
         assert!(
             (20..20 + IN_FLIGHT).contains(&admitted),
             "{admitted} admitted"

@@ -16,6 +16,7 @@ mod durability;
 mod fairness;
 mod faults;
 mod history;
+mod hostile;
 mod limits;
 mod logs;
 mod lookback;

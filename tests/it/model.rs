@@ -33,7 +33,7 @@
 //! ready-to-paste `#[test]` calling [`run_regression`].
 //!
 //! `HERALD_MODEL_CASES` sets the number of sequences (default [`DEFAULT_CASES`]),
-//! `HERALD_MODEL_SEED` fixes the generator's seed; see README "Guarantees".
+//! `HERALD_MODEL_SEED` fixes the generator's seed; see docs/delivery.md, "Guarantees".
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;

@@ -11,11 +11,14 @@ use crate::support::{test_settings, RedisServer, TestApp};
 fn registered_routes() -> BTreeSet<(String, String)> {
     let source =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs")).unwrap();
-    let start = source
-        .find("pub fn configure(")
-        .expect("configure in src/api/mod.rs");
-    let body = &source[start..];
-    let body = &body[..body.find("\n}\n").expect("end of configure")];
+    // The tenant and the operator surfaces (`configure`, `configure_operator`).
+    let mut body = String::new();
+    for f in ["pub fn configure(", "pub fn configure_operator("] {
+        let start = source.find(f).expect("the function in src/api/mod.rs");
+        let rest = &source[start..];
+        body.push_str(&rest[..rest.find("\n}\n").expect("end of the function")]);
+    }
+    let body = body.as_str();
     let mut routes = BTreeSet::new();
     let mut rest = body;
     while let Some(at) = rest.find(".route(") {

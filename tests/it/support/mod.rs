@@ -76,6 +76,8 @@ pub fn test_settings(redis_url: &str) -> Settings {
         s.redis.sentinel_master = topology.sentinel_master;
     }
     s.redis.key_prefix = format!("t{}", herald::api::wait::random_id(8));
+    // Every test starts on a fresh prefix.
+    s.redis.initialize = true;
     s.delivery.allow_cidrs = vec!["127.0.0.0/8".into()];
     s.delivery.backoff_factor = 0.001;
     s.delivery.block_ms = 200;

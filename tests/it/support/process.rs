@@ -46,7 +46,8 @@ impl HeraldProcess {
             .env("HERALD_DELIVERY__ALLOW_CIDRS", "[\"127.0.0.0/8\"]")
             .env("HERALD_DELIVERY__BLOCK_MS", "200")
             .env("HERALD_DELIVERY__BACKOFF_FACTOR", "0.001")
-            .env("HERALD_SCHEDULER__TICK_MS", "50");
+            .env("HERALD_SCHEDULER__TICK_MS", "50")
+            .env("HERALD_REDIS__INITIALIZE", "true");
         for (k, v) in env {
             command.env(k, v);
         }

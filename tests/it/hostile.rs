@@ -1,0 +1,558 @@
+//! Hostile tenants (and clients) against a shared Herald: each attack, and a figure that
+//! shows the other tenants unaffected. Runs on the suite's topology (standalone, and Redis
+//! Cluster in scripts/test).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::process::HeraldProcess;
+use crate::support::{test_settings, RedisServer, TestApp};
+
+/// A client address as the proxy in front of Herald reports it.
+fn from(app: &TestApp, ip: &str, path: &str, token: &str) -> reqwest::RequestBuilder {
+    app.http
+        .get(app.url(path))
+        .bearer_auth(token)
+        .header("x-forwarded-for", ip)
+}
+
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_address_and_others_proceed() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.server.auth_failures_per_minute = 5;
+    settings.server.client_ip_header = "x-forwarded-for".into();
+    let app = TestApp::start(settings).await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let (status, _) = app
+            .send(from(
+                &app,
+                "10.0.0.66",
+                "/v2/waiters/e",
+                &format!("guess-{i}"),
+            ))
+            .await;
+        statuses.push(status);
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert_eq!(
+        refused, 15,
+        "every guess after the 5th is refused unseen: {statuses:?}"
+    );
+    // The right token from that address is refused too for the rest of the minute; the
+    // tenant from its own address is not.
+    let (status, _) = app
+        .send(from(&app, "10.0.0.66", "/v2/waiters/e", &app.token))
+        .await;
+    assert_eq!(status, 429);
+    let mut ok = 0;
+    for _ in 0..20 {
+        let (status, _) = app
+            .send(from(&app, "10.0.0.7", "/v2/waiters/e", &app.token))
+            .await;
+        ok += usize::from(status == 200);
+    }
+    println!(
+        "auth throttle: attacker 20 guesses -> {refused} refused with 429; victim 20/20 -> {ok} ok"
+    );
+    assert_eq!(ok, 20);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_token_is_never_taken_from_the_query_string() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let admin = "test-admin-token";
+    let (status, _) = app
+        .send(
+            app.http
+                .get(app.url(&format!("/admin/tenants?qstash_token={admin}"))),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = app
+        .send(app.http.get(app.url("/admin/tenants")).bearer_auth(admin))
+        .await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_working_on_every_replica_within_a_second() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.server.auth_cache_ms = herald::config::Settings::defaults().server.auth_cache_ms;
+    let app = TestApp::start(settings).await;
+    let replica = app.replica(herald::app::Role::Api).await;
+    // Both replicas have the token cached.
+    for a in [&app, &replica] {
+        let (status, _) = a.get("/v2/waiters/e", &app.token).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = app
+        .send(
+            app.http
+                .delete(app.url("/admin/tenants/acme/token"))
+                .bearer_auth("test-admin-token"),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{status}");
+    let revoked = Instant::now();
+    let mut stopped = [None, None];
+    while revoked.elapsed() < Duration::from_secs(10) && stopped.iter().any(Option::is_none) {
+        for (i, a) in [&app, &replica].iter().enumerate() {
+            if stopped[i].is_none() && a.get("/v2/waiters/e", &app.token).await.0 == 401 {
+                stopped[i] = Some(revoked.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("revocation: refused after {stopped:?} on the two replicas");
+    for s in stopped {
+        let s = s.expect("the token stops working");
+        assert!(s <= Duration::from_secs(1), "{s:?}");
+    }
+    replica.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickling_request_gets_408_and_other_tenants_proceed() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.server.read_timeout_ms = 500;
+    let app = TestApp::start(settings).await;
+    let other = app.tenant_token("initech").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let token = app.token.clone();
+    let digest = redis.digest();
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /v2/notify/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\nab"
+        )
+        .unwrap();
+        let started = Instant::now();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        (started.elapsed(), reply)
+    });
+    // Meanwhile another tenant is served normally.
+    let mut ok = 0;
+    for _ in 0..10 {
+        let (status, _) = app
+            .send(
+                app.http
+                    .post(app.url("/v2/notify/other"))
+                    .bearer_auth(&other)
+                    .body("x"),
+            )
+            .await;
+        ok += usize::from(status == 201);
+    }
+    let (took, reply) = slow.await.unwrap();
+    println!(
+        "trickling body: answered after {took:?}: {}; other tenant 10 notifies -> {ok} ok",
+        reply.lines().next().unwrap_or("")
+    );
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(ok, 10);
+    // Nothing was stored for the slow request (the other tenant's notifies found nobody
+    // waiting and wrote only their history).
+    let mut conn = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*slow*").query(&mut conn).unwrap();
+    assert!(keys.is_empty(), "{keys:?} ({digest})");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_steps_and_header_maps_are_refused_and_nothing_is_written() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let digest = redis.digest();
+    let deep = (0..20).fold(json!(1), |v, _| json!([v]));
+    let cases = [
+        json!({"url": "http://127.0.0.1:1/x", "workflowRunId": "wfr_1",
+               "step": {"stepId": 1, "stepName": "s", "x": "a".repeat(20_000)}}),
+        json!({"url": "http://127.0.0.1:1/x", "workflowRunId": "wfr_1",
+               "step": {"stepId": 1, "stepName": "s", "x": deep}}),
+        json!({"url": "http://127.0.0.1:1/x", "headers": {"X-Big": "a".repeat(20_000)}}),
+        json!({"url": "http://127.0.0.1:1/x", "timeoutHeaders": {"X-Big": ["a".repeat(9_000), "b".repeat(9_000)]}}),
+    ];
+    for body in cases {
+        let (status, reply) = app.wait("e-big", body).await;
+        assert_eq!(status, 400, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("at most"),
+            "{reply}"
+        );
+    }
+    assert_eq!(redis.digest(), digest, "nothing was written");
+    app.stop().await;
+}
+
+/// VmHWM (peak resident set) of a process, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_bounded_in_bytes_however_large_the_event() {
+    let redis = RedisServer::start();
+    let settings = test_settings(&redis.url());
+    let mut env = vec![
+        (
+            "HERALD_REDIS__KEY_PREFIX",
+            settings.redis.key_prefix.clone(),
+        ),
+        ("HERALD_SERVER__MAX_READ_BYTES", (1 << 20).to_string()),
+        ("HERALD_SERVER__ADMIN_TOKEN", "adm".into()),
+        ("HERALD_LIMITS__READ_PER_SEC", "0".into()),
+        // 200 reads of a megabyte each queue in Redis for a while on this machine.
+        ("HERALD_REDIS__RESPONSE_TIMEOUT_MS", "20000".into()),
+    ];
+    match settings.redis.mode {
+        herald::config::RedisMode::Standalone => {
+            env.push(("HERALD_REDIS__URL", settings.redis.url.clone()))
+        }
+        mode => {
+            env.push(("HERALD_REDIS__MODE", format!("{mode:?}").to_lowercase()));
+            env.push(("HERALD_REDIS__NODES", format!("{:?}", settings.redis.nodes)));
+            env.push((
+                "HERALD_REDIS__SENTINEL_MASTER",
+                settings.redis.sentinel_master.clone(),
+            ));
+        }
+    }
+    let mut herald = HeraldProcess::start(&env).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/admin/tenants", herald.base))
+        .bearer_auth("adm")
+        .body(r#"{"name":"big"}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    // The largest waiters a tenant can register: timeout bodies near the 1 MiB body cap.
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 600 * 1024]);
+    let count = 24;
+    for i in 0..count {
+        let r = http
+            .post(format!("{}/v2/wait/big-event", herald.base))
+            .bearer_auth(&token)
+            .body(json!({"url": format!("http://127.0.0.1:1/{i}"), "timeoutBody": body, "timeout": "1h"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Every waiter exactly once, a bounded page at a time.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    for _ in 0..100 {
+        let mut url = format!("{}/v2/waiters/big-event", herald.base);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("?cursor={c}"));
+        }
+        let r = http.get(url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        cursor = r
+            .headers()
+            .get("herald-next-cursor")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let page: Vec<Value> = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert!(
+            page.len() <= 2,
+            "a page holds about 1 MiB of waiters: {}",
+            page.len()
+        );
+        pages += 1;
+        for w in page {
+            seen.insert(w["url"].as_str().unwrap().to_owned());
+        }
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), count, "{pages} pages");
+    // 200 parallel first-page reads: the process's peak memory grows by about 200 pages.
+    let before = peak_rss_kib(herald.pid());
+    let reads: Vec<_> = (0..200)
+        .map(|_| {
+            let (http, url, token) = (
+                http.clone(),
+                format!("{}/v2/waiters/big-event", herald.base),
+                token.clone(),
+            );
+            tokio::spawn(async move {
+                http.get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
+    let after = peak_rss_kib(herald.pid());
+    println!(
+        "bounded reads: {count} waiters of 800 KiB in {pages} pages; 200 parallel reads: peak RSS {before} -> {after} KiB (+{} MiB; unbounded, each read would load all {} MiB)",
+        (after.saturating_sub(before)) / 1024,
+        count * 800 / 1024
+    );
+    assert!(
+        after.saturating_sub(before) < 1024 * 1024,
+        "peak RSS grew by {} KiB",
+        after - before
+    );
+    herald.stop().await;
+}
+
+#[tokio::test]
+async fn the_operator_surface_can_live_on_its_own_listener() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.server.operator_listen = "127.0.0.1:0".into();
+    let app = TestApp::start(settings).await;
+    let operator = format!(
+        "http://{}",
+        app.running
+            .as_ref()
+            .unwrap()
+            .operator_addr
+            .expect("an operator listener")
+    );
+    for path in ["/admin/tenants", "/metrics", "/healthz"] {
+        let (status, _) = app
+            .send(app.http.get(app.url(path)).bearer_auth("test-admin-token"))
+            .await;
+        assert_eq!(status, 404, "{path} is not on the tenant listener");
+        let r = app
+            .http
+            .get(format!("{operator}{path}"))
+            .bearer_auth("test-admin-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} is on the operator listener");
+    }
+    let (status, _) = app.get("/v2/waiters/e", &app.token).await;
+    assert_eq!(status, 200);
+    let r = app
+        .http
+        .get(format!("{operator}/v2/waiters/e"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "tenant routes are not on the operator listener"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_signing_key_rotations_lose_no_key() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let rotations: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url, token) = (
+                app.http.clone(),
+                app.url("/v2/keys/rotate"),
+                app.token.clone(),
+            );
+            tokio::spawn(async move {
+                let r = http.post(url).bearer_auth(token).send().await.unwrap();
+                let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+                (
+                    v["current"].as_str().unwrap().to_owned(),
+                    v["next"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for r in rotations {
+        replies.push(r.await.unwrap());
+    }
+    // Applied one after the other: every reply's next key became exactly one later
+    // reply's current key (or is the final next key); no two replies share a current key.
+    let currents: std::collections::HashSet<&String> = replies.iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        currents.len(),
+        replies.len(),
+        "two rotations promoted the same key: {replies:?}"
+    );
+    let (_, now) = app.get("/v2/keys", &app.token).await;
+    for (_, next) in &replies {
+        assert!(
+            currents.contains(next) || now["next"] == next.as_str(),
+            "the key {next} handed out by a rotation was lost"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_of_gone_workers_are_removed() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.consumer_idle_secs = 1;
+    settings.delivery.reclaim_idle_secs = 4;
+    let keys = herald::store::Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let app = TestApp::start(settings).await;
+    let stream = keys.partition(0).deliveries();
+    let mut conn = redis.client();
+    // The consumer of a worker that is gone.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("herald")
+        .arg("ghost-worker")
+        .query(&mut conn)
+        .unwrap();
+    let names = |conn: &mut crate::support::redis::InspectConn| -> Vec<String> {
+        let info: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("herald")
+            .query(conn)
+            .unwrap();
+        info.iter()
+            .filter_map(|c| redis::from_redis_value::<String>(c.get("name")?.clone()).ok())
+            .collect()
+    };
+    assert!(names(&mut conn).contains(&"ghost-worker".to_owned()));
+    let gone = crate::support::eventually(Duration::from_secs(15), || {
+        !names(&mut conn).contains(&"ghost-worker".to_owned())
+    })
+    .await;
+    assert!(
+        gone,
+        "the idle consumer is still there: {:?}",
+        names(&mut conn)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redis_without_herald_data_is_refused_unless_initialised() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.redis.initialize = false;
+    let refused = herald::app::start(settings.clone(), herald::app::Role::All).await;
+    let error = format!("{:#}", refused.err().expect("refused"));
+    assert!(error.contains("holds no Herald data"), "{error}");
+    settings.redis.initialize = true;
+    let app = TestApp::start(settings.clone()).await;
+    app.stop().await;
+    // Initialised: later starts need no override.
+    settings.redis.initialize = false;
+    let app = TestApp::start(settings.clone()).await;
+    app.stop().await;
+    // The data is lost (an empty restore): refused again.
+    let mut conn = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", settings.redis.key_prefix))
+        .query(&mut conn)
+        .unwrap();
+    for k in keys {
+        let _: i64 = redis::cmd("DEL").arg(&k).query(&mut conn).unwrap();
+    }
+    let refused = herald::app::start(settings, herald::app::Role::All).await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn outbound_ranges_opened_for_one_tenant_are_opened_for_it_only() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.delivery.allow_cidrs = Vec::new();
+    settings.limits.cache_ms = 0;
+    let app = TestApp::start(settings).await;
+    let other = app.tenant_token("initech").await;
+    let receiver = crate::support::Receiver::start().await;
+    let put = |body: Value| {
+        app.http
+            .put(app.url("/admin/tenants/acme/limits"))
+            .bearer_auth("test-admin-token")
+            .body(body.to_string())
+    };
+    let (status, reply) = app.send(put(json!({"allow_cidrs": "127.0.0.0/8"}))).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = app.send(put(json!({"allow_cidrs": "127.0.0.0/99"}))).await;
+    assert_eq!(status, 400, "{reply}");
+    for (token, path) in [(&app.token, "/acme"), (&other, "/initech")] {
+        let (status, _) = app
+            .post(
+                "/v2/wait/outbound",
+                token,
+                json!({"url": receiver.url(path), "retries": 0}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = app.post("/v2/notify/outbound", token, "x").await;
+        assert_eq!(status, 201);
+    }
+    receiver.expect("/acme", 1).await;
+    let refused = crate::support::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = app.get("/v2/dlq", &other).await;
+        page["messages"].as_array().is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    assert!(
+        refused,
+        "the other tenant's delivery to loopback is refused"
+    );
+    let (_, page) = app.get("/v2/dlq", &other).await;
+    assert!(page.to_string().contains("blocked"), "{page}");
+    assert!(receiver.at("/initech").is_empty());
+    // A port allow list: the receiver's port is not on it.
+    let (status, _) = app
+        .send(put(
+            json!({"allow_cidrs": "127.0.0.0/8", "allow_ports": "1"}),
+        ))
+        .await;
+    assert_eq!(status, 200);
+    app.post(
+        "/v2/wait/ported",
+        &app.token,
+        json!({"url": receiver.url("/ported"), "retries": 0}).to_string(),
+    )
+    .await;
+    app.post("/v2/notify/ported", &app.token, "x").await;
+    let refused = crate::support::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = app.get("/v2/dlq?eventId=ported", &app.token).await;
+        page.to_string().contains("port")
+    })
+    .await;
+    assert!(refused);
+    assert!(receiver.at("/ported").is_empty());
+    app.stop().await;
+}
