@@ -230,6 +230,9 @@ Returns YAML (use with fromYaml).
 {{- if hasKey $server "listen" -}}
 {{- fail "config.server.listen must not be set: use containerPorts.http" -}}
 {{- end -}}
+{{- if hasKey $server "operator_listen" -}}
+{{- fail "config.server.operator_listen must not be set: use containerPorts.operator" -}}
+{{- end -}}
 {{- if hasKey $redis "url" -}}
 {{- fail "config.redis.url must not be set: the Redis URL comes from the Secret (auth.redisUrl or auth.existingSecret)" -}}
 {{- end -}}
@@ -251,6 +254,9 @@ Returns YAML (use with fromYaml).
 {{- fail "config.redis.sentinel_master must name the master when config.redis.mode is sentinel" -}}
 {{- end -}}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%s" (include "herald.int" .Values.containerPorts.http)) -}}
+{{- if gt (int (.Values.containerPorts.operator | default 0)) 0 -}}
+{{- $_ := set $server "operator_listen" (printf "0.0.0.0:%s" (include "herald.int" .Values.containerPorts.operator)) -}}
+{{- end -}}
 {{- $_ := set $config "server" $server -}}
 {{- toYaml $config -}}
 {{- end -}}
@@ -356,4 +362,19 @@ maxUnavailable: {{ if regexMatch "^[0-9]+$" $max }}{{ $max }}{{ else }}{{ $max |
 {{- else }}
 maxUnavailable: 1
 {{- end }}
+{{- end -}}
+
+{{/* The container port name of the operator surface (probes, /metrics): "operator" when
+containerPorts.operator is set, else "http". */}}
+{{- define "herald.operatorPortName" -}}
+{{- if gt (int (.Values.containerPorts.operator | default 0)) 0 -}}operator{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* The port number of the operator surface. */}}
+{{- define "herald.operatorPort" -}}
+{{- if gt (int (.Values.containerPorts.operator | default 0)) 0 -}}
+{{- include "herald.int" .Values.containerPorts.operator -}}
+{{- else -}}
+{{- include "herald.int" .Values.containerPorts.http -}}
+{{- end -}}
 {{- end -}}

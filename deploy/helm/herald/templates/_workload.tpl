@@ -153,25 +153,30 @@ spec:
             - name: http
               containerPort: {{ include "herald.int" $ctx.Values.containerPorts.http }}
               protocol: TCP
+            {{- if ne (include "herald.operatorPortName" $ctx) "http" }}
+            - name: operator
+              containerPort: {{ include "herald.int" $ctx.Values.containerPorts.operator }}
+              protocol: TCP
+            {{- end }}
           {{- if $values.startupProbe.enabled }}
           startupProbe:
             httpGet:
               path: /healthz
-              port: http
+              port: {{ include "herald.operatorPortName" $ctx }}
             {{- omit $values.startupProbe "enabled" | toYaml | nindent 12 }}
           {{- end }}
           {{- if $values.livenessProbe.enabled }}
           livenessProbe:
             httpGet:
               path: /healthz
-              port: http
+              port: {{ include "herald.operatorPortName" $ctx }}
             {{- omit $values.livenessProbe "enabled" | toYaml | nindent 12 }}
           {{- end }}
           {{- if $values.readinessProbe.enabled }}
           readinessProbe:
             httpGet:
               path: /readyz
-              port: http
+              port: {{ include "herald.operatorPortName" $ctx }}
             {{- omit $values.readinessProbe "enabled" | toYaml | nindent 12 }}
           {{- end }}
           {{- if gt (int ($values.preStopSleepSeconds | default 0)) 0 }}
@@ -331,6 +336,9 @@ spec:
 {{/* NetworkPolicy egress rules every component needs: DNS and Redis. */}}
 {{- define "herald.networkPolicy.baseEgress" -}}
 {{- $np := .Values.networkPolicy -}}
+{{- if and (empty $np.redis.to) (not $np.redis.anyDestination) -}}
+{{- fail "networkPolicy.redis.to must name where Redis runs (NetworkPolicyPeers), or set networkPolicy.redis.anyDestination=true" -}}
+{{- end -}}
 # DNS
 - ports:
     {{- range $np.dns.ports }}
