@@ -53,6 +53,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     pub read_timeout_ms: u64,
     pub max_read_bytes: usize,
+    /// Serve the web console at `/console` (src/api/console.rs).
+    pub console: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -117,7 +117,8 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
          tenant:        dev\n\
          token:         {token}\n\
          signing keys:  current {cur}  next {next}\n\
-         admin token:   {admin}\n\n\
+         admin token:   {admin}\n\
+         console:       {console}\n\n\
          Try it:\n\
          export HERALD_URL={base} HERALD_TOKEN={token}\n\
          curl -s -X POST \"$HERALD_URL/v2/wait/order-42\" -H \"Authorization: Bearer $HERALD_TOKEN\" \\\n  \
@@ -133,6 +134,11 @@ pub async fn run(mut settings: Settings, explicit_redis: bool) -> anyhow::Result
         cur = tenant.current_signing_key,
         next = tenant.next_signing_key,
         admin = settings.server.admin_token,
+        console = if settings.server.console {
+            format!("{base}/console  (sign in with the token or the admin token)")
+        } else {
+            "off (server.console = false)".to_owned()
+        },
     );
     app::termination_signal().await;
     running.stop().await;

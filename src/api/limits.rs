@@ -63,3 +63,30 @@ pub async fn usage(state: State, _: Admin, req: HttpRequest) -> Result<HttpRespo
     let limits = state.limits_of(&mut conn, &name).await?;
     Ok(HttpResponse::Ok().json(limits::usage_view(&name, &usage, &limits)))
 }
+
+/// `GET /v2/limits`: the calling tenant's own effective limits, overrides and usage —
+/// the figures of `GET /admin/tenants/{name}/limits` and `/usage` in one answer.
+pub async fn own(
+    state: State,
+    super::auth::Tenant(tenant): super::auth::Tenant,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.redis.get();
+    state
+        .check_rate(&mut conn, &tenant, crate::limits::RateClass::Read)
+        .await?;
+    let overrides = stored::overrides(&mut conn, &state.keys, &tenant).await?;
+    let mut view = limits::limits_view(
+        &tenant,
+        &state.settings.limits.defaults,
+        &overrides,
+        &state.settings.limit_caps(),
+    );
+    let usage = stored::usage(&mut conn, &state.keys, &tenant).await?;
+    let effective = state.limits_of(&mut conn, &tenant).await?;
+    let mut usage = limits::usage_view(&tenant, &usage, &effective);
+    if let Some(usage) = usage.as_object_mut() {
+        usage.remove("tenant");
+    }
+    view["usage"] = usage;
+    Ok(HttpResponse::Ok().json(view))
+}

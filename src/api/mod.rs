@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod dlq;
 pub mod health;
 pub mod history;
@@ -13,6 +14,7 @@ pub mod observe;
 pub mod openapi;
 pub mod prometheus;
 pub mod runs;
+pub mod saved;
 pub mod wait;
 pub mod waiters;
 pub mod workflow;
@@ -79,6 +81,8 @@ pub const HOOK: &str = "/v2/workflows/hooks/{userId}/{runId}/{eventId}";
 /// The tenant surface (and `/openapi.json`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/openapi.json", web::get().to(openapi::document))
+        .route("/console", web::get().to(console::page))
+        .route("/console/{file:.*}", web::get().to(console::file))
         .route("/v2/wait/{eventId}", web::post().to(wait::wait))
         .route("/v2/notify/{eventId}", web::post().to(notify::broadcast))
         .route(
@@ -91,6 +95,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v2/workflows/runs/{runId}",
             web::get().to(workflow::history),
+        )
+        .route(
+            "/v2/workflows/runs/{runId}/saved",
+            web::get().to(saved::list),
         )
         .route(
             "/v2/workflows/runs",
@@ -108,6 +116,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(HOOK, web::delete().to(workflow::hook))
         .route("/v2/keys", web::get().to(keys::get))
         .route("/v2/keys/rotate", web::post().to(keys::rotate))
+        .route("/v2/limits", web::get().to(limits::own))
         .route("/v2/dlq", web::get().to(dlq::list))
         .route("/v2/dlq/retry/{dlqId}", web::post().to(dlq::retry))
         .route("/v2/dlq/{dlqId}", web::delete().to(dlq::delete))
@@ -115,11 +124,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The operator surface: probes, metrics and `/admin`. On `server.listen` too unless
-/// `server.operator_listen` is set (then only there).
+/// `server.operator_listen` is set (then only there). The console is served on both
+/// surfaces: on the operator listener it is where the operator signs in.
 pub fn configure_operator(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(prometheus::metrics))
+        .route("/console", web::get().to(console::page))
+        .route("/console/{file:.*}", web::get().to(console::file))
         .route("/admin/tenants", web::post().to(admin::create_tenant))
         .route("/admin/tenants", web::get().to(admin::list_tenants))
         .route(
@@ -145,7 +157,8 @@ pub fn configure_operator(cfg: &mut web::ServiceConfig) {
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     // A registered path asked with another method: 405 and the methods it takes.
     if let Some(pattern) = req.match_pattern() {
-        let allowed = openapi::methods_of(&pattern);
+        // A tail segment `{name:.*}` is documented as `{name}`.
+        let allowed = openapi::methods_of(&pattern.replace(":.*}", "}"));
         if !allowed.is_empty() {
             return Err(ApiError::MethodNotAllowed {
                 method: req.method().to_string(),

@@ -440,6 +440,55 @@ fn build() -> Value {
         }}
     });
 
+    // The console and the routes it added (a second literal: one is at the macro's
+    // recursion limit).
+    let more_paths = json!({
+        "/console": { "get": {
+            "operationId": "console", "tags": ["operator"],
+            "summary": "The web console (its page). Signs in with a tenant or the admin token, kept in the browser's sessionStorage; 404 when server.console is false.",
+            "security": [],
+            "responses": {
+                "200": { "description": "The page (Content-Security-Policy: only 'self').", "content": { "text/html": { "schema": { "type": "string" } } } },
+                "404": error("The console is disabled (server.console = false).")
+            }
+        }},
+        "/console/{file}": { "get": {
+            "operationId": "consoleFile", "tags": ["operator"],
+            "summary": "A file of the web console (compiled into the binary); a name without a dot is the page.",
+            "security": [],
+            "parameters": [{ "name": "file", "in": "path", "required": true,
+                "description": "The file name (index.html, app.js, app.css, icon.svg).", "schema": { "type": "string" } }],
+            "responses": {
+                "200": { "description": "The file, with its content type.", "content": {
+                    "text/html": { "schema": { "type": "string" } },
+                    "text/javascript": { "schema": { "type": "string" } },
+                    "text/css": { "schema": { "type": "string" } },
+                    "image/svg+xml": { "schema": { "type": "string" } }
+                } },
+                "404": error("No such file, or the console is disabled.")
+            }
+        }},
+        "/v2/workflows/runs/{runId}/saved": { "get": {
+            "operationId": "runSavedNotifications", "tags": ["waiters", "workflows"],
+            "summary": "The lookback notifications saved for the run (consumed by its next waits), per event, oldest first. At most 100 events and 1,000 notifications; bodies up to 256 KiB in all (later bodies are null); expired ones are left out.",
+            "security": tenant_security(),
+            "parameters": [run_param()],
+            "responses": tenant_errors(responses(&[
+                ("200", ok_json("The saved notifications.", schema("SavedNotifications"))),
+            ]))
+        }},
+        "/v2/limits": { "get": {
+            "operationId": "ownLimits", "tags": ["limits"],
+            "summary": "The calling tenant's effective limits, its overrides and what it uses now (the figures of the admin limits and usage routes).",
+            "security": tenant_security(),
+            "responses": tenant_errors(responses(&[("200", ok_json("Limits and usage.", schema("OwnLimits")))]))
+        }},
+    });
+    let mut paths = paths;
+    if let (Some(all), Value::Object(more)) = (paths.as_object_mut(), more_paths) {
+        all.extend(more);
+    }
+
     let header_map = json!({
         "type": "object",
         "description": "Header name to value, or to a list of values (the first is sent). Names and values must be valid HTTP header names and values.",
@@ -496,7 +545,48 @@ fn build() -> Value {
                 "activeWaiters": { "type": "integer", "minimum": 0 },
                 "maxActiveWaiters": { "type": "integer", "minimum": 0, "description": "0: unlimited." },
                 "rates": { "type": "object", "required": ["wait", "notify", "read"],
-                    "properties": { "wait": rate.clone(), "notify": rate.clone(), "read": rate } }
+                    "properties": { "wait": rate.clone(), "notify": rate.clone(), "read": rate.clone() } }
+            }
+        },
+        "OwnLimits": {
+            "type": "object", "required": ["tenant", "limits", "overrides", "usage"],
+            "properties": {
+                "tenant": { "type": "string" },
+                "limits": schema("LimitOverrides"),
+                "overrides": schema("LimitOverrides"),
+                "usage": { "type": "object", "required": ["activeWaiters", "maxActiveWaiters", "rates"],
+                    "properties": {
+                        "activeWaiters": { "type": "integer", "minimum": 0 },
+                        "maxActiveWaiters": { "type": "integer", "minimum": 0, "description": "0: unlimited." },
+                        "rates": { "type": "object", "required": ["wait", "notify", "read"],
+                            "properties": { "wait": rate.clone(), "notify": rate.clone(), "read": rate } }
+                    } }
+            }
+        },
+        "SavedNotifications": {
+            "type": "object", "required": ["workflowRunId", "retentionSecs", "events", "truncated"],
+            "properties": {
+                "workflowRunId": { "type": "string" },
+                "retentionSecs": { "type": "integer", "description": "waiters.saved_ttl_secs." },
+                "truncated": { "type": "boolean", "description": "Some events, notifications or bodies were left out (the bounds)." },
+                "events": { "type": "array", "items": {
+                    "type": "object", "required": ["eventId", "count", "items"],
+                    "properties": {
+                        "eventId": { "type": "string" },
+                        "count": { "type": "integer", "description": "Items in the event's saved list (expired ones included until a wait drops them)." },
+                        "items": { "type": "array", "items": {
+                            "type": "object", "required": ["messageId", "contentType", "savedAt", "expiresAt", "bytes", "body"],
+                            "properties": {
+                                "messageId": { "type": "string" },
+                                "contentType": { "type": ["string", "null"] },
+                                "savedAt": { "type": "integer", "description": "Unix milliseconds." },
+                                "expiresAt": { "type": "integer", "description": "Unix milliseconds." },
+                                "bytes": { "type": "integer", "minimum": 0 },
+                                "body": { "type": ["string", "null"], "contentEncoding": "base64", "description": "Base64 of the body; null past the answer's byte bound." }
+                            }
+                        } }
+                    }
+                } }
             }
         },
         "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },

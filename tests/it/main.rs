@@ -8,6 +8,7 @@ mod availability;
 mod bad_input;
 mod bodies;
 mod cli;
+mod console;
 mod delivery;
 mod dlq;
 mod docs;
