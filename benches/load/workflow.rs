@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::client::Api;
 use crate::clock::{self, ms_between};
+use crate::procs;
 use crate::scenarios::{Check, CpuMeter, Ctx, NOTIFY_BODY};
 use crate::stats::{rate, summary};
 
@@ -371,6 +372,7 @@ pub async fn workflow(ctx: &Ctx) -> Value {
     };
 
     let cpu = CpuMeter::start(ctx, ctx.herald_pid);
+    let machine_before = procs::machine_cpu_ticks();
     let started = Instant::now();
     let first_ns = clock::now_ns();
     let mut triggered = 0;
@@ -421,6 +423,14 @@ pub async fn workflow(ctx: &Ctx) -> Value {
     .is_ok_and(|p| p.is_ok());
     let elapsed_s = started.elapsed().as_secs_f64();
     let cpu_us_per_run = cpu.per_op(ctx, r);
+    // How busy the cores were meanwhile (0..1 of all of them; everything on the machine):
+    // near 1 means the run is bound by the CPU, well below it by waiting.
+    let machine_busy = match (machine_before, procs::machine_cpu_ticks()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            json!(((b1 - b0) as f64 / (t1 - t0) as f64 * 100.0).round() / 100.0)
+        }
+        _ => Value::Null,
+    };
     // Late duplicates show up in the count.
     let mut last = flow.deliveries.load(Ordering::Relaxed);
     for _ in 0..50 {
@@ -509,6 +519,7 @@ pub async fn workflow(ctx: &Ctx) -> Value {
         "run_duration_ms": summary(run_ms),
         "endpoint_reply_ms": summary(reply_ms),
         "cpu_us_per_run": cpu_us_per_run,
+        "machine_cpu_busy": machine_busy,
         "deliveries": deliveries,
         "expected_deliveries": r * ENTRIES,
         "ended": ended,
