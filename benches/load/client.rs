@@ -156,13 +156,35 @@ impl Api {
         })
     }
 
+    /// The same Herald and token, with a connection pool of its own: for a caller on
+    /// another runtime (a connection is served by the runtime that opened it).
+    pub fn own_pool(&self) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                authority: self.inner.authority.clone(),
+                head: self.inner.head.clone(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
     async fn post(
         &self,
         path: &str,
         body: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Reply> {
-        let mut request = format!("POST {path} HTTP/1.1\r\n{}", self.inner.head);
+        self.send("POST", path, body, headers).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let mut request = format!("{method} {path} HTTP/1.1\r\n{}", self.inner.head);
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -242,6 +264,40 @@ impl Api {
             );
         }
         Ok(reply.outcome.unwrap_or_default())
+    }
+}
+
+impl Api {
+    /// POST /v2/batch (workflow messages, a JSON array): returns the reply's elements.
+    pub async fn batch(&self, messages: &str) -> anyhow::Result<Value> {
+        let reply = self
+            .post(
+                "/v2/batch",
+                messages,
+                &[("content-type", "application/json")],
+            )
+            .await?;
+        if reply.status != 200 {
+            bail!("batch: HTTP {} {}", reply.status, reply.json());
+        }
+        Ok(reply.json())
+    }
+
+    /// DELETE /v2/workflows/runs/{run}?cancel=false with the run's return value: the end
+    /// of a run, as the SDK sends it after the last step.
+    pub async fn end_run(&self, run: &str, result: &str) -> anyhow::Result<()> {
+        let reply = self
+            .send(
+                "DELETE",
+                &format!("/v2/workflows/runs/{run}?cancel=false"),
+                result,
+                &[("content-type", "text/plain;charset=UTF-8")],
+            )
+            .await?;
+        if reply.status != 200 {
+            bail!("end of run {run}: HTTP {} {}", reply.status, reply.json());
+        }
+        Ok(())
     }
 }
 

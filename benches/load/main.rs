@@ -24,6 +24,7 @@ mod procs;
 mod receiver;
 mod scenarios;
 mod stats;
+mod workflow;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ use crate::receiver::Receiver;
 use crate::scenarios::{Ctx, Params};
 
 const ALL: &str =
-    "baseline,notify_api_only,notify,notify_at_rate,lookback,lookback_crowd,fanout,big_fanout,timeouts,memory";
+    "baseline,notify_api_only,notify,notify_at_rate,lookback,lookback_crowd,fanout,big_fanout,timeouts,memory,workflow";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,6 +93,12 @@ struct Args {
     /// Lookback notifies lookback_crowd measures per N (rounds of N runs).
     #[arg(long, default_value_t = 10_000)]
     crowd_notifies: usize,
+    /// R: runs of the workflow scenario ...
+    #[arg(long, default_value_t = 10_000)]
+    workflow_runs: usize,
+    /// ... with this many in flight at once (a new run starts when one ends).
+    #[arg(long, default_value_t = 50)]
+    workflow_concurrency: usize,
     /// Redis persistence: "no" (no AOF, as `herald dev`), "everysec" or "always".
     #[arg(long, default_value = "no")]
     appendfsync: String,
@@ -131,6 +138,8 @@ impl Args {
         self.memory_entries = 1_000;
         self.crowd = vec![20, 400];
         self.crowd_notifies = 400;
+        self.workflow_runs = 20;
+        self.workflow_concurrency = 10;
         self
     }
 }
@@ -326,6 +335,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             memory_entries: args.memory_entries,
             crowd: args.crowd.clone(),
             crowd_notifies: args.crowd_notifies,
+            workflow_runs: args.workflow_runs,
+            workflow_concurrency: args.workflow_concurrency,
         },
     };
     let mut all_ok = true;
@@ -347,6 +358,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "big_fanout" => scenarios::big_fanout(&ctx).await,
             "timeouts" => scenarios::timeouts(&ctx).await,
             "memory" => scenarios::memory(&ctx).await,
+            "workflow" => workflow::workflow(&ctx).await,
             other => anyhow::bail!("unknown scenario {other:?}; known: {ALL}"),
         };
         all_ok &= report["ok"] == true;

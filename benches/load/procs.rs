@@ -177,3 +177,20 @@ pub async fn start_herald(
     }
     bail!("herald was not ready at {base} within 30 s")
 }
+
+/// The whole machine's CPU time so far (every process, the kernel, neighbours included),
+/// in clock ticks: (busy, total) over all cores, from the first line of /proc/stat.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}

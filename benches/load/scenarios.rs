@@ -37,6 +37,9 @@ pub struct Params {
     pub crowd: Vec<usize>,
     /// Lookback notifies measured per N (in rounds of N).
     pub crowd_notifies: usize,
+    /// Runs of the workflow scenario, and how many are in flight at once.
+    pub workflow_runs: usize,
+    pub workflow_concurrency: usize,
 }
 
 pub struct Ctx {
@@ -58,13 +61,13 @@ pub struct Ctx {
 
 /// CPU time used by Herald, Redis and the load generator (with its receiver) since
 /// `start`, per operation: where the machine's cores went.
-struct CpuMeter {
+pub struct CpuMeter {
     herald_pid: u32,
     start: [Option<f64>; 3],
 }
 
 impl CpuMeter {
-    fn start(ctx: &Ctx, herald_pid: u32) -> Self {
+    pub fn start(ctx: &Ctx, herald_pid: u32) -> Self {
         Self {
             herald_pid,
             start: Self::now(ctx, herald_pid),
@@ -80,7 +83,7 @@ impl CpuMeter {
     }
 
     /// Microseconds of CPU per operation, by process.
-    fn per_op(&self, ctx: &Ctx, ops: usize) -> Value {
+    pub fn per_op(&self, ctx: &Ctx, ops: usize) -> Value {
         let now = Self::now(ctx, self.herald_pid);
         let per = |i: usize| match (self.start[i], now[i]) {
             (Some(a), Some(b)) if ops > 0 => json!(((b - a) * 1000.0 / ops as f64).round()),
@@ -92,10 +95,10 @@ impl CpuMeter {
 
 /// Problems found by a scenario; an empty list means correct.
 #[derive(Default)]
-struct Check(Vec<String>);
+pub struct Check(Vec<String>);
 
 impl Check {
-    fn expect(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+    pub fn expect(&mut self, ok: bool, problem: impl FnOnce() -> String) {
         if !ok {
             self.0.push(problem());
         }
@@ -110,7 +113,7 @@ impl Check {
         failed.len()
     }
 
-    fn finish(self, mut report: Value) -> Value {
+    pub fn finish(self, mut report: Value) -> Value {
         report["ok"] = json!(self.0.is_empty());
         if !self.0.is_empty() {
             report["problems"] = json!(self.0);
