@@ -30,6 +30,7 @@ async fn serve_stops_gracefully_on_sigterm() {
     let mut child = Command::new(HERALD)
         .args(["serve", "--role", "all"])
         .env("HERALD_REDIS__URL", redis.url())
+        .env("HERALD_REDIS__INITIALIZE", "true")
         .env("HERALD_REDIS__KEY_PREFIX", "proc")
         .env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("HERALD_SERVER__SHUTDOWN_GRACE_SECS", "5")
@@ -77,6 +78,7 @@ fn tenant_create_prints_a_working_token() {
     let output = Command::new(HERALD)
         .args(["tenant", "--redis", "create", "hooli"])
         .env("HERALD_REDIS__URL", redis.url())
+        .env("HERALD_REDIS__INITIALIZE", "true")
         .output()
         .unwrap();
     assert!(
@@ -92,6 +94,7 @@ fn tenant_create_prints_a_working_token() {
     let again = Command::new(HERALD)
         .args(["tenant", "--redis", "create", "hooli"])
         .env("HERALD_REDIS__URL", redis.url())
+        .env("HERALD_REDIS__INITIALIZE", "true")
         .output()
         .unwrap();
     assert!(!again.status.success());

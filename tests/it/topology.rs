@@ -484,6 +484,7 @@ fn rediss_urls_connect_with_tls_and_check_the_certificate() {
                 format!("rediss://localhost:{tls_port}"),
             )
             .env("HERALD_REDIS__KEY_PREFIX", "tls")
+            .env("HERALD_REDIS__INITIALIZE", "true")
             .env("HERALD_LOG__FILTER", "error")
             .env("SSL_CERT_FILE", ca)
             .output()
