@@ -133,9 +133,11 @@ pub(crate) async fn load(
 /// What of `ledger` is gone: (waiting events, saved runs, notified paths) lost.
 /// The event's waiters, read again while the cluster client still answers 503 just after a
 /// failover (Redis Cluster: requests right after a failover can still fail, see
-/// docs/operating.md "Connections and retries"); bounded to 20 s.
+/// docs/operating.md "Connections and retries"; the client's slow recovery after a killed
+/// master is the open cluster issue, not what this test measures: lost data); bounded to
+/// 60 s.
 async fn waiters_after_failover(app: &TestApp, event: &str) -> Vec<serde_json::Value> {
-    for _ in 0..200 {
+    for _ in 0..600 {
         let (status, body) = app.get(&format!("/v2/waiters/{event}"), &app.token).await;
         if status == 200 {
             return body.as_array().cloned().expect("an array of waiters");
@@ -143,7 +145,7 @@ async fn waiters_after_failover(app: &TestApp, event: &str) -> Vec<serde_json::V
         assert_eq!(status, 503, "{body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("waiters of {event}: still unavailable 20 s after the failover")
+    panic!("waiters of {event}: still unavailable 60 s after the failover")
 }
 
 pub(crate) async fn lost(
