@@ -440,6 +440,47 @@ pub enum Exchange {
     },
 }
 
+/// A failed attempt taken apart: its status (0: no answer), the error recorded, the
+/// receiver's `Retry-After`, and whether retrying cannot help.
+pub struct Failure {
+    pub status: u16,
+    pub error: String,
+    pub retry_after: Option<Duration>,
+    pub final_failure: bool,
+}
+
+impl Attempt {
+    /// The failure of an attempt that was not delivered (None for a delivered one).
+    pub fn failure(self) -> Option<Failure> {
+        Some(match self {
+            Attempt::Delivered { .. } => return None,
+            Attempt::Failed {
+                status,
+                excerpt,
+                retry_after,
+                non_retryable,
+            } => Failure {
+                status,
+                error: format!("HTTP {status}: {excerpt}"),
+                retry_after,
+                final_failure: non_retryable,
+            },
+            Attempt::Unreachable { error } => Failure {
+                status: 0,
+                error,
+                retry_after: None,
+                final_failure: false,
+            },
+            Attempt::Refused { reason } => Failure {
+                status: 0,
+                error: reason,
+                retry_after: None,
+                final_failure: true,
+            },
+        })
+    }
+}
+
 impl Exchange {
     /// The attempt as a delivery counts it (2xx delivered; else failed, with an excerpt).
     pub fn into_attempt(self) -> Attempt {

@@ -738,22 +738,12 @@ impl Deliverer {
                 Ok(())
             }
             failure => {
-                let (status, error, retry_after, final_failure) = match failure {
-                    Attempt::Failed {
-                        status,
-                        excerpt,
-                        retry_after,
-                        non_retryable,
-                    } => (
-                        status,
-                        format!("HTTP {status}: {excerpt}"),
-                        retry_after,
-                        non_retryable,
-                    ),
-                    Attempt::Unreachable { error } => (0, error, None, false),
-                    Attempt::Refused { reason } => (0, reason, None, true),
-                    Attempt::Delivered { .. } => unreachable!("handled above"),
-                };
+                let http::Failure {
+                    status,
+                    error,
+                    retry_after,
+                    final_failure,
+                } = failure.failure().expect("handled above");
                 job.a += 1;
                 let out_of_attempts = job.a > max_retries;
                 tracing::info!(
@@ -782,10 +772,7 @@ impl Deliverer {
                         tracing::warn!(tenant = %job.t, event_id = %job.e, message_id = %job.m, dead_letter = ?id, "delivery dead-lettered");
                     })
                 } else {
-                    let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
-                    let delay = retry_after.map(|d| d.min(max)).unwrap_or_else(|| {
-                        retry::backoff(job.a, self.settings.delivery.backoff_factor, max)
-                    });
+                    let delay = self.retry_delay(job.a, retry_after);
                     scripts::retry_later(
                         &mut conn,
                         &RetryLaterArgs {
@@ -812,6 +799,15 @@ impl Deliverer {
 }
 
 impl Deliverer {
+    /// When attempt `attempts + 1` is due: the receiver's `Retry-After` (at most
+    /// `max_backoff_secs`), else the backoff schedule.
+    fn retry_delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
+        retry_after
+            .map(|d| d.min(max))
+            .unwrap_or_else(|| retry::backoff(attempts, self.settings.delivery.backoff_factor, max))
+    }
+
     /// Puts a delivery back into the retry schedule for a moment (its tenant is at its
     /// concurrency bound, or its signing key cannot be read): no attempt is made or
     /// counted, and the entry leaves the pending list (a deferred entry held here would be

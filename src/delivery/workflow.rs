@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, HeaderValue};
 
-use super::http::{push_header, wait_result_step, Attempt, Exchange, Outbound};
-use super::{record, retry, signing, truncate, unknown_tenant, Deliverer};
+use super::http::{self, push_header, wait_result_step, Attempt, Exchange, Outbound};
+use super::{record, signing, truncate, unknown_tenant, Deliverer};
 use crate::domain::{RunId, TenantName};
 use crate::store::scripts::{self, DeadLetterArgs, Delivered, RetryLaterArgs};
 use crate::store::Partition;
@@ -198,22 +198,12 @@ impl Deliverer {
                 Ok(())
             }
             failure => {
-                let (status, error, retry_after, final_failure) = match failure {
-                    Attempt::Failed {
-                        status,
-                        excerpt,
-                        retry_after,
-                        non_retryable,
-                    } => (
-                        status,
-                        format!("HTTP {status}: {excerpt}"),
-                        retry_after,
-                        non_retryable,
-                    ),
-                    Attempt::Unreachable { error } => (0, error, None, false),
-                    Attempt::Refused { reason } => (0, reason, None, true),
-                    Attempt::Delivered { .. } => unreachable!("handled above"),
-                };
+                let http::Failure {
+                    status,
+                    error,
+                    retry_after,
+                    final_failure,
+                } = failure.failure().expect("handled above");
                 job.a += 1;
                 tracing::info!(tenant = %job.t, run = %r.run, message_id = %job.m, attempt = job.a, status, error = %truncate(&error, 200), "workflow delivery attempt failed");
                 let job_json = serde_json::to_string(&job).unwrap_or_default();
@@ -246,10 +236,7 @@ impl Deliverer {
                         .map(|_| ()),
                     }
                 } else {
-                    let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
-                    let delay = retry_after.map(|d| d.min(max)).unwrap_or_else(|| {
-                        retry::backoff(job.a, self.settings.delivery.backoff_factor, max)
-                    });
+                    let delay = self.retry_delay(job.a, retry_after);
                     scripts::retry_later(
                         &mut conn,
                         &RetryLaterArgs {
@@ -409,10 +396,7 @@ impl Deliverer {
         } else {
             job.a += 1;
             let job_json = serde_json::to_string(&job).unwrap_or_default();
-            let max = Duration::from_secs(self.settings.delivery.max_backoff_secs);
-            let delay = retry_after.map(|d| d.min(max)).unwrap_or_else(|| {
-                retry::backoff(job.a, self.settings.delivery.backoff_factor, max)
-            });
+            let delay = self.retry_delay(job.a, retry_after);
             scripts::retry_later(
                 &mut conn,
                 &RetryLaterArgs {
