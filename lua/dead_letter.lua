@@ -6,6 +6,7 @@ KEYS[1] deliveries   (STREAM) delivery jobs of the partition
 KEYS[2] dead letters (STREAM) the tenant's dead letters in this partition
 KEYS[3] body         (HASH)   the body key the entry references (any key of the partition,
                               untouched, when its body is inline)
+KEYS[4] usage        (HASH)   the tenant's stored bytes in this partition (shared/usage.lua)
 
 ARGV[1] consumer group
 ARGV[2] entry id
@@ -32,10 +33,11 @@ rcall('XDEL', KEYS[1], ARGV[2])
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local retention_ms = tonumber(ARGV[7])
+local u = {key = KEYS[4], now_ms = now_ms}
 if ref ~= '' then
   dead_letter_body(KEYS[3], now_ms, retention_ms)
   return add_dead_letter(KEYS[2], retention_ms, now_ms,
-    {'j', ARGV[3], 'br', ref, 's', ARGV[5], 'r', ARGV[6], 'at', now_ms})
+    {'j', ARGV[3], 'br', ref, 's', ARGV[5], 'r', ARGV[6], 'at', now_ms}, u, KEYS[3])
 end
 return add_dead_letter(KEYS[2], retention_ms, now_ms,
-  {'j', ARGV[3], 'b', ARGV[4], 's', ARGV[5], 'r', ARGV[6], 'at', now_ms})
+  {'j', ARGV[3], 'b', ARGV[4], 's', ARGV[5], 'r', ARGV[6], 'at', now_ms}, u)

@@ -5,6 +5,8 @@ references.
 KEYS[1] dead letters (STREAM) the tenant's dead letters in this partition
 KEYS[2] body         (HASH)   the body key the dead letter references (any key of the
                               partition, untouched, when its body is inline)
+KEYS[3] usage        (HASH)   the tenant's stored bytes in this partition: the letter's
+                              charge is released (shared/delivery.lua release_dead_letter)
 
 ARGV[1] dead letter id   stream id in KEYS[1]
 ARGV[2] body id          the body key KEYS[2] the dead letter references ("" for inline)
@@ -25,9 +27,9 @@ end
 if ref ~= nil and (ref ~= ARGV[2] or not names_body(KEYS[2], ref)) then
   return redis.error_reply('delete_dead_letter: KEYS[2] is not the body key of ' .. ref)
 end
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+release_dead_letter({key = KEYS[3], now_ms = now_ms}, fields)
 rcall('XDEL', KEYS[1], ARGV[1])
-if ref ~= nil then
-  local t = rcall('TIME')
-  drop_dead_letter_body(KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-end
+if ref ~= nil then drop_dead_letter_body(KEYS[2], now_ms) end
 return 1

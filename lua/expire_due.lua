@@ -7,9 +7,10 @@ notified meanwhile, or whose deadline is not reached by Redis' clock, is left al
 
 KEYS[1] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>", score deadline (ms)
 KEYS[2] deliveries     (STREAM) delivery jobs of the partition
-KEYS[3..] per candidate, in ARGV order, 4 keys: event waiters (HASH), the count of its
+KEYS[3..] per candidate, in ARGV order, 5 keys: event waiters (HASH), the count of its
           tenant's waiters in this partition (STRING), the event's history (LIST), the
-          event's run waiters (ZSET; a run waiter timed out leaves it)
+          event's run waiters (ZSET; a run waiter timed out leaves it), the tenant's
+          stored bytes (HASH, shared/usage.lua: the waiter released, history charged)
 
 ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
 ARGV[2] history ttl      milliseconds an event's history is kept (0 = no history)
@@ -24,7 +25,7 @@ Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed 
 Invariants: ZREM decides: a waiter is timed out only if it was still in the deadline set,
 and notify removes it from that set in its own atomic script, so event xor timeout (I1).
 Two schedulers running this for the same candidates fire each waiter once. A waiter timed
-out leaves its tenant's count in the same script.
+out leaves its tenant's count and stored bytes in the same script.
 ]]
 local rcall = redis.call
 local deadlines_key, stream_key = KEYS[1], KEYS[2]
@@ -37,8 +38,10 @@ local n = (#ARGV - 3) / 4
 for i = 1, n do
   local base = 3 + (i - 1) * 4
   local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local ev_key, count_key = KEYS[4 * i - 1], KEYS[4 * i]
-  local history_key, runs_key = KEYS[4 * i + 1], KEYS[4 * i + 2]
+  local k = 5 * i - 2
+  local ev_key, count_key = KEYS[k], KEYS[k + 1]
+  local history_key, runs_key = KEYS[k + 2], KEYS[k + 3]
+  local u = {key = KEYS[k + 4], now_ms = now_ms}
   local score = rcall('ZSCORE', deadlines_key, member)
   if score and tonumber(score) <= now_ms then
     rcall('ZREM', deadlines_key, member)
@@ -47,6 +50,7 @@ for i = 1, n do
       rcall('HDEL', ev_key, field)
       if string.sub(field, 1, 1) ~= '|' then rcall('ZREM', runs_key, field) end
       count_waiters(count_key, -1)
+      usage_add(u, 'L', -waiter_bytes(tenant, event, field, waiter))
       local trace = json_string(waiter, 'traceparent') or ''
       if not string.match(trace, '^%x%x%-%x+%-%x+%-%x%x$') then trace = '' end
       enqueue_delivery(stream_key, {
@@ -58,7 +62,7 @@ for i = 1, n do
       entry[#entry + 1] = msg_base .. i
       entry[#entry + 1] = 'deadline'
       entry[#entry + 1] = math.floor(tonumber(score) / 1000)
-      add_history({key = history_key, ttl_ms = history_ttl, max = history_max},
+      add_history({key = history_key, ttl_ms = history_ttl, max = history_max, u = u},
         {registered_entry(field, waiter), history_entry(now_ms, 'timed_out', entry)})
       out[#out + 1] = member
       out[#out + 1] = now_ms - tonumber(score)

@@ -9,6 +9,8 @@ KEYS[5] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read
 KEYS[6] history        (LIST)   the event's history (see shared/delivery.lua add_history)
 KEYS[7] event runs     (ZSET)   the event's run waiters (each taken run waiter leaves it)
 KEYS[8] body           (HASH)   the notify's body key (see shared/delivery.lua hold_body)
+KEYS[9] usage          (HASH)   the tenant's stored bytes in this partition (shared/usage.lua):
+                                history charged, the waiters taken released
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -28,10 +30,13 @@ ARGV[13] body id         the id KEYS[8] ends with: the same for every call of on
 ARGV[14] inline max      bodies of at most this many bytes are kept in each job (as is the
                          body of a call that takes one waiter); longer ones are stored once
                          in KEYS[8] and referenced by the jobs
+ARGV[15] stored full     "1" when the tenant is at its stored_bytes quota: a first call that
+                         finds nobody waiting writes nothing and returns {"stored_full"}
 
 Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
 how many were left for a further call (large fan-outs are taken in bounded batches).
 Or {"limited", remaining, resetMs, retryAfterMs}: over the notify rate limit, nothing taken.
+Or {"stored_full"}: nobody waits and the tenant is at its stored_bytes quota; nothing written.
 
 Invariants: each waiter taken is removed from the hash, the run index and the deadline set in the same
 script that enqueues its delivery, so it can never also time out (I1), and leaves the
@@ -45,16 +50,18 @@ local tenant, event, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local msg_base, limit, trace = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local count_key, bucket_key = KEYS[4], KEYS[5]
 local rate, burst = tonumber(ARGV[8]), tonumber(ARGV[9])
-local history = {key = KEYS[6], ttl_ms = tonumber(ARGV[10]), max = tonumber(ARGV[11])}
 local body_key, body_id, inline_max = KEYS[8], ARGV[13], tonumber(ARGV[14])
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local history = {key = KEYS[6], ttl_ms = tonumber(ARGV[10]), max = tonumber(ARGV[11]),
+  u = {key = KEYS[9], now_ms = now_ms}}
 local refused = rate_refusal(bucket_key, rate, burst, t)
 if refused then return refused end
 
 local count = rcall('HLEN', ev_key)
 if count == 0 then
+  if ARGV[12] == '1' and ARGV[15] == '1' then return {'stored_full'} end
   if ARGV[12] == '1' then add_history(history, {history_entry(now_ms, 'nobody_waiting', {})}) end
   return {0}
 end

@@ -12,6 +12,9 @@ KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partitio
 KEYS[9] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[11] > 0
 KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history)
 KEYS[11] event runs    (ZSET)   the event's run waiters, member = field "<runId>|<waiterId>"
+KEYS[12] usage         (HASH)   the tenant's stored bytes in this partition (shared/usage.lua):
+                                the saved item, the idempotency record, the run set and
+                                history are charged, the waiters taken released
 
 ARGV[1] tenant
 ARGV[2] event id
@@ -31,6 +34,7 @@ ARGV[14] history max     entries the event's history keeps
 ARGV[15] limit           most of the run's waiters taken by this call
 ARGV[16] more            "1" on a request's later calls: deliver to the run's waiters left
                          (the first call took `limit`), never save; "0" on the first call
+ARGV[17] stored full     "1" when the tenant is at its stored_bytes quota: nothing is saved
 
 Returns one of
   {"delivered", remaining, field1, waiterJSON1, messageId1, ...}
@@ -40,6 +44,8 @@ Returns one of
   {"saved", messageId}                                  nobody of the run waits: saved FIFO
   {"cancelled"}                                         the run was cancelled; nothing written
   {"full", count}                                       the saved quota is reached; nothing written
+  {"stored_full"}                                       nobody of the run waits and the tenant is at
+                                                        its stored_bytes quota; nothing written
   {"limited", remaining, resetMs, retryAfterMs}         over the notify rate limit; nothing written
 
 Invariants: delivered xor saved, in one script, so a concurrent wait of the run either sees
@@ -60,11 +66,12 @@ local op_ttl, max_saved = tonumber(ARGV[8]), tonumber(ARGV[9])
 local trace = ARGV[10]
 local count_key, bucket_key = KEYS[8], KEYS[9]
 local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
-local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[13]), max = tonumber(ARGV[14])}
 local runs_key, limit, more = KEYS[11], tonumber(ARGV[15]), ARGV[16] == '1'
 
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local u = {key = KEYS[12], now_ms = now_ms}
+local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[13]), max = tonumber(ARGV[14]), u = u}
 local refused = rate_refusal(bucket_key, rate, burst, t)
 if refused then return refused end
 
@@ -75,7 +82,11 @@ end
 if rcall('EXISTS', cancelled_key) == 1 then return {'cancelled'} end
 
 local function remember(reply)
-  if op_ttl > 0 then rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl) end
+  if op_ttl > 0 then
+    local json = cjson.encode(reply)
+    usage_add(u, usage_end(now_ms, op_ttl * 1000), #op_key + #json + ITEM)
+    rcall('SET', op_key, json, 'EX', op_ttl)
+  end
   return reply
 end
 
@@ -116,10 +127,14 @@ if max_saved > 0 then
   local count = rcall('LLEN', saved_key)
   if count >= max_saved then return {'full', count} end
 end
+if ARGV[17] == '1' then return {'stored_full'} end
 local msg = msg_base .. '1'
-rcall('RPUSH', saved_key, (now_ms + saved_ttl) .. '\n' .. msg .. '\n' .. ct .. '\n' .. now_ms .. '\n' .. body)
-if rcall('PTTL', saved_key) < saved_ttl then rcall('PEXPIRE', saved_key, saved_ttl) end
-rcall('SADD', run_key, event)
-if rcall('PTTL', run_key) < saved_ttl then rcall('PEXPIRE', run_key, saved_ttl) end
+local item = (now_ms + saved_ttl) .. '\n' .. msg .. '\n' .. ct .. '\n' .. now_ms .. '\n' .. body
+-- The list is charged to the bucket of its expiry (it lives as long as its newest item).
+local ends = usage_keep(u, saved_key, saved_ttl, #item + ITEM,
+  function() return list_bytes(rcall('LRANGE', saved_key, 0, -1)) end)
+rcall('RPUSH', saved_key, item)
+rcall('PEXPIREAT', saved_key, ends * 1000)
+keep_run_event(u, run_key, event, saved_ttl)
 add_history(history, {history_entry(now_ms, 'saved', {'messageId', msg, 'workflowRunId', run})})
 return remember({'saved', msg})

@@ -10,7 +10,9 @@ was acknowledged meanwhile is left alone.
 KEYS[1]     deliveries   (STREAM) delivery jobs of the partition; consumer group ARGV[1]
 KEYS[2..n]  dead letters (STREAM) the dead letters of the tenants of the candidates the
                                   caller saw at or over the limit (none when there are none),
-            and bodies   (HASH)   the body keys those candidates reference
+            each followed by its tenant's stored bytes (HASH, shared/usage.lua: a poison
+            dead letter is charged there), and bodies (HASH) the body keys those
+            candidates reference
 
 ARGV[1] consumer group
 ARGV[2] consumer         the consumer taking the entries over
@@ -82,7 +84,8 @@ for i = 7, #ARGV, 3 do
             dead_letter_body(KEYS[kb], now_ms, retention_ms)
             fields[3], fields[4] = 'br', ref
           end
-          local dl = add_dead_letter(KEYS[k], retention_ms, now_ms, fields)
+          local dl = add_dead_letter(KEYS[k], retention_ms, now_ms, fields,
+            {key = KEYS[k + 1], now_ms = now_ms}, ref and KEYS[kb] or nil)
           dead[#dead + 1] = id
           dead[#dead + 1] = dl
         end

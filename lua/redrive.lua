@@ -6,6 +6,8 @@ KEYS[1] dead letters (STREAM) the tenant's dead letters in this partition
 KEYS[2] deliveries   (STREAM) delivery jobs of the same partition
 KEYS[3] body         (HASH)   the body key the dead letter references (any key of the
                               partition, untouched, when its body is inline)
+KEYS[4] usage        (HASH)   the tenant's stored bytes in this partition: the letter's
+                              charge is released (shared/delivery.lua release_dead_letter)
 
 ARGV[1] dead letter id   stream id in KEYS[1]
 ARGV[2] job JSON         the dead letter's job with attempts reset (written by the caller,
@@ -28,7 +30,11 @@ local fields = entry[1][2]
 for f = 1, #fields, 2 do
   if fields[f] == 'b' then body = fields[f + 1] elseif fields[f] == 'br' then ref = fields[f + 1] end
 end
+local t = rcall('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local u = {key = KEYS[4], now_ms = now_ms}
 if ref == nil then
+  release_dead_letter(u, fields)
   rcall('XDEL', KEYS[1], ARGV[1])
   return rcall('XADD', KEYS[2], '*', 'j', ARGV[2], 'b', body)
 end
@@ -36,8 +42,7 @@ if ref ~= ARGV[3] or not names_body(KEYS[3], ref) then
   return redis.error_reply('redrive: KEYS[3] is not the body key of ' .. ref)
 end
 if rcall('HEXISTS', KEYS[3], 'b') == 0 then return 0 end
-local t = rcall('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+release_dead_letter(u, fields)
 rcall('XDEL', KEYS[1], ARGV[1])
 redrive_body(KEYS[3], now_ms)
 return rcall('XADD', KEYS[2], '*', 'j', ARGV[2], 'br', ref)

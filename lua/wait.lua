@@ -14,7 +14,10 @@ KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add
                                 written when a saved notification is consumed
 KEYS[11] event runs    (ZSET)   the event's run waiters: member = field, score 0 (a run
                                 waiter is added; unused for a plain waiter)
-KEYS[12..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
+KEYS[12] usage          (HASH)   the tenant's stored bytes in this partition (shared/usage.lua):
+                                the waiter, the idempotency record, the run set and history
+                                are charged, a consumed saved notification released
+KEYS[13..] waiter counts (STRING) the tenant's in the other partitions, summed for its quota
                                 (standalone Redis; on a cluster the caller counts them: ARGV[14])
 
 ARGV[1] field            "<runId>|<waiterId>" (runId empty for plain waiters)
@@ -35,6 +38,8 @@ ARGV[13] max active      waiters per tenant in all partitions (0 = unlimited)
 ARGV[14] active elsewhere waiters the caller counted in other partitions (cluster), else 0
 ARGV[15] history ttl     milliseconds the event's history is kept (0 = no history)
 ARGV[16] history max     entries the event's history keeps
+ARGV[17] stored full     "1" when the tenant is at its stored_bytes quota: a registration is
+                         refused (a saved notification can still be consumed)
 
 Returns one of
   {"waiting",  waiterJSON}                  registered (or already registered: same reply)
@@ -42,10 +47,12 @@ Returns one of
   {"cancelled"}                             the run was cancelled; nothing written
   {"full", count}                           the event already has max waiters; nothing written
   {"tenant_full", count}                    the tenant already has max active waiters; nothing written
+  {"stored_full"}                           the tenant is at its stored_bytes quota; nothing written
   {"limited", remaining, resetMs, retryAfterMs}  over the wait rate limit; nothing written
 
 Invariants: a saved notification is taken by at most one wait (LPOP, I3); a registration,
-its deadline, its run index entry (KEYS[11]) and its count in KEYS[8] are written together; a retried call (same op key)
+its deadline, its run index entry (KEYS[11]), its count in KEYS[8] and its bytes in KEYS[12]
+are written together; a retried call (same op key)
 changes nothing and returns the first reply; a refused call writes nothing but the rate
 bucket of an admitted request.
 ]]
@@ -59,10 +66,10 @@ local trace = ARGV[10]
 local count_key, bucket_key = KEYS[8], KEYS[9]
 local rate, burst = tonumber(ARGV[11]), tonumber(ARGV[12])
 local max_active, active_elsewhere = tonumber(ARGV[13]), tonumber(ARGV[14])
-local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[15]), max = tonumber(ARGV[16])}
-
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local u = {key = KEYS[12], now_ms = now_ms}
+local history = {key = KEYS[10], ttl_ms = tonumber(ARGV[15]), max = tonumber(ARGV[16]), u = u}
 local refused = rate_refusal(bucket_key, rate, burst, t)
 if refused then return refused end
 
@@ -76,16 +83,23 @@ local full = string.sub(waiter, 1, -2) .. ',"deadline":' .. math.floor(deadline_
   .. ',"createdAt":' .. now_ms .. '}'
 
 local function remember(reply)
-  if op_ttl > 0 then rcall('SET', op_key, cjson.encode(reply), 'EX', op_ttl) end
+  if op_ttl > 0 then
+    local json = cjson.encode(reply)
+    usage_add(u, usage_end(now_ms, op_ttl * 1000), #op_key + #json + ITEM)
+    rcall('SET', op_key, json, 'EX', op_ttl)
+  end
   return reply
 end
 
 if run ~= '' then
   -- Saved items: "<expiresMs>\n<messageId>\n<contentTypeJSON>\n<savedAtMs>\n<body>".
-  -- Expired items are dropped; the loop is bounded by a fixed cap.
+  -- Expired items are dropped; the loop is bounded by a fixed cap. The list is charged
+  -- to the bucket of its expiry (usage_keep in notify_run): each item taken leaves it.
+  local saved_end = math.floor(rcall('PEXPIRETIME', saved_key) / 1000)
   for _ = 1, 1000 do
     local item = rcall('LPOP', saved_key)
     if not item then break end
+    if saved_end > 0 then usage_add(u, saved_end, -(#item + ITEM)) end
     local p1 = string.find(item, '\n', 1, true)
     local p2 = string.find(item, '\n', p1 + 1, true)
     local p3 = string.find(item, '\n', p2 + 1, true)
@@ -108,14 +122,16 @@ if run ~= '' then
   end
 end
 
-if rcall('HEXISTS', ev_key, field) == 0 then
+local previous = rcall('HGET', ev_key, field)
+if not previous then
+  if ARGV[17] == '1' then return {'stored_full'} end
   if max_waiters > 0 then
     local count = rcall('HLEN', ev_key)
     if count >= max_waiters then return {'full', count} end
   end
   if max_active > 0 then
     local total = active_elsewhere
-    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 12))) do
+    for _, n in ipairs(rcall('MGET', count_key, unpack(KEYS, 13))) do
       total = total + (tonumber(n) or 0)
     end
     if total >= max_active then return {'tenant_full', total} end
@@ -123,13 +139,12 @@ if rcall('HEXISTS', ev_key, field) == 0 then
 end
 
 count_waiters(count_key, rcall('HSET', ev_key, field, full))
+usage_add(u, 'L', waiter_bytes(tenant, event, field, full)
+  - (previous and waiter_bytes(tenant, event, field, previous) or 0))
 rcall('ZADD', deadlines_key, deadline_ms, tenant .. '|' .. field .. '|' .. event)
 if run ~= '' then
   rcall('ZADD', KEYS[11], 0, field)
-  rcall('SADD', run_key, event)
-  local ttl = rcall('PTTL', run_key)
-  local want = math.max(run_ttl, timeout_ms + 60000)
-  if ttl < want then rcall('PEXPIRE', run_key, want) end
+  keep_run_event(u, run_key, event, math.max(run_ttl, timeout_ms + 60000))
 end
 -- No history entry here: while it waits, the waiter in the event hash is its own record
 -- (history reads show it as "registered"); the entry is written when it stops waiting.

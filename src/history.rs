@@ -4,20 +4,20 @@
 //! was retried, was dead-lettered, or the waiter timed out.
 //!
 //! Entries go to a list per (tenant, event) in the event's partition, newest first, kept
-//! `history.ttl_secs` after the last entry and capped at `history.max_entries`
-//! (LPUSH + LTRIM + PEXPIRE). Consumed, notified, nobody waiting, saved and timed out are
+//! at least `history.ttl_secs` after the last entry (until the end of its usage bucket,
+//! `lua/shared/usage.lua`) and capped at `history.max_entries` (LPUSH + LTRIM +
+//! PEXPIREAT, charged to the tenant's stored bytes). Consumed, notified, nobody waiting, saved and timed out are
 //! written by the operation's own script, in the same step as the state change
 //! (`add_history` in `lua/shared/delivery.lua`). A waiter's registration is written when
 //! it stops waiting (notified or timed out), as the waiter itself (`<field>\n<JSON>`);
 //! while it waits, the waiter in its event hash is the record; [`read`] shows either as
 //! the same "registered" entry. So an idle waiter costs no history list (with one waiter
 //! per event, the list had cost more Redis memory than the waiter). Delivery attempts are
-//! recorded from Rust through a [`Recorder`], which writes in the background, many events
-//! per round trip, a few milliseconds after the outcome; entries it still
+//! recorded from Rust through a [`Recorder`], which writes in the background
+//! (`lua/history_append.lua`, many events per round trip), a few milliseconds after the outcome; entries it still
 //! holds when a process is killed (not stopped) are lost. Writing history is best effort:
 //! a failure is logged and never fails the delivery it describes.
 
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -147,8 +147,8 @@ pub struct RecorderTask {
 
 /// One event's new entries (encoded, oldest first).
 struct Pending {
-    partition: u16,
     key: String,
+    usage: String,
     entries: Vec<String>,
 }
 
@@ -197,8 +197,8 @@ impl Recorder {
         let skip = entries.len().saturating_sub(self.settings.max_entries);
         let partition = self.keys.partition_of(tenant, event);
         let pending = Pending {
-            partition: partition.index,
             key: partition.history(tenant, event),
+            usage: partition.usage(tenant),
             entries: entries[skip..]
                 .iter()
                 .filter_map(|e| serde_json::to_string(e).ok())
@@ -247,36 +247,28 @@ async fn write_loop(
     }
 }
 
-/// LPUSH + LTRIM + PEXPIRE of every event of `batch`: one pipeline on a single server,
-/// one per partition (slot) on a cluster, all in flight at once.
+/// Appends every event's entries of `batch` (`lua/history_append.lua`, which charges them
+/// to the tenant's stored bytes): all calls in flight at once, pipelined on the
+/// connection.
 async fn write(conn: &mut Conn, settings: &HistorySettings, batch: Vec<Pending>) {
-    let mut pipes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
-    let one_slot = !conn.is_cluster();
-    for item in batch {
-        let pipe = pipes
-            .entry(if one_slot { 0 } else { item.partition })
-            .or_insert_with(redis::pipe);
-        pipe.cmd("LPUSH")
-            .arg(&item.key)
-            .arg(&item.entries)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(&item.key)
-            .arg(0)
-            .arg(settings.max_entries as i64 - 1)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&item.key)
-            .arg(settings.ttl_secs.saturating_mul(1000))
-            .ignore();
-    }
-    let writes = pipes.into_values().map(|pipe| {
+    let ttl_ms = settings.ttl_secs.saturating_mul(1000);
+    let writes = batch.into_iter().map(|item| {
         let mut conn = conn.clone();
-        async move { pipe.query_async::<()>(&mut conn).await }
+        async move {
+            crate::store::scripts::history_append(
+                &mut conn,
+                &item.key,
+                &item.usage,
+                ttl_ms,
+                settings.max_entries,
+                &item.entries,
+            )
+            .await
+        }
     });
     for written in futures_util::future::join_all(writes).await {
         if let Err(e) = written {
-            tracing::warn!(error = %StoreError::from(e), "could not record event history");
+            tracing::warn!(error = %e, "could not record event history");
         }
     }
 }

@@ -214,6 +214,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 history: herald::store::scripts::HistoryArgs::defaults(),
                 body_id: "b",
                 rate: folded.then_some(rate),
+                stored_full: false,
             };
             scripts::notify(&mut conn, &args).await.unwrap();
         }
@@ -274,6 +275,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                     summed: if mode == "folded" { &others } else { &[] },
                     counted_elsewhere,
                 },
+                stored_full: false,
             };
             scripts::wait(&mut conn, &args).await.unwrap();
         }

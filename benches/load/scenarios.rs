@@ -838,6 +838,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                             summed: &[],
                             counted_elsewhere: 0,
                         },
+                        stored_full: false,
                     },
                 )
                 .await?;
@@ -877,6 +878,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         history: herald::store::scripts::HistoryArgs::defaults(),
                         rate: None,
                         body_id: &random_id(20),
+                        stored_full: false,
                     },
                 )
                 .await?;

@@ -27,8 +27,14 @@ deliver_waiters(found, out, d) -> taken
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
   it, its run index entry (d.runs, for a run waiter) and its deadline, append field,
   waiter JSON and message id to `out`; then lower the
-  tenant's waiter count by the number taken, and add each waiter's registered record and
+  tenant's waiter count by the number taken, release their bytes (d.history.u), and add each waiter's registered record and
   a "notified" entry to the event's history.
+
+waiter_bytes(tenant, event, field, waiter) -> the bytes a registered waiter is charged
+  (shared/usage.lua), in field "L": charged by wait, released by whatever removes it.
+keep_run_event(u, run_key, event, ttl_ms)
+  add the event to the run's set (for cancel) and keep the set at least ttl_ms; each
+  member is charged RUN_MEMBER bytes (usage_keep).
 
 history_entry(at_ms, outcome, fields) -> one entry of an event's history as JSON (the
   shape of src/history.rs `Entry`). fields: flat list name, value…; a nil or "" value is
@@ -50,12 +56,18 @@ registered_entry(field, waiter) -> the waiter's "registered" record: "<field>\n<
   createdAt, with its deadline). Kept raw, not as an entry JSON: building one here cost the
   timeout burst about a tenth more Redis time per waiter.
 add_history(h, entries)
-  h = {key, ttl_ms, max}: LPUSH the entries (oldest first; only the newest max can stay),
-  LTRIM to max, PEXPIRE ttl_ms. Nothing when ttl_ms or max is 0 (history disabled).
+  h = {key, ttl_ms, max, u}: LPUSH the entries (oldest first; only the newest max can stay),
+  LTRIM to max, and keep the list at least ttl_ms (PEXPIREAT the end of its usage bucket:
+  see shared/usage.lua usage_keep; the entries pushed are charged to the tenant's account
+  u, those trimmed released). Nothing when ttl_ms or max is 0 (history disabled).
+list_bytes(items) -> the bytes charged for list items (each its length + ITEM)
   Written in the script that changed the state: no round trip of its own.
 
-add_dead_letter(key, retention_ms, now_ms, fields) -> dead letter id
-  XADDs the fields (flat list) to a tenant's dead letters in the partition. With a
+add_dead_letter(key, retention_ms, now_ms, fields, u, body_key) -> dead letter id
+  XADDs the fields (flat list) to a tenant's dead letters in the partition, charged to
+  the tenant's account u (with the referenced body's length when body_key is given),
+  recorded in its field z "<bucket>:<bytes>".
+release_dead_letter(u, fields) releases what field z of a letter's fields says. With a
   retention (ms, > 0) it also drops the letters older than that (XTRIM MINID: stream ids
   are Redis times) and lets the key expire that long after its newest letter, so every
   dead letter is kept at least `retention_ms` and gone before twice that.
@@ -118,20 +130,52 @@ local function registered_entry(field, waiter)
   return field .. '\n' .. waiter
 end
 
-local function add_history(h, entries)
-  if h.ttl_ms <= 0 or h.max <= 0 or #entries == 0 then return end
-  redis.call('LPUSH', h.key, unpack(entries, math.max(1, #entries - h.max + 1)))
-  redis.call('LTRIM', h.key, 0, h.max - 1)
-  redis.call('PEXPIRE', h.key, h.ttl_ms)
+local function list_bytes(items)
+  local n = 0
+  for _, item in ipairs(items) do n = n + #item + ITEM end
+  return n
 end
 
-local function add_dead_letter(key, retention_ms, now_ms, fields)
+local function add_history(h, entries)
+  if h.ttl_ms <= 0 or h.max <= 0 or #entries == 0 then return end
+  local first = math.max(1, #entries - h.max + 1)
+  local pushed = list_bytes({unpack(entries, first)})
+  -- Entries the trim below drops: those past max once the new ones are in front.
+  local dropped = list_bytes(redis.call('LRANGE', h.key, h.max - (#entries - first + 1), -1))
+  local ends = usage_keep(h.u, h.key, h.ttl_ms, pushed - dropped,
+    function() return list_bytes(redis.call('LRANGE', h.key, 0, -1)) end)
+  redis.call('LPUSH', h.key, unpack(entries, first))
+  redis.call('LTRIM', h.key, 0, h.max - 1)
+  redis.call('PEXPIREAT', h.key, ends * 1000)
+end
+
+local function add_dead_letter(key, retention_ms, now_ms, fields, u, body_key)
+  -- Charged with its fields, and the body it references (as if it held a copy), until
+  -- it can be gone (twice the retention), or in "L" when kept until deleted; field z
+  -- says where, for the script that deletes or sends it again (release_dead_letter).
+  local bytes = ITEM
+  for i = 1, #fields do bytes = bytes + #tostring(fields[i]) end
+  if body_key then bytes = bytes + redis.call('HSTRLEN', body_key, 'b') end
+  local bucket = 'L'
+  if retention_ms > 0 then bucket = usage_end(now_ms, 2 * retention_ms) end
+  usage_add(u, bucket, bytes)
+  fields[#fields + 1] = 'z'
+  fields[#fields + 1] = bucket .. ':' .. bytes
   local id = redis.call('XADD', key, '*', unpack(fields))
   if retention_ms > 0 then
     redis.call('XTRIM', key, 'MINID', now_ms - retention_ms)
     redis.call('PEXPIRE', key, retention_ms)
   end
   return id
+end
+
+local function release_dead_letter(u, fields)
+  for f = 1, #fields, 2 do
+    if fields[f] == 'z' then
+      local bucket, bytes = string.match(fields[f + 1], '^([^:]+):(%d+)$')
+      if bucket then usage_add(u, bucket, -tonumber(bytes)) end
+    end
+  end
 end
 
 local function settle_body(key, now_ms)
@@ -201,8 +245,23 @@ local function enqueue_delivery(stream, job, waiter, body, body_ref)
   end
 end
 
+local function waiter_bytes(tenant, event, field, waiter)
+  -- The event hash field and its value, the deadline member and the run index member.
+  return 3 * #field + #waiter + #tenant + #event + 2 + 3 * ITEM
+end
+
+local RUN_MEMBER = ITEM + 64
+
+local function keep_run_event(u, run_key, event, ttl_ms)
+  local added = redis.call('SISMEMBER', run_key, event) == 0
+  local ends = usage_keep(u, run_key, ttl_ms, added and RUN_MEMBER or 0,
+    function() return redis.call('SCARD', run_key) * RUN_MEMBER end)
+  redis.call('SADD', run_key, event)
+  redis.call('PEXPIREAT', run_key, ends * 1000)
+end
+
 local function deliver_waiters(found, out, d)
-  local taken = 0
+  local taken, released = 0, 0
   local entries = {}
   local run_fields = {}
   for i = 1, #found, 2 do
@@ -214,6 +273,7 @@ local function deliver_waiters(found, out, d)
       at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
     }, waiter, d.body, d.body_ref)
     redis.call('HDEL', d.ev, field)
+    released = released + waiter_bytes(d.tenant, d.event, field, waiter)
     if string.sub(field, 1, 1) ~= '|' then run_fields[#run_fields + 1] = field end
     redis.call('ZREM', d.deadlines, d.tenant .. '|' .. field .. '|' .. d.event)
     out[#out + 1] = field
@@ -227,6 +287,7 @@ local function deliver_waiters(found, out, d)
   end
   if #run_fields > 0 then redis.call('ZREM', d.runs, unpack(run_fields)) end
   count_waiters(d.count, -taken)
+  usage_add(d.history.u, 'L', -released)
   add_history(d.history, entries)
   return taken
 end

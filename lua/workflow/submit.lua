@@ -10,6 +10,10 @@ KEYS[2] steps       (LIST)   the history: RawStep JSON per entry, in acceptance 
 KEYS[3] deliveries  (STREAM) delivery jobs of the run's partition
 KEYS[4] retries     (ZSET)   scheduled jobs by due time (ms)
 KEYS[5] retry jobs  (HASH)   "<messageId>" -> job JSON, "<messageId>#b" -> body
+KEYS[6] usage       (HASH)   the tenant's stored bytes in the run's partition
+                             (shared/usage.lua): the record and the history are charged
+                             together to the bucket of their expiry, which the record
+                             notes in "zb" with the bytes in "z" (history alone: "zs")
 
 ARGV[1] mode        "init" | "step" | "plain" (a message without a run: only its job is
                     enqueued; KEYS[1] and KEYS[2] are placeholders of the partition)
@@ -44,6 +48,9 @@ local delay, ttl = tonumber(ARGV[5]), tonumber(ARGV[7])
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local u = {key = KEYS[6], now_ms = now_ms}
+local created = 0 -- the new record's bytes
+
 if mode == 'init' then
   if rcall('EXISTS', KEYS[1]) == 1 then return {'exists', -1} end
   local fields = cjson.decode(ARGV[6])
@@ -54,6 +61,7 @@ if mode == 'init' then
   end
   rcall('HSET', KEYS[1], unpack(flat))
   rcall('DEL', KEYS[2])
+  for i = 1, #flat do created = created + #flat[i] + ITEM / 2 end
 elseif mode == 'step' then
   local state = rcall('HGET', KEYS[1], 'state')
   if not state then return {'unknown', -1} end
@@ -69,7 +77,23 @@ if entry ~= '' then
   index = rcall('RPUSH', KEYS[2], entry) - 1
 end
 if mode ~= 'plain' then
-  if dedupe ~= '' then rcall('HSET', KEYS[1], 'd:' .. dedupe, index) end
+  local added = created
+  if dedupe ~= '' then
+    rcall('HSET', KEYS[1], 'd:' .. dedupe, index)
+    added = added + #dedupe + 12 + ITEM
+  end
+  if entry ~= '' then
+    added = added + #entry + ITEM
+    rcall('HINCRBY', KEYS[1], 'zs', #entry + ITEM)
+  end
+  -- The record and the history live as long as the run is active: their bytes move to
+  -- the bucket the renewed expiry falls in (the record notes which: zb).
+  local ends = usage_end(now_ms, ttl)
+  local z = rcall('HMGET', KEYS[1], 'z', 'zb')
+  local held, bucket = tonumber(z[1]) or 0, z[2]
+  if bucket and bucket ~= tostring(ends) then usage_add(u, bucket, -held) end
+  usage_add(u, ends, (bucket ~= tostring(ends) and held or 0) + added)
+  rcall('HSET', KEYS[1], 'z', held + added, 'zb', ends)
   rcall('PEXPIRE', KEYS[1], ttl)
   if entry ~= '' then rcall('PEXPIRE', KEYS[2], ttl) end
 end

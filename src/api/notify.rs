@@ -119,6 +119,7 @@ pub async fn broadcast(
         &limits,
         RateClass::Notify,
         None,
+        0,
     )
     .await?;
     let mut taken = Vec::new();
@@ -142,11 +143,15 @@ pub async fn broadcast(
                 first_call: batch == 0,
                 history: HistoryArgs::from_settings(&state.settings.history),
                 body_id: &body_id,
+                stored_full: admitted.stored_full,
             },
         )
         .await?;
         let (batch_taken, remaining) = match reply {
             NotifyReply::Taken { taken, remaining } => (taken, remaining),
+            NotifyReply::StoredFull => {
+                return Err(LimitError::stored_full(&tenant, &limits).into())
+            }
             NotifyReply::Limited(refusal) => {
                 return Err(admission::refused(
                     &state.limits,
@@ -228,6 +233,7 @@ pub(crate) async fn to_run(
         limits,
         RateClass::Notify,
         None,
+        body.len() as u64,
     )
     .await?;
     let trace = super::observe::job_traceparent(req);
@@ -250,6 +256,7 @@ pub(crate) async fn to_run(
         history: HistoryArgs::from_settings(&settings.history),
         limit: settings.waiters.notify_batch,
         more,
+        stored_full: admitted.stored_full,
     };
     let first = NotifyRunArgs {
         message_id_base: &base,
@@ -305,6 +312,7 @@ pub(crate) async fn to_run(
             detail: format!("run {run} already has {count} saved notifications for event {event}"),
         }
         .into()),
+        NotifyRunReply::StoredFull => Err(LimitError::stored_full(&tenant, limits).into()),
         NotifyRunReply::Limited(refusal) => {
             Err(
                 admission::refused(&state.limits, &tenant, RateClass::Notify, limits, refusal)

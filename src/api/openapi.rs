@@ -510,6 +510,7 @@ fn build() -> Value {
         "waiters_per_event": count("Waiters one event id may have (0 = unlimited).", 0),
         "saved_per_run_event": { "type": "integer", "minimum": 1, "maximum": 1000, "description": "Saved lookback notifications per (run, event id)." },
         "notify_body_bytes": count("Largest notify body, bytes (at most server.max_body_bytes).", 1),
+        "stored_bytes": count("Bytes the tenant may keep stored in Redis (0 = unlimited).", 0),
         "max_timeout": { "type": "string", "description": "Longest wait timeout, e.g. \"30d\" (at most waiters.max_timeout)." },
         "allow_cidrs": { "type": "string", "description": "Private or loopback ranges this tenant's deliveries may reach (comma-separated CIDRs; \"\" none)." },
         "allow_ports": { "type": "string", "description": "The only ports this tenant's deliveries may use (comma-separated; \"\" any)." }

@@ -290,6 +290,7 @@ pub async fn wait(
         &limits,
         RateClass::Wait,
         Some(&partition),
+        waiter_json.len() as u64,
     )
     .await?;
     let reply = scripts::wait(
@@ -310,6 +311,7 @@ pub async fn wait(
             rate: admitted.rate.as_ref(),
             active: admitted.active_quota(),
             history: HistoryArgs::from_settings(&settings.history),
+            stored_full: admitted.stored_full,
         },
     )
     .await?;
@@ -356,6 +358,7 @@ pub async fn wait(
             detail: format!("tenant {tenant} already has {count} active waiters"),
         }
         .into()),
+        WaitReply::StoredFull => Err(LimitError::stored_full(&tenant, &limits).into()),
         WaitReply::Limited(refusal) => {
             Err(
                 admission::refused(&state.limits, &tenant, RateClass::Wait, &limits, refusal)

@@ -12,7 +12,7 @@ use super::auth::Tenant;
 use super::{path_param, read_body, State};
 use crate::domain::{EventId, RunId, TenantName};
 use crate::error::ApiError;
-use crate::limits::RateClass;
+use crate::limits::{LimitError, RateClass};
 use crate::workflow::message::{Message, Request, MAX_BATCH};
 use crate::workflow::run::{canonical_header, RunState};
 use crate::workflow::{self, Accepted};
@@ -51,6 +51,20 @@ async fn accept_all(
 ) -> Result<Vec<Accepted>, ApiError> {
     let trace = super::observe::job_traceparent(req);
     let mut conn = state.redis.get();
+    let storing: Vec<u64> = requests.iter().filter_map(Request::stores).collect();
+    if !storing.is_empty() {
+        // A tenant at its stored_bytes quota starts no run and adds no entry; nothing of
+        // the request is written.
+        let limits = state.limits_of(&mut conn, tenant).await?;
+        let incoming = storing.iter().sum();
+        if state
+            .limits
+            .stored_full(&mut conn, &state.keys, tenant, limits.stored_bytes, incoming)
+            .await?
+        {
+            return Err(LimitError::stored_full(tenant, &limits).into());
+        }
+    }
     let mut accepted = Vec::with_capacity(requests.len());
     for request in requests {
         accepted.push(

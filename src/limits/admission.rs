@@ -35,6 +35,8 @@ pub struct Admitted {
     /// Waiters counted in the other partitions (cluster).
     counted_elsewhere: u64,
     max_active: u64,
+    /// The tenant is at its `stored_bytes` quota: the script refuses what would store more.
+    pub stored_full: bool,
 }
 
 impl Admitted {
@@ -79,7 +81,8 @@ pub fn still_refused(
 }
 
 /// Admits an operation that runs a script: `wait_in` is the event's partition for a wait
-/// (which checks the tenant's waiter count too), None for a notify.
+/// (which checks the tenant's waiter count too), None for a notify; `incoming` is about
+/// what the operation would store (see [`LimitsCache::stored_full`]).
 pub async fn admit(
     conn: &mut Conn,
     keys: &Keys,
@@ -88,8 +91,12 @@ pub async fn admit(
     limits: &Limits,
     class: RateClass,
     wait_in: Option<&Partition>,
+    incoming: u64,
 ) -> Result<Admitted, LimitError> {
     still_refused(cache, tenant, class, limits)?;
+    let stored_full = cache
+        .stored_full(conn, keys, tenant, limits.stored_bytes, incoming)
+        .await?;
     let rate = limits.rate(class);
     let max_active = if wait_in.is_some() {
         limits.active_waiters
@@ -113,6 +120,7 @@ pub async fn admit(
             summed: others,
             counted_elsewhere: 0,
             max_active,
+            stored_full,
         });
     }
     let check = async {
@@ -144,6 +152,7 @@ pub async fn admit(
         summed: Vec::new(),
         counted_elsewhere: counts.iter().sum(),
         max_active,
+        stored_full,
     })
 }
 

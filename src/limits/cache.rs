@@ -5,7 +5,11 @@
 //! - their recent rate refusals: a bucket that refused cannot admit before the refusal's
 //!   `Retry-After` (its arrival time only moves forward), so until then the process
 //!   refuses that tenant's requests of that class itself. A flood far over its limit then
-//!   costs Redis about one call per refusal window, not one per request.
+//!   costs Redis about one call per refusal window, not one per request;
+//! - their stored bytes (the `stored_bytes` quota), read at most every
+//!   [`STORED_FRESH`] (or `limits.cache_ms`, if shorter) and counted up locally by the
+//!   requests admitted meanwhile; read again on every request once the tenant is within a
+//!   tenth of its quota.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +24,17 @@ use crate::store::{self, Conn, Keys, StoreError};
 /// Most entries of each map; cleared when full (a cache, not a record).
 const MAX_ENTRIES: usize = 10_000;
 
+/// Longest a tenant's stored bytes are taken from the cache.
+pub const STORED_FRESH: Duration = Duration::from_secs(1);
+
 pub struct LimitsCache {
     ttl: Duration,
     /// Tenant → (effective limits, when loaded).
     entries: Mutex<HashMap<TenantName, (Arc<Limits>, Instant)>>,
     /// (tenant, class) → (the refusal, until when the bucket cannot admit).
     refusals: Mutex<HashMap<(TenantName, RateClass), (RateRefusal, Instant)>>,
+    /// Tenant → (stored bytes read, plus what was admitted since; when read).
+    stored: Mutex<HashMap<TenantName, (u64, Instant)>>,
 }
 
 impl LimitsCache {
@@ -34,7 +43,47 @@ impl LimitsCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
+            stored: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the tenant is at its `stored_bytes` quota (`quota`, 0 = unlimited), for a
+    /// write about to store about `incoming` bytes (counted into the cached figure when
+    /// admitted). The figure is read from Redis ([`store::usage::stored_bytes`]) when it
+    /// is older than [`STORED_FRESH`] or `limits.cache_ms`, or within a tenth of the
+    /// quota; so a tenant passes its quota by at most what this process admits in that
+    /// time below the last tenth, plus what the other replicas admit meanwhile.
+    pub async fn stored_full(
+        &self,
+        conn: &mut Conn,
+        keys: &Keys,
+        tenant: &TenantName,
+        quota: u64,
+        incoming: u64,
+    ) -> Result<bool, StoreError> {
+        if quota == 0 {
+            return Ok(false);
+        }
+        let fresh = STORED_FRESH.min(self.ttl);
+        let near = quota - quota / 10;
+        if let Ok(mut stored) = self.stored.lock() {
+            if let Some((bytes, at)) = stored.get_mut(tenant) {
+                if at.elapsed() < fresh && *bytes < near {
+                    *bytes += incoming;
+                    return Ok(false);
+                }
+            }
+        }
+        let bytes = store::usage::stored_bytes(conn, keys, tenant).await?;
+        let full = bytes >= quota;
+        if let Ok(mut stored) = self.stored.lock() {
+            if stored.len() >= MAX_ENTRIES {
+                stored.clear();
+            }
+            let counted = if full { bytes } else { bytes + incoming };
+            stored.insert(tenant.clone(), (counted, Instant::now()));
+        }
+        Ok(full)
     }
 
     /// A refusal still in force for the tenant's class, with its Retry-After counted down.
@@ -114,6 +163,9 @@ impl LimitsCache {
         }
         if let Ok(mut refusals) = self.refusals.lock() {
             refusals.retain(|(t, _), _| t != tenant);
+        }
+        if let Ok(mut stored) = self.stored.lock() {
+            stored.remove(tenant);
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct Limits {
     pub waiters_per_event: u64,
     pub saved_per_run_event: u64,
     pub notify_body_bytes: u64,
+    /// Bytes the tenant may keep stored in Redis (waiters, saved notifications, history,
+    /// dead letters, idempotency records, tombstones, workflow runs); 0 = unlimited.
+    pub stored_bytes: u64,
     pub max_timeout: String,
     /// Private or loopback ranges this tenant's deliveries may reach besides the public
     /// internet and `delivery.allow_cidrs` (comma-separated CIDRs; "" none).
@@ -119,7 +122,7 @@ fn ranged(name: &str, value: &str, min: u64, max: u64) -> Result<u64, InvalidInp
 
 impl Limits {
     /// Every limit name, in the order they are documented.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 14] = [
         "wait_per_sec",
         "wait_burst",
         "notify_per_sec",
@@ -130,6 +133,7 @@ impl Limits {
         "waiters_per_event",
         "saved_per_run_event",
         "notify_body_bytes",
+        "stored_bytes",
         "max_timeout",
         "allow_cidrs",
         "allow_ports",
@@ -152,6 +156,7 @@ impl Limits {
             "notify_body_bytes" => {
                 self.notify_body_bytes = ranged(name, value, 1, caps.max_body_bytes)?
             }
+            "stored_bytes" => self.stored_bytes = ranged(name, value, 0, u64::MAX)?,
             "max_timeout" => {
                 let ms =
                     parse_duration(value).map_err(|e| InvalidInput(format!("max_timeout: {e}")))?;
@@ -414,6 +419,20 @@ pub enum LimitError {
 }
 
 impl LimitError {
+    /// A write refused because the tenant is at its `stored_bytes` quota.
+    pub fn stored_full(tenant: &TenantName, limits: &Limits) -> Self {
+        LimitError::Quota {
+            name: "stored_bytes",
+            limit: limits.stored_bytes.to_string(),
+            detail: format!(
+                "tenant {tenant} stores that many bytes already; nothing was written. Space \
+                 comes back as waiters are notified or time out, saved notifications are \
+                 consumed or expire, dead letters are deleted or sent again, and history \
+                 and finished runs expire (GET /v2/limits shows the figure)"
+            ),
+        }
+    }
+
     pub fn rate_limited(
         tenant: &TenantName,
         class: RateClass,

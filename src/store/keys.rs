@@ -364,6 +364,12 @@ impl Partition {
         format!("{}waiters:{}", self.base, tenant)
     }
 
+    /// The tenant's stored bytes in the partition (the `stored_bytes` quota; see
+    /// `lua/shared/usage.lua` and [`crate::store::usage`]).
+    pub fn usage(&self, tenant: &TenantName) -> String {
+        format!("{}usage:{}", self.base, tenant)
+    }
+
     /// Recent outcomes of (tenant, event), newest first (see [`crate::history`]).
     pub fn history(&self, tenant: &TenantName, event: &EventId) -> String {
         format!("{}history:{}:{}", self.base, tenant, event)

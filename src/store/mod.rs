@@ -2,7 +2,8 @@
 //! typed wrapper per Lua script ([`scripts`]), tenant records ([`tenants`]), dead letters
 //! ([`dead_letters`]), the offline change of the partition count ([`repartition`]) and the
 //! upgrade of a store written by an older version ([`migrate`]), and the opt-in wait for
-//! replicas after an API write ([`durability`]).
+//! replicas after an API write ([`durability`]), and the read of a tenant's stored bytes
+//! ([`usage`]).
 
 pub mod dead_letters;
 pub mod durability;
@@ -13,6 +14,7 @@ pub mod redis;
 pub mod repartition;
 pub mod scripts;
 pub mod tenants;
+pub mod usage;
 
 use ::redis::{AsyncCommands, RedisError};
 

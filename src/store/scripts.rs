@@ -28,6 +28,7 @@ macro_rules! script {
         pub static $name: LazyLock<Script> = LazyLock::new(|| {
             Script::new(concat!(
                 include_str!("../../lua/shared/quota.lua"),
+                include_str!("../../lua/shared/usage.lua"),
                 include_str!("../../lua/shared/delivery.lua"),
                 include_str!(concat!("../../lua/", $file))
             ))
@@ -52,12 +53,13 @@ script!(DELETE_DEAD_LETTER, "delete_dead_letter.lua", with_shared);
 script!(LIST_WAITERS, "list_waiters.lua");
 script!(TENANT_CREATE, "tenant_create.lua");
 script!(ROTATE_SIGNING_KEYS, "rotate_signing_keys.lua");
-script!(WORKFLOW_SUBMIT, "workflow/submit.lua");
-script!(WORKFLOW_FINISH, "workflow/finish.lua");
+script!(HISTORY_APPEND, "history_append.lua", with_shared);
+script!(WORKFLOW_SUBMIT, "workflow/submit.lua", with_shared);
+script!(WORKFLOW_FINISH, "workflow/finish.lua", with_shared);
 script!(WORKFLOW_CHAIN, "workflow/chain.lua");
 
 /// Every script, for loading at start-up (readiness) and for the load check in tests.
-pub fn all() -> [(&'static str, &'static Script); 20] {
+pub fn all() -> [(&'static str, &'static Script); 21] {
     [
         ("wait", &WAIT),
         ("notify", &NOTIFY),
@@ -76,6 +78,7 @@ pub fn all() -> [(&'static str, &'static Script); 20] {
         ("list_waiters", &LIST_WAITERS),
         ("tenant_create", &TENANT_CREATE),
         ("rotate_signing_keys", &ROTATE_SIGNING_KEYS),
+        ("history_append", &HISTORY_APPEND),
         ("workflow/submit", &WORKFLOW_SUBMIT),
         ("workflow/finish", &WORKFLOW_FINISH),
         ("workflow/chain", &WORKFLOW_CHAIN),
@@ -297,6 +300,8 @@ pub struct WaitArgs<'a> {
     pub rate: Option<&'a RateCheck>,
     pub active: ActiveQuota<'a>,
     pub history: HistoryArgs,
+    /// The tenant is at its `stored_bytes` quota: a registration is refused.
+    pub stored_full: bool,
 }
 
 #[derive(Debug)]
@@ -315,6 +320,8 @@ pub enum WaitReply {
     TenantFull {
         count: i64,
     },
+    /// The tenant is at its `stored_bytes` quota; nothing was written.
+    StoredFull,
     Limited(RateRefusal),
 }
 
@@ -350,6 +357,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         Some(_) => inv.key(p.event_runs(a.tenant, a.event)),
         None => inv.key(p.no_run()),
     };
+    inv.key(p.usage(a.tenant));
     for other in a.active.summed {
         inv.key(other.waiter_count(a.tenant));
     }
@@ -366,6 +374,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
     rate_args(&mut inv, a.rate);
     inv.arg(a.active.max).arg(a.active.counted_elsewhere);
     a.history.add(&mut inv);
+    inv.arg(flag(a.stored_full));
     let items = array(invoke(conn, "wait", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("waiting"), [_, w]) => Ok(WaitReply::Waiting {
@@ -378,6 +387,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
         (Some("cancelled"), _) => Ok(WaitReply::Cancelled),
         (Some("full"), [_, n]) => Ok(WaitReply::Full { count: int(n)? }),
         (Some("tenant_full"), [_, n]) => Ok(WaitReply::TenantFull { count: int(n)? }),
+        (Some("stored_full"), _) => Ok(WaitReply::StoredFull),
         (Some("limited"), [_, rest @ ..]) => Ok(WaitReply::Limited(refusal(rest)?)),
         _ => Err(StoreError::Reply(format!(
             "wait: unexpected reply {items:?}"
@@ -403,6 +413,9 @@ pub struct NotifyArgs<'a> {
     /// The request's body id: the same for every call of one broadcast, so its jobs share
     /// one body key (see [`BODY_INLINE_MAX`]).
     pub body_id: &'a str,
+    /// The tenant is at its `stored_bytes` quota: a first call finding nobody waiting
+    /// writes nothing (no history entry).
+    pub stored_full: bool,
 }
 
 /// Bodies of at most this many bytes are kept in each delivery job; a longer body
@@ -418,6 +431,8 @@ pub enum NotifyReply {
         taken: Vec<Taken>,
         remaining: i64,
     },
+    /// Nobody waits and the tenant is at its `stored_bytes` quota; nothing was written.
+    StoredFull,
     Limited(RateRefusal),
 }
 
@@ -444,10 +459,14 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
     inv.key(p.body(a.body_id))
         .arg(a.body_id)
         .arg(BODY_INLINE_MAX);
+    inv.key(p.usage(a.tenant)).arg(flag(a.stored_full));
     let items = array(invoke(conn, "notify", inv).await?)?;
     if let [Value::BulkString(tag), rest @ ..] = &items[..] {
         if tag.as_slice() == b"limited" {
             return Ok(NotifyReply::Limited(refusal(rest)?));
+        }
+        if tag.as_slice() == b"stored_full" {
+            return Ok(NotifyReply::StoredFull);
         }
     }
     let remaining = items.first().map(int).transpose()?.unwrap_or(0);
@@ -478,6 +497,8 @@ pub struct NotifyRunArgs<'a> {
     pub limit: usize,
     /// A request's later call: deliver to the run's waiters left by the first, never save.
     pub more: bool,
+    /// The tenant is at its `stored_bytes` quota: nothing is saved.
+    pub stored_full: bool,
 }
 
 #[derive(Debug)]
@@ -494,6 +515,8 @@ pub enum NotifyRunReply {
     Full {
         count: i64,
     },
+    /// Nobody of the run waits and the tenant is at its `stored_bytes` quota.
+    StoredFull,
     Limited(RateRefusal),
 }
 
@@ -530,7 +553,8 @@ pub async fn notify_run(
     inv.key(p.history(a.tenant, a.event))
         .key(p.event_runs(a.tenant, a.event));
     a.history.add(&mut inv);
-    inv.arg(a.limit).arg(if a.more { "1" } else { "0" });
+    inv.arg(a.limit).arg(flag(a.more));
+    inv.key(p.usage(a.tenant)).arg(flag(a.stored_full));
     let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, remaining, rest @ ..]) => Ok(NotifyRunReply::Delivered {
@@ -542,6 +566,7 @@ pub async fn notify_run(
         }),
         (Some("cancelled"), _) => Ok(NotifyRunReply::Cancelled),
         (Some("full"), [_, n]) => Ok(NotifyRunReply::Full { count: int(n)? }),
+        (Some("stored_full"), _) => Ok(NotifyRunReply::StoredFull),
         (Some("limited"), [_, rest @ ..]) => Ok(NotifyRunReply::Limited(refusal(rest)?)),
         _ => Err(StoreError::Reply(format!(
             "notify_run: unexpected reply {items:?}"
@@ -576,6 +601,7 @@ pub async fn cancel(
         .key(partition.deadlines())
         .key(partition.cancelled(tenant, run))
         .key(partition.waiter_count(tenant))
+        .key(partition.usage(tenant))
         .arg(tenant.as_str())
         .arg(run.as_str())
         .arg(tombstone_ttl_ms)
@@ -626,6 +652,7 @@ pub async fn expire_due(
             .key(partition.waiter_count(&c.tenant))
             .key(partition.history(&c.tenant, &c.event))
             .key(partition.event_runs(&c.tenant, &c.event))
+            .key(partition.usage(&c.tenant))
             .arg(&c.member)
             .arg(&c.field)
             .arg(c.tenant.as_str())
@@ -742,6 +769,7 @@ pub async fn dead_letter(
     inv.key(p.deliveries())
         .key(p.dead_letters(a.tenant))
         .key(body_key(p, a.body_ref))
+        .key(p.usage(a.tenant))
         .arg(GROUP)
         .arg(a.entry_id)
         .arg(a.job_json)
@@ -815,7 +843,12 @@ pub async fn reclaim(conn: &mut Conn, a: &ReclaimArgs<'_>) -> Result<ReclaimRepl
     for c in a.candidates {
         let index = match c.poison_tenant {
             None => 0,
-            Some(t) => index_of(&mut inv, p.dead_letters(t)),
+            Some(t) => {
+                // Its tenant's stored bytes follow it (KEYS[index + 1]): declared together.
+                let index = index_of(&mut inv, p.dead_letters(t));
+                index_of(&mut inv, p.usage(t));
+                index
+            }
         };
         let body = match (c.poison_tenant, c.body_ref) {
             (Some(_), Some(r)) => index_of(&mut inv, p.body(r)),
@@ -896,6 +929,7 @@ pub async fn redrive(
     inv.key(partition.dead_letters(tenant))
         .key(partition.deliveries())
         .key(body_key(partition, body_ref))
+        .key(partition.usage(tenant))
         .arg(dead_letter_id)
         .arg(job_json)
         .arg(body_ref.unwrap_or(""));
@@ -918,9 +952,37 @@ pub async fn delete_dead_letter(
     let mut inv = DELETE_DEAD_LETTER.prepare_invoke();
     inv.key(partition.dead_letters(tenant))
         .key(body_key(partition, body_ref))
+        .key(partition.usage(tenant))
         .arg(dead_letter_id)
         .arg(body_ref.unwrap_or(""));
     Ok(int(&invoke(conn, "delete_dead_letter", inv).await?)? == 1)
+}
+
+/// Appends delivery-attempt entries (oldest first) to an event's history and charges
+/// them to the tenant (`lua/history_append.lua`); `usage` is the tenant's usage key of
+/// the event's partition.
+pub async fn history_append(
+    conn: &mut Conn,
+    key: &str,
+    usage: &str,
+    ttl_ms: u64,
+    max_entries: usize,
+    entries: &[String],
+) -> Result<i64, StoreError> {
+    let mut inv = HISTORY_APPEND.prepare_invoke();
+    inv.key(key).key(usage).arg(ttl_ms).arg(max_entries);
+    for e in entries {
+        inv.arg(e);
+    }
+    int(&invoke(conn, "history_append", inv).await?)
+}
+
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 /// One page of an event's waiters (`lua/list_waiters.lua`): (field, waiter JSON) pairs

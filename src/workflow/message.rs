@@ -318,6 +318,17 @@ pub struct Call {
 }
 
 impl Request {
+    /// Whether accepting it stores run state (a new run or history entry), and about how
+    /// many bytes: what the `stored_bytes` quota is checked for. Plain messages and calls
+    /// store only a delivery job.
+    pub fn stores(&self) -> Option<u64> {
+        match self {
+            Request::Init(init) => Some(init.initial_body.len() as u64),
+            Request::Step(step) => Some(step.body.len() as u64),
+            Request::Plain(_) | Request::Call(_) => None,
+        }
+    }
+
     /// Classifies and validates a message (`now_ms` for `Upstash-Not-Before`).
     pub fn parse(m: Message, now_ms: i64) -> Result<Self, InvalidInput> {
         let delay_ms = m.delay_ms(now_ms)?;

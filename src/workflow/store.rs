@@ -70,6 +70,7 @@ pub async fn submit(conn: &mut Conn, a: &SubmitArgs<'_>) -> Result<Submitted, St
         .arg(a.ttl_ms)
         .arg(&a.job.m)
         .arg(a.body);
+    inv.key(a.partition.usage(a.tenant));
     let reply = array(scripts::invoke(conn, "workflow/submit", inv).await?)?;
     let (status, index) = match reply.as_slice() {
         [s, i] => (text(s)?, int(i)?),
@@ -108,6 +109,7 @@ pub async fn finish(conn: &mut Conn, a: &FinishArgs<'_>) -> Result<Option<RunSta
     inv.key(a.partition.workflow_run(a.tenant, a.run))
         .key(a.partition.workflow_steps(a.tenant, a.run))
         .key(a.partition.deliveries())
+        .key(a.partition.usage(a.tenant))
         .arg(a.state.as_str())
         .arg(a.result.unwrap_or(b""))
         .arg(a.ttl_ms)

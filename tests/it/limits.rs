@@ -801,6 +801,7 @@ async fn the_cluster_admission_path_checks_the_same_limits() {
                         summed: &[],
                         counted_elsewhere,
                     },
+                    stored_full: false,
                 },
             )
             .await
