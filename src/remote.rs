@@ -656,6 +656,10 @@ pub fn print_usage(view: &Value) {
         "active_waiters       {} of {}",
         view["activeWaiters"], view["maxActiveWaiters"]
     );
+    println!(
+        "stored_bytes         {} of {}",
+        view["storedBytes"], view["maxStoredBytes"]
+    );
     for class in crate::limits::RateClass::ALL {
         let rate = &view["rates"][class.as_str()];
         let label = format!("{class}_rate");

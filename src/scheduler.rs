@@ -43,6 +43,11 @@ impl Scheduler {
                 {
                     tracing::debug!(error = %e, "sampling the partition gauges failed");
                 }
+                match crate::store::usage::per_partition(&mut self.redis.get(), &self.keys).await {
+                    Ok(Some(sums)) => metrics::stored_bytes(&sums),
+                    Ok(None) => tracing::debug!("keyspace too large to count stored bytes this time"),
+                    Err(e) => tracing::debug!(error = %e, "counting the stored bytes failed"),
+                }
             }
             match self.tick().await {
                 Ok(busy) => {

@@ -82,6 +82,10 @@ export function Tenants({ session }) {
                 label: "Active waiters",
                 cell: (t) => (t.usage ? `${t.usage.activeWaiters}${t.usage.maxActiveWaiters ? ` of ${t.usage.maxActiveWaiters}` : ""}` : "—"),
               },
+              {
+                label: "Stored bytes",
+                cell: (t) => (t.usage ? `${t.usage.storedBytes}${t.usage.maxStoredBytes ? ` of ${t.usage.maxStoredBytes}` : ""}` : "—"),
+              },
               { label: "Wait (at once now)", cell: (t) => remaining(t.usage, "wait") },
               { label: "Notify (at once now)", cell: (t) => remaining(t.usage, "notify") },
               { label: "Read (at once now)", cell: (t) => remaining(t.usage, "read") },

@@ -372,6 +372,7 @@ const LIMIT_TEXT = {
   waiters_per_event: "Waiters per event",
   saved_per_run_event: "Saved notifications per run and event",
   notify_body_bytes: "Largest notify body (bytes)",
+  stored_bytes: "Stored bytes",
   max_timeout: "Longest wait timeout",
 };
 
@@ -387,6 +388,15 @@ export function LimitsView({ limits, overrides, usage }) {
             Active waiters: <strong>{usage.activeWaiters}</strong> {max ? `of ${max}` : "(no limit)"}
           </label>
           {max > 0 && <meter id="usage-meter" min="0" max={max} value={usage.activeWaiters} high={max * 0.8} />}
+        </p>
+        <p>
+          <label for="stored-meter">
+            Stored bytes: <strong>{usage.storedBytes}</strong>{" "}
+            {usage.maxStoredBytes ? `of ${usage.maxStoredBytes}` : "(no limit)"}
+          </label>
+          {usage.maxStoredBytes > 0 && (
+            <meter id="stored-meter" min="0" max={usage.maxStoredBytes} value={usage.storedBytes} high={usage.maxStoredBytes * 0.8} />
+          )}
         </p>
         <Table
           caption="Rate limits now"

@@ -540,11 +540,13 @@ fn build() -> Value {
             }
         },
         "TenantUsage": {
-            "type": "object", "required": ["tenant", "activeWaiters", "maxActiveWaiters", "rates"],
+            "type": "object", "required": ["tenant", "activeWaiters", "maxActiveWaiters", "storedBytes", "maxStoredBytes", "rates"],
             "properties": {
                 "tenant": { "type": "string" },
                 "activeWaiters": { "type": "integer", "minimum": 0 },
                 "maxActiveWaiters": { "type": "integer", "minimum": 0, "description": "0: unlimited." },
+                "storedBytes": { "type": "integer", "minimum": 0, "description": "Bytes the tenant keeps stored in Redis (docs/limits.md, \"Stored bytes\")." },
+                "maxStoredBytes": { "type": "integer", "minimum": 0, "description": "stored_bytes; 0: unlimited." },
                 "rates": { "type": "object", "required": ["wait", "notify", "read"],
                     "properties": { "wait": rate.clone(), "notify": rate.clone(), "read": rate.clone() } }
             }
@@ -555,10 +557,12 @@ fn build() -> Value {
                 "tenant": { "type": "string" },
                 "limits": schema("LimitOverrides"),
                 "overrides": schema("LimitOverrides"),
-                "usage": { "type": "object", "required": ["activeWaiters", "maxActiveWaiters", "rates"],
+                "usage": { "type": "object", "required": ["activeWaiters", "maxActiveWaiters", "storedBytes", "maxStoredBytes", "rates"],
                     "properties": {
                         "activeWaiters": { "type": "integer", "minimum": 0 },
                         "maxActiveWaiters": { "type": "integer", "minimum": 0, "description": "0: unlimited." },
+                        "storedBytes": { "type": "integer", "minimum": 0 },
+                        "maxStoredBytes": { "type": "integer", "minimum": 0, "description": "0: unlimited." },
                         "rates": { "type": "object", "required": ["wait", "notify", "read"],
                             "properties": { "wait": rate.clone(), "notify": rate.clone(), "read": rate } }
                     } }

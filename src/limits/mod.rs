@@ -384,6 +384,8 @@ pub fn usage_view(tenant: &TenantName, usage: &Usage, limits: &Limits) -> serde_
         "tenant": tenant,
         "activeWaiters": usage.active_waiters,
         "maxActiveWaiters": limits.active_waiters,
+        "storedBytes": usage.stored_bytes,
+        "maxStoredBytes": limits.stored_bytes,
         "rates": rates,
     })
 }
@@ -421,6 +423,7 @@ pub enum LimitError {
 impl LimitError {
     /// A write refused because the tenant is at its `stored_bytes` quota.
     pub fn stored_full(tenant: &TenantName, limits: &Limits) -> Self {
+        crate::telemetry::metrics::stored_bytes_refused();
         LimitError::Quota {
             name: "stored_bytes",
             limit: limits.stored_bytes.to_string(),

@@ -268,6 +268,11 @@ impl Keys {
     }
 
     /// SCAN pattern matching the saved-notification lists of every partition.
+    /// What every tenant's usage hash of every partition matches.
+    pub fn usage_pattern(&self) -> String {
+        format!("{}:{{p*}}:usage:*", self.prefix)
+    }
+
     pub fn saved_pattern(&self) -> String {
         format!("{}:{{p*}}:saved:*", self.prefix)
     }

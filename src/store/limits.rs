@@ -80,6 +80,8 @@ pub struct Usage {
     pub now_us: u64,
     /// Waiters registered, summed over the partitions.
     pub active_waiters: u64,
+    /// Bytes the tenant keeps stored (the `stored_bytes` quota; [`super::usage`]).
+    pub stored_bytes: u64,
     /// Each rate bucket's theoretical arrival time (µs), None when the bucket is full.
     pub buckets: Vec<(RateClass, Option<u64>)>,
 }
@@ -110,10 +112,14 @@ pub async fn usage(
         let (secs, micros): (u64, u64) = ::redis::cmd("TIME").query_async(&mut c).await?;
         Ok::<_, StoreError>(secs * 1_000_000 + micros)
     };
-    let (counts, buckets, now_us) = futures_util::try_join!(counts, buckets, time)?;
+    let mut c = conn.clone();
+    let stored = super::usage::stored_bytes(&mut c, keys, tenant);
+    let (counts, buckets, now_us, stored_bytes) =
+        futures_util::try_join!(counts, buckets, time, stored)?;
     Ok(Usage {
         now_us,
         active_waiters: counts.iter().sum(),
+        stored_bytes,
         buckets,
     })
 }

@@ -49,6 +49,37 @@ pub async fn stored_bytes(
     Ok(hashes.iter().map(|h| live_bytes(h, now_s)).sum())
 }
 
+/// Most keys examined by one count of every tenant's stored bytes (SCAN is O(keyspace)).
+const SCAN_LIMIT: usize = 100_000;
+
+/// Every tenant's stored bytes summed per partition (index = partition), for the
+/// `herald_stored_bytes` gauge: a SCAN of the usage hashes on every node, then one
+/// pipeline per partition. None when the keyspace is too large to scan this time.
+pub async fn per_partition(conn: &mut Conn, keys: &Keys) -> Result<Option<Vec<u64>>, StoreError> {
+    let Some(found) = conn.scan_keys(&keys.usage_pattern(), Some(SCAN_LIMIT)).await? else {
+        return Ok(None);
+    };
+    let mut by_partition: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for key in found {
+        if let Some(p) = keys.partition_of_key(&key) {
+            by_partition.entry(p).or_default().push(key);
+        }
+    }
+    let (now_s, _micros): (u64, u64) = ::redis::cmd("TIME").query_async(conn).await?;
+    let mut sums = vec![0u64; keys.partitions() as usize];
+    for (partition, hashes) in by_partition {
+        let mut pipe = ::redis::pipe();
+        for key in &hashes {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let all: Vec<Vec<(String, i64)>> = pipe.query_async(conn).await?;
+        if let Some(sum) = sums.get_mut(partition as usize) {
+            *sum += all.iter().map(|h| live_bytes(h, now_s)).sum::<u64>();
+        }
+    }
+    Ok(Some(sums))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

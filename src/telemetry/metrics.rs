@@ -91,6 +91,14 @@ fn describe() {
         "Saved lookback notifications, by partition; sampled by the scheduler."
     );
     describe_gauge!(
+        "herald_stored_bytes",
+        "Bytes all tenants keep stored (the stored_bytes accounts), by partition; sampled by the scheduler."
+    );
+    describe_counter!(
+        "herald_stored_bytes_refused_total",
+        "Writes refused because their tenant is at its stored_bytes quota."
+    );
+    describe_gauge!(
         "herald_stream_length",
         "Entries in the delivery stream, by partition."
     );
@@ -215,6 +223,18 @@ pub fn redis_error(unavailable: bool) {
 /// A command sent again on a new connection: its own had closed before it was written.
 pub fn redis_resent() {
     counter!("herald_redis_resent_total").increment(1);
+}
+
+/// Sets `herald_stored_bytes`: every tenant's stored bytes, per partition (index).
+pub fn stored_bytes(per_partition: &[u64]) {
+    for (index, bytes) in per_partition.iter().enumerate() {
+        gauge!("herald_stored_bytes", "partition" => index.to_string()).set(*bytes as f64);
+    }
+}
+
+/// A write refused because its tenant is at its `stored_bytes` quota.
+pub fn stored_bytes_refused() {
+    counter!("herald_stored_bytes_refused_total").increment(1);
 }
 
 /// Most keys examined by one sample of the saved notifications (SCAN is O(keyspace)).

@@ -120,6 +120,8 @@ async fn metrics_are_scraped_after_real_traffic() {
                 // them too, so wait until ours is the last sample).
                 && at_least(&m, &format!(r#"herald_waiters{{partition="{stays}"}}"#), 1.0)
                 && at_least(&m, &format!(r#"herald_saved_notifications{{partition="{saved}"}}"#), 1.0)
+                // The saved notification (and its history) are stored bytes of its partition.
+                && at_least(&m, &format!(r#"herald_stored_bytes{{partition="{saved}"}}"#), 100.0)
                 && m.contains_key(r#"herald_stream_length{partition="0"}"#)
                 && m.contains_key(r#"herald_stream_pending{partition="0"}"#)
                 && m.contains_key(r#"herald_stream_lag{partition="0"}"#)
