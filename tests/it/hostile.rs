@@ -556,3 +556,147 @@ async fn outbound_ranges_opened_for_one_tenant_are_opened_for_it_only() {
     assert!(receiver.at("/ported").is_empty());
     app.stop().await;
 }
+
+/// The tenant's stored bytes as `GET /admin/tenants/{name}/usage` reports them.
+async fn stored(app: &TestApp, tenant: &str) -> u64 {
+    let (status, usage) = app
+        .get(&format!("/admin/tenants/{tenant}/usage"), "test-admin-token")
+        .await;
+    assert_eq!(status, 200, "{usage}");
+    usage["storedBytes"].as_u64().unwrap()
+}
+
+/// Keys of the test's prefix whose name holds `fragment`.
+fn keys_with(redis: &RedisServer, fragment: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("*{fragment}*"))
+        .query(&mut redis.client())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_another_proceeds() {
+    let redis = RedisServer::start();
+    let receiver = crate::support::Receiver::start().await;
+    let mut settings = test_settings(&redis.url());
+    // A delivered waiter's record stays in the event's history (charged) until it expires.
+    settings.history.ttl_secs = 2;
+    let app = TestApp::start(settings).await;
+    let globex = app.tenant_token("globex").await;
+    let (status, body) = app
+        .send(
+            app.http
+                .put(app.url("/admin/tenants/acme/limits"))
+                .bearer_auth("test-admin-token")
+                .body(json!({"stored_bytes": 32768}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let waiter = |pad: &str| {
+        json!({"url": receiver.url("/acme"), "timeout": "1h", "headers": {"x-pad": [pad]}})
+    };
+    let pad = "p".repeat(4000);
+
+    // Fill: waiters of about 4 KiB each, until the quota refuses one.
+    let mut filled = 0;
+    let refusal = loop {
+        assert!(filled < 40, "the quota never refused");
+        let (status, body) = app.wait(&format!("fill-{filled}"), waiter(&pad)).await;
+        if status == 422 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        filled += 1;
+    };
+    let text = refusal["error"].as_str().unwrap();
+    assert!(text.contains("stored_bytes") && text.contains("32768"), "{text}");
+    let at_quota = stored(&app, "acme").await;
+    println!("stored_bytes 32768: {filled} waiters of ~4 KiB admitted, then 422; account {at_quota} bytes");
+    assert!((7..=9).contains(&filled), "{filled} waiters admitted");
+    assert!(at_quota >= 32768 * 9 / 10, "{at_quota}");
+
+    // Each kind of write that would store more: 422, nothing written.
+    let attempts: Vec<(&str, u16, Value)> = vec![
+        {
+            let (s, b) = app.wait("new-event", waiter("small")).await;
+            ("wait", s, b)
+        },
+        {
+            let (s, b) = app
+                .send(
+                    app.http
+                        .post(app.url("/v2/wait/new-idem"))
+                        .bearer_auth(&app.token)
+                        .header("Idempotency-Key", "k1")
+                        .header("content-type", "application/json")
+                        .body(waiter("small").to_string()),
+                )
+                .await;
+            ("wait with Idempotency-Key", s, b)
+        },
+        {
+            let (s, b) = app.post("/v2/notify/run-1/new-event", &app.token, "saved?").await;
+            ("lookback notify (would save)", s, b)
+        },
+        {
+            let (s, b) = app.post("/v2/notify/nobody-here", &app.token, "x").await;
+            ("broadcast notify (nobody waiting: history)", s, b)
+        },
+        {
+            let body = json!([{ "destination": receiver.url("/wf"), "headers": {
+                "upstash-workflow-init": "true", "upstash-workflow-runid": "wfr_full",
+                "upstash-workflow-url": receiver.url("/wf"), "content-type": "application/json"},
+                "body": "{}" }]);
+            let (s, b) = app.post("/v2/batch", &app.token, body.to_string()).await;
+            ("workflow trigger", s, b)
+        },
+    ];
+    for (what, status, body) in &attempts {
+        assert_eq!(*status, 422, "{what}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("stored_bytes"), "{what}: {body}");
+    }
+    for fragment in ["new-event", "new-idem", "nobody-here", "wfr_full", "run-1"] {
+        assert_eq!(keys_with(&redis, fragment), Vec::<String>::new(), "{fragment}");
+    }
+    assert_eq!(stored(&app, "acme").await, at_quota, "refused writes changed nothing");
+
+    // Another tenant proceeds with every kind meanwhile.
+    let other_waiter = json!({"url": receiver.url("/globex"), "timeout": "1h"});
+    let mut ok = 0;
+    for i in 0..5 {
+        let (s, _) = app
+            .send(
+                app.http
+                    .post(app.url(&format!("/v2/wait/g-{i}")))
+                    .bearer_auth(&globex)
+                    .header("content-type", "application/json")
+                    .body(other_waiter.to_string()),
+            )
+            .await;
+        ok += usize::from(s == 200);
+        let (s, b) = app.post(&format!("/v2/notify/g-run/g-{i}"), &globex, "x").await;
+        assert!(s == 200 || s == 201, "{s} {b}");
+        ok += 1;
+        let (s, b) = app.post("/v2/notify/g-nobody", &globex, "x").await;
+        assert_eq!(s, 201, "nobody waiting: {b}");
+        ok += 1;
+    }
+    println!("while acme is at its quota, globex: {ok} of 15 writes admitted");
+    assert_eq!(ok, 15);
+
+    // A notify that delivers acme's waiters is not refused; the space comes back once the
+    // delivered waiter's history record expires.
+    let (status, body) = app.notify("fill-0", "go").await;
+    assert_eq!(status, 201);
+    assert_eq!(body.as_array().map(Vec::len), Some(1), "one waiter delivered");
+    receiver.expect("/acme", 1).await;
+    let freed = crate::support::eventually_async(Duration::from_secs(15), || async {
+        stored(&app, "acme").await + 4000 < at_quota
+    })
+    .await;
+    let after = stored(&app, "acme").await;
+    assert!(freed, "{after} of {at_quota} after delivering one waiter");
+    let (status, body) = app.wait("new-event", waiter("small")).await;
+    assert_eq!(status, 200, "space freed: {body}");
+    app.stop().await;
+}
