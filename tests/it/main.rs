@@ -33,4 +33,5 @@ mod slowlog;
 mod topology;
 mod traces;
 mod upgrade;
+mod usage;
 mod workflow;
