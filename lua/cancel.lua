@@ -2,15 +2,18 @@
 cancel: cancel a run in one partition: tombstone it, drop its waiters and saved notifications,
 in bounded batches.
 
-Called repeatedly per partition: first with no event keys (sets the tombstone so no new
-wait or lookback notify of the run is accepted, returns up to ARGV[5] of the run's event
-ids), then with the keys of those events (removes their state, at most ARGV[4] waiters per
-call), until no event is returned. The tombstone closes the race with a concurrent wait;
-every call sets it again.
+The tombstone lives in the run's home partition only (src/store/tombstones.rs): the
+caller first calls this script there with a TTL (sets the tombstone, so no new wait or
+lookback notify of the run is accepted, and lists the run's events there), then, in every
+partition, without one (ARGV[3] = 0: nothing is written for a run with no state there):
+first with no event keys (returns up to ARGV[5] of the run's event ids), then with the
+keys of those events (removes their state, at most ARGV[4] waiters per call), until no
+event is returned.
 
 KEYS[1] run events     (SET)    event ids the run has state for in this partition
 KEYS[2] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
-KEYS[3] cancelled      (STRING) tombstone of the run
+KEYS[3] cancelled      (STRING) tombstone of the run (written only with ARGV[3] > 0: the home
+                                partition's)
 KEYS[4] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[5] usage          (HASH)   the tenant's stored bytes in this partition (shared/usage.lua):
                                 the tombstone charged; waiters, saved lists and run-set
@@ -20,7 +23,7 @@ KEYS[6..] triples: event waiters (HASH), event runs (ZSET), saved (LIST), one tr
 
 ARGV[1] tenant
 ARGV[2] run id
-ARGV[3] tombstone ttl   milliseconds
+ARGV[3] tombstone ttl   milliseconds; 0 = sweep only, no tombstone
 ARGV[4] max waiters     most waiters removed by this call
 ARGV[5] max events      most event ids returned
 ARGV[6..] event ids matching the KEYS triples
@@ -44,7 +47,7 @@ local u = {key = KEYS[5], now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t
 -- The tombstone is charged once, when written, to the bucket its expiry falls in (each
 -- call sets it again for the full TTL: it may then outlive that bucket by the time the
 -- cancel takes, uncounted).
-if rcall('SET', cancelled_key, '1', 'PX', ttl, 'GET') == false then
+if ttl > 0 and rcall('SET', cancelled_key, '1', 'PX', ttl, 'GET') == false then
   usage_add(u, usage_end(u.now_ms, ttl), #cancelled_key + 1 + ITEM)
 end
 local run_end = math.floor(rcall('PEXPIRETIME', run_key) / 1000)

@@ -7,7 +7,9 @@ KEYS[3] deadlines      (ZSET)   member "<tenant>|<field>|<eventId>"
 KEYS[4] deliveries     (STREAM) delivery jobs of the partition
 KEYS[5] op             (STRING) idempotency record of this notify (unused when ARGV[8] is 0)
 KEYS[6] run events     (SET)    event ids the run has state for in this partition
-KEYS[7] cancelled      (STRING) tombstone of a cancelled run
+KEYS[7] cancelled      (STRING) the run's tombstone, in its home partition (src/store/tombstones.rs);
+                                on a cluster, when that is another slot, a key that never
+                                exists (the caller checks)
 KEYS[8] waiter count   (STRING) the tenant's waiters registered in this partition
 KEYS[9] rate bucket    (STRING) the tenant's notify rate limit (GCRA); only read when ARGV[11] > 0
 KEYS[10] history       (LIST)   the event's history (see shared/delivery.lua add_history)

@@ -18,7 +18,6 @@
 //! holds when a process is killed (not stopped) are lost. Writing history is best effort:
 //! a failure is logged and never fails the delivery it describes.
 
-
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

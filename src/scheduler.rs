@@ -45,7 +45,9 @@ impl Scheduler {
                 }
                 match crate::store::usage::per_partition(&mut self.redis.get(), &self.keys).await {
                     Ok(Some(sums)) => metrics::stored_bytes(&sums),
-                    Ok(None) => tracing::debug!("keyspace too large to count stored bytes this time"),
+                    Ok(None) => {
+                        tracing::debug!("keyspace too large to count stored bytes this time")
+                    }
                     Err(e) => tracing::debug!(error = %e, "counting the stored bytes failed"),
                 }
             }

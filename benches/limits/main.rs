@@ -276,6 +276,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                     counted_elsewhere,
                 },
                 stored_full: false,
+                tombstone: None,
             };
             scripts::wait(&mut conn, &args).await.unwrap();
         }

@@ -839,6 +839,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                             counted_elsewhere: 0,
                         },
                         stored_full: false,
+                        tombstone: None,
                     },
                 )
                 .await?;

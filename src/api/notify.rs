@@ -12,6 +12,7 @@ use crate::limits::{admission, LimitError, Limits, RateClass};
 use crate::store::scripts::{
     self, HistoryArgs, NotifyArgs, NotifyReply, NotifyRunArgs, NotifyRunReply, Taken,
 };
+use crate::store::tombstones::Tombstone;
 use crate::telemetry::metrics::{self, NotifyOutcome};
 use crate::waiter::{NotifyResponse, Waiter};
 
@@ -149,9 +150,7 @@ pub async fn broadcast(
         .await?;
         let (batch_taken, remaining) = match reply {
             NotifyReply::Taken { taken, remaining } => (taken, remaining),
-            NotifyReply::StoredFull => {
-                return Err(LimitError::stored_full(&tenant, &limits).into())
-            }
+            NotifyReply::StoredFull => return Err(LimitError::stored_full(&tenant, &limits).into()),
             NotifyReply::Limited(refusal) => {
                 return Err(admission::refused(
                     &state.limits,
@@ -236,6 +235,13 @@ pub(crate) async fn to_run(
         body.len() as u64,
     )
     .await?;
+    // The run's tombstone: checked by the script, or here before and after it (a
+    // cluster, another slot: src/store/tombstones.rs).
+    let tombstone = Tombstone::of(&state.keys, &tenant, &run);
+    let folded = tombstone.folded(&conn, &partition);
+    if !folded && tombstone.exists(&mut conn).await? {
+        return Err(run_cancelled(&run));
+    }
     let trace = super::observe::job_traceparent(req);
     let args = |more: bool| NotifyRunArgs {
         partition: &partition,
@@ -257,6 +263,7 @@ pub(crate) async fn to_run(
         limit: settings.waiters.notify_batch,
         more,
         stored_full: admitted.stored_full,
+        tombstone: folded.then_some(tombstone.key.as_str()),
     };
     let first = NotifyRunArgs {
         message_id_base: &base,
@@ -295,6 +302,11 @@ pub(crate) async fn to_run(
             record_notified(&taken);
             responses(&taken, &waiters)
         }
+        NotifyRunReply::Saved { .. } if !folded && tombstone.exists(&mut conn).await? => {
+            // Cancelled while it was saved: remove it, as the cancel's sweep would.
+            Tombstone::undo(&mut conn, &partition, &tenant, &run, &event).await?;
+            Err(run_cancelled(&run))
+        }
         NotifyRunReply::Saved { message_id } => {
             tracing::debug!(tenant = %tenant, event_id = %event, run_id = %run, message_id = %message_id, "lookback saved");
             metrics::notify(NotifyOutcome::Saved, 0);
@@ -303,9 +315,7 @@ pub(crate) async fn to_run(
                 .insert_header(("Herald-Message-Id", message_id))
                 .json(Vec::<()>::new()))
         }
-        NotifyRunReply::Cancelled => Err(ApiError::Conflict(format!(
-            "run {run} was cancelled; its notifications are not kept"
-        ))),
+        NotifyRunReply::Cancelled => Err(run_cancelled(&run)),
         NotifyRunReply::Full { count } => Err(LimitError::Quota {
             name: "saved_per_run_event",
             limit: limits.saved_per_run_event.to_string(),
@@ -320,4 +330,10 @@ pub(crate) async fn to_run(
             )
         }
     }
+}
+
+fn run_cancelled(run: &RunId) -> ApiError {
+    ApiError::Conflict(format!(
+        "run {run} was cancelled; its notifications are not kept"
+    ))
 }

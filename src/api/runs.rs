@@ -67,8 +67,9 @@ pub async fn cancel(
 }
 
 /// Drops a run's waiters and saved notifications in every partition and refuses its
-/// later waits and lookback notifies (a tombstone per partition). Returns (waiters,
-/// saved) removed.
+/// later waits and lookback notifies (one tombstone, in the run's home partition, set
+/// before any partition is swept: src/store/tombstones.rs). Returns (waiters, saved)
+/// removed.
 pub async fn clear_waiters(
     state: &State,
     tenant: &TenantName,
@@ -77,13 +78,23 @@ pub async fn clear_waiters(
     let ttl_ms = state.settings.waiters.saved_ttl_secs * 1000;
     let mut conn = state.redis.get();
     let (mut waiters, mut saved) = (0, 0);
-    for partition in state.keys.all_partitions() {
-        // First call: tombstone (no new state for the run from now on) + list its events;
-        // then bounded calls (lua/cancel.lua) until no event of the run is left.
+    let home = state.keys.run_partition(tenant, run);
+    // The home partition first: its first call sets the tombstone (no new state for the
+    // run from now on), before any partition is swept.
+    let partitions = std::iter::once(home.clone()).chain(
+        state
+            .keys
+            .all_partitions()
+            .filter(|p| p.index != home.index),
+    );
+    for partition in partitions {
+        // First call: list the run's events here; then bounded calls (lua/cancel.lua)
+        // until no event of the run is left.
         let mut events: Vec<EventId> = Vec::new();
         for call in 0..MAX_CANCEL_CALLS {
+            let tombstone = (partition.index == home.index && call == 0).then_some(ttl_ms);
             let cleared =
-                scripts::cancel(&mut conn, &partition, tenant, run, ttl_ms, &events).await?;
+                scripts::cancel(&mut conn, &partition, tenant, run, tombstone, &events).await?;
             waiters += cleared.waiters;
             saved += cleared.saved;
             events = cleared

@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::limits::{admission, LimitError, Limits, RateClass};
 use crate::store::keys::waiter_field;
 use crate::store::scripts::{self, HistoryArgs, WaitArgs, WaitReply};
+use crate::store::tombstones::Tombstone;
 use crate::waiter::Waiter;
 
 /// The largest per-waiter retry count a tenant may ask for.
@@ -293,6 +294,16 @@ pub async fn wait(
         waiter_json.len() as u64,
     )
     .await?;
+    // The run's tombstone: checked by the script, or here before and after it (a
+    // cluster, another slot: src/store/tombstones.rs).
+    let tombstone = run.as_ref().map(|r| Tombstone::of(&state.keys, &tenant, r));
+    let folded = tombstone.as_ref().filter(|t| t.folded(&conn, &partition));
+    let checked_here = tombstone.as_ref().filter(|t| !t.folded(&conn, &partition));
+    if let Some(t) = checked_here {
+        if t.exists(&mut conn).await? {
+            return Err(run_cancelled(run.as_ref()));
+        }
+    }
     let reply = scripts::wait(
         &mut conn,
         &WaitArgs {
@@ -312,9 +323,17 @@ pub async fn wait(
             active: admitted.active_quota(),
             history: HistoryArgs::from_settings(&settings.history),
             stored_full: admitted.stored_full,
+            tombstone: folded.map(|t| t.key.as_str()),
         },
     )
     .await?;
+    if let (WaitReply::Waiting { .. }, Some(t), Some(run)) = (&reply, checked_here, &run) {
+        if t.exists(&mut conn).await? {
+            // Cancelled while it registered: remove it, as the cancel's sweep would.
+            Tombstone::undo(&mut conn, &partition, &tenant, run, &event).await?;
+            return Err(run_cancelled(Some(run)));
+        }
+    }
     match reply {
         WaitReply::Waiting { waiter_json } => {
             let stored: Waiter = serde_json::from_str(&waiter_json)
@@ -342,10 +361,7 @@ pub async fn wait(
                 }),
             ))
         }
-        WaitReply::Cancelled => Err(ApiError::Conflict(format!(
-            "run {} was cancelled; it cannot wait any more",
-            run.map(|r| r.to_string()).unwrap_or_default()
-        ))),
+        WaitReply::Cancelled => Err(run_cancelled(run.as_ref())),
         WaitReply::Full { count } => Err(LimitError::Quota {
             name: "waiters_per_event",
             limit: limits.waiters_per_event.to_string(),
@@ -366,4 +382,11 @@ pub async fn wait(
             )
         }
     }
+}
+
+fn run_cancelled(run: Option<&RunId>) -> ApiError {
+    ApiError::Conflict(format!(
+        "run {} was cancelled; it cannot wait any more",
+        run.map(|r| r.to_string()).unwrap_or_default()
+    ))
 }

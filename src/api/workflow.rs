@@ -59,7 +59,13 @@ async fn accept_all(
         let incoming = storing.iter().sum();
         if state
             .limits
-            .stored_full(&mut conn, &state.keys, tenant, limits.stored_bytes, incoming)
+            .stored_full(
+                &mut conn,
+                &state.keys,
+                tenant,
+                limits.stored_bytes,
+                incoming,
+            )
             .await?
         {
             return Err(LimitError::stored_full(tenant, &limits).into());

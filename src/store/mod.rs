@@ -14,6 +14,7 @@ pub mod redis;
 pub mod repartition;
 pub mod scripts;
 pub mod tenants;
+pub mod tombstones;
 pub mod usage;
 
 use ::redis::{AsyncCommands, RedisError};

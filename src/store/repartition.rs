@@ -3,8 +3,9 @@
 //! Every item is moved to the partition it belongs to under the new P: waiters (event
 //! hashes), saved notifications, run indexes, deadlines, pending deliveries, retries and
 //! dead letters, and the body keys they reference (with the first job or dead letter that
-//! moves: all of a body's references belong to the same event, so they move together); run tombstones are copied to every new partition; the tenants' waiter
-//! counts (the `active_waiters` quota) are counted again from the moved waiters, and rate
+//! moves: all of a body's references belong to the same event, so they move together); run tombstones go to the run's new home partition; the tenants' waiter
+//! counts (the `active_waiters` quota) and stored-bytes accounts are counted again from
+//! the moved waiters, and rate
 //! buckets are left to expire (a full bucket is no key). Each step moves
 //! items one by one ("copy, then delete") and only items not yet where they belong, so an
 //! interrupted run is finished by running it again. Idempotency records cannot be placed
@@ -183,17 +184,17 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
             PartitionKey::Cancelled { tenant, run, .. } => {
                 let value: Option<Vec<u8>> = conn.get(&key).await?;
                 let ttl: i64 = conn.pttl(&key).await?;
+                // One tombstone per run, in its home partition (store/tombstones.rs);
+                // those written in every partition by older versions collapse into it.
+                let target = new.run_partition(&tenant, &run).cancelled(&tenant, &run);
                 if let Some(value) = value {
-                    for to in new.all_partitions() {
-                        let target = to.cancelled(&tenant, &run);
-                        let exists: bool = conn.exists(&target).await?;
-                        if !exists {
-                            set_with_ttl(conn, &target, &value, ttl).await?;
-                            moved.tombstones += 1;
-                        }
+                    let exists: bool = conn.exists(&target).await?;
+                    if !exists {
+                        set_with_ttl(conn, &target, &value, ttl).await?;
+                        moved.tombstones += 1;
                     }
                 }
-                if from.index >= new.partitions() {
+                if key != target {
                     let _: () = conn.del(&key).await?;
                 }
             }
@@ -230,13 +231,21 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
 }
 
 /// Sets every tenant's waiter count of every partition to the waiters it holds (after the
-/// moves, the old counts describe the old partitions). Returns the waiters counted.
+/// moves, the old counts describe the old partitions), and its stored-bytes account
+/// (`lua/shared/usage.lua`) to the bytes of those waiters: the accounts describe the old
+/// partitions too, so they start again from the waiters (field `L`); what was charged
+/// to buckets (items that leave by TTL) is not counted again and stops counting as
+/// those items leave. Returns the waiters counted.
 async fn recount_waiters(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError> {
     let all = partition_keys(conn, keys).await?;
     for key in &all {
         if let Some(PartitionKey::WaiterCount { .. }) = keys.parse_partition_key(key) {
             let _: () = conn.del(key).await?;
         }
+    }
+    let accounts: Option<Vec<String>> = conn.scan_keys(&keys.usage_pattern(), None).await?;
+    for key in accounts.unwrap_or_default() {
+        let _: () = conn.del(&key).await?;
     }
     let mut counted = 0;
     for key in &all {
@@ -249,6 +258,19 @@ async fn recount_waiters(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError
                 let count = keys.partition(partition).waiter_count(&tenant);
                 let _: () = conn.incr(count, waiters).await?;
                 counted += waiters;
+                let event = match keys.parse_partition_key(key) {
+                    Some(PartitionKey::EventWaiters { event, .. }) => event,
+                    _ => unreachable!("parsed above"),
+                };
+                let fields: Vec<(String, String)> = conn.hgetall(key).await?;
+                let bytes: u64 = fields
+                    .iter()
+                    .map(|(field, waiter)| {
+                        super::usage::waiter_bytes(&tenant, &event, field, waiter)
+                    })
+                    .sum();
+                let account = keys.partition(partition).usage(&tenant);
+                let _: () = conn.hincr(account, "L", bytes).await?;
             }
         }
     }

@@ -302,6 +302,9 @@ pub struct WaitArgs<'a> {
     pub history: HistoryArgs,
     /// The tenant is at its `stored_bytes` quota: a registration is refused.
     pub stored_full: bool,
+    /// The run's tombstone when the script can check it (src/store/tombstones.rs); None:
+    /// the caller checks it.
+    pub tombstone: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -340,7 +343,7 @@ pub async fn wait(conn: &mut Conn, a: &WaitArgs<'_>) -> Result<WaitReply, StoreE
             .key(p.deliveries())
             .key(&op_key)
             .key(p.run_events(a.tenant, run))
-            .key(p.cancelled(a.tenant, run)),
+            .key(a.tombstone.map(str::to_owned).unwrap_or_else(|| p.no_run())),
         None => inv
             .key(p.event_waiters(a.tenant, a.event))
             .key(p.no_run())
@@ -499,6 +502,9 @@ pub struct NotifyRunArgs<'a> {
     pub more: bool,
     /// The tenant is at its `stored_bytes` quota: nothing is saved.
     pub stored_full: bool,
+    /// The run's tombstone when the script can check it (src/store/tombstones.rs); None:
+    /// the caller checks it.
+    pub tombstone: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -536,7 +542,7 @@ pub async fn notify_run(
         .key(p.deliveries())
         .key(op_key)
         .key(p.run_events(a.tenant, a.run))
-        .key(p.cancelled(a.tenant, a.run))
+        .key(a.tombstone.map(str::to_owned).unwrap_or_else(|| p.no_run()))
         .key(p.waiter_count(a.tenant));
     rate_key(&mut inv, p, a.rate);
     inv.arg(a.tenant.as_str())
@@ -586,14 +592,15 @@ pub const CANCEL_MAX_WAITERS: u64 = 200;
 pub const CANCEL_MAX_EVENTS: u64 = 100;
 
 /// One cancel call on one partition; `events` are the run's events to clear (none on the
-/// first call, which only sets the tombstone and lists them). Call again with the events
-/// returned until none are.
+/// first call, which lists them). With `tombstone_ttl_ms` (only in the run's home
+/// partition, whose `cancelled` key is its tombstone: src/store/tombstones.rs) it sets the
+/// tombstone first. Call again with the events returned until none are.
 pub async fn cancel(
     conn: &mut Conn,
     partition: &Partition,
     tenant: &TenantName,
     run: &RunId,
-    tombstone_ttl_ms: u64,
+    tombstone_ttl_ms: Option<u64>,
     events: &[EventId],
 ) -> Result<CancelReply, StoreError> {
     let mut inv = CANCEL.prepare_invoke();
@@ -604,7 +611,7 @@ pub async fn cancel(
         .key(partition.usage(tenant))
         .arg(tenant.as_str())
         .arg(run.as_str())
-        .arg(tombstone_ttl_ms)
+        .arg(tombstone_ttl_ms.unwrap_or(0))
         .arg(CANCEL_MAX_WAITERS)
         .arg(CANCEL_MAX_EVENTS);
     for event in events {

@@ -7,7 +7,7 @@
 use futures_util::future::try_join_all;
 
 use super::{Conn, Keys, StoreError};
-use crate::domain::TenantName;
+use crate::domain::{EventId, TenantName};
 
 /// Bytes one partition's usage hash counts at `now_s` (unix seconds): `L`, and every
 /// bucket `<end>` with end > now_s ("p", the prune time, is not a count).
@@ -49,6 +49,18 @@ pub async fn stored_bytes(
     Ok(hashes.iter().map(|h| live_bytes(h, now_s)).sum())
 }
 
+/// The bytes a registered waiter is charged, as `waiter_bytes` in
+/// `lua/shared/delivery.lua` computes them (the two are held equal by a test): its event
+/// hash field and value, its deadline member and its run-index member, plus the fixed
+/// per-item overhead `ITEM` of `lua/shared/usage.lua` for each of the three.
+pub fn waiter_bytes(tenant: &TenantName, event: &EventId, field: &str, waiter: &str) -> u64 {
+    (3 * field.len() + waiter.len() + tenant.as_str().len() + event.as_str().len() + 2 + 3 * ITEM)
+        as u64
+}
+
+/// `ITEM` of `lua/shared/usage.lua`.
+const ITEM: usize = 48;
+
 /// Most keys examined by one count of every tenant's stored bytes (SCAN is O(keyspace)).
 const SCAN_LIMIT: usize = 100_000;
 
@@ -56,7 +68,10 @@ const SCAN_LIMIT: usize = 100_000;
 /// `herald_stored_bytes` gauge: a SCAN of the usage hashes on every node, then one
 /// pipeline per partition. None when the keyspace is too large to scan this time.
 pub async fn per_partition(conn: &mut Conn, keys: &Keys) -> Result<Option<Vec<u64>>, StoreError> {
-    let Some(found) = conn.scan_keys(&keys.usage_pattern(), Some(SCAN_LIMIT)).await? else {
+    let Some(found) = conn
+        .scan_keys(&keys.usage_pattern(), Some(SCAN_LIMIT))
+        .await?
+    else {
         return Ok(None);
     };
     let mut by_partition: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
@@ -83,6 +98,22 @@ pub async fn per_partition(conn: &mut Conn, keys: &Keys) -> Result<Option<Vec<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiter_bytes_is_the_scripts_formula() {
+        let usage = include_str!("../../lua/shared/usage.lua");
+        let delivery = include_str!("../../lua/shared/delivery.lua");
+        assert!(usage.contains(&format!("local ITEM = {ITEM}\n")));
+        assert!(
+            delivery.contains("return 3 * #field + #waiter + #tenant + #event + 2 + 3 * ITEM\n")
+        );
+        let tenant = TenantName::parse("acme").unwrap();
+        let event = EventId::parse("e-1").unwrap();
+        assert_eq!(
+            waiter_bytes(&tenant, &event, "r|w", "{}"),
+            (9 + 2 + 4 + 3 + 2 + 144) as u64
+        );
+    }
 
     #[test]
     fn only_l_and_buckets_not_ended_count() {

@@ -560,7 +560,10 @@ async fn outbound_ranges_opened_for_one_tenant_are_opened_for_it_only() {
 /// The tenant's stored bytes as `GET /admin/tenants/{name}/usage` reports them.
 async fn stored(app: &TestApp, tenant: &str) -> u64 {
     let (status, usage) = app
-        .get(&format!("/admin/tenants/{tenant}/usage"), "test-admin-token")
+        .get(
+            &format!("/admin/tenants/{tenant}/usage"),
+            "test-admin-token",
+        )
         .await;
     assert_eq!(status, 200, "{usage}");
     usage["storedBytes"].as_u64().unwrap()
@@ -592,9 +595,7 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let waiter = |pad: &str| {
-        json!({"url": receiver.url("/acme"), "timeout": "1h", "headers": {"x-pad": [pad]}})
-    };
+    let waiter = |pad: &str| json!({"url": receiver.url("/acme"), "timeout": "1h", "headers": {"x-pad": [pad]}});
     let pad = "p".repeat(4000);
 
     // Fill: waiters of about 4 KiB each, until the quota refuses one.
@@ -609,7 +610,10 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
         filled += 1;
     };
     let text = refusal["error"].as_str().unwrap();
-    assert!(text.contains("stored_bytes") && text.contains("32768"), "{text}");
+    assert!(
+        text.contains("stored_bytes") && text.contains("32768"),
+        "{text}"
+    );
     let at_quota = stored(&app, "acme").await;
     println!("stored_bytes 32768: {filled} waiters of ~4 KiB admitted, then 422; account {at_quota} bytes");
     assert!((7..=9).contains(&filled), "{filled} waiters admitted");
@@ -635,7 +639,9 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
             ("wait with Idempotency-Key", s, b)
         },
         {
-            let (s, b) = app.post("/v2/notify/run-1/new-event", &app.token, "saved?").await;
+            let (s, b) = app
+                .post("/v2/notify/run-1/new-event", &app.token, "saved?")
+                .await;
             ("lookback notify (would save)", s, b)
         },
         {
@@ -653,12 +659,23 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
     ];
     for (what, status, body) in &attempts {
         assert_eq!(*status, 422, "{what}: {body}");
-        assert!(body["error"].as_str().unwrap().contains("stored_bytes"), "{what}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("stored_bytes"),
+            "{what}: {body}"
+        );
     }
     for fragment in ["new-event", "new-idem", "nobody-here", "wfr_full", "run-1"] {
-        assert_eq!(keys_with(&redis, fragment), Vec::<String>::new(), "{fragment}");
+        assert_eq!(
+            keys_with(&redis, fragment),
+            Vec::<String>::new(),
+            "{fragment}"
+        );
     }
-    assert_eq!(stored(&app, "acme").await, at_quota, "refused writes changed nothing");
+    assert_eq!(
+        stored(&app, "acme").await,
+        at_quota,
+        "refused writes changed nothing"
+    );
 
     // Another tenant proceeds with every kind meanwhile.
     let other_waiter = json!({"url": receiver.url("/globex"), "timeout": "1h"});
@@ -674,7 +691,9 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
             )
             .await;
         ok += usize::from(s == 200);
-        let (s, b) = app.post(&format!("/v2/notify/g-run/g-{i}"), &globex, "x").await;
+        let (s, b) = app
+            .post(&format!("/v2/notify/g-run/g-{i}"), &globex, "x")
+            .await;
         assert!(s == 200 || s == 201, "{s} {b}");
         ok += 1;
         let (s, b) = app.post("/v2/notify/g-nobody", &globex, "x").await;
@@ -688,7 +707,11 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
     // delivered waiter's history record expires.
     let (status, body) = app.notify("fill-0", "go").await;
     assert_eq!(status, 201);
-    assert_eq!(body.as_array().map(Vec::len), Some(1), "one waiter delivered");
+    assert_eq!(
+        body.as_array().map(Vec::len),
+        Some(1),
+        "one waiter delivered"
+    );
     receiver.expect("/acme", 1).await;
     let freed = crate::support::eventually_async(Duration::from_secs(15), || async {
         stored(&app, "acme").await + 4000 < at_quota
@@ -698,5 +721,122 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
     assert!(freed, "{after} of {at_quota} after delivering one waiter");
     let (status, body) = app.wait("new-event", waiter("small")).await;
     assert_eq!(status, 200, "space freed: {body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_without_state_writes_one_small_record_and_still_refuses_it() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let partitions = app.running.as_ref().unwrap().state.keys.partitions() as usize;
+    let data_keys = |redis: &RedisServer| -> Vec<String> {
+        let all: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut redis.client())
+            .unwrap();
+        all.into_iter()
+            .filter(|k| k.contains(":cancelled:"))
+            .collect()
+    };
+    let before = data_keys(&redis).len();
+    for i in 0..20 {
+        let (status, body) = app
+            .send(
+                app.http
+                    .delete(app.url(&format!("/v2/workflows/runs/wfr_gone-{i}")))
+                    .bearer_auth(&app.token),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let tombstones = data_keys(&redis);
+    println!(
+        "20 cancels of runs without state: {} tombstones ({partitions} partitions; one per partition each before)",
+        tombstones.len() - before
+    );
+    assert_eq!(tombstones.len() - before, 20, "{tombstones:?}");
+    let mut conn = redis.client();
+    for key in &tombstones {
+        let bytes: u64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query(&mut conn)
+            .unwrap();
+        assert!(bytes <= 128, "{key}: {bytes} bytes");
+    }
+    // The one tombstone refuses the run's waits and lookback notifies on events of every
+    // partition.
+    for e in 0..(partitions * 3) {
+        let (status, body) = app
+            .send(
+                app.http
+                    .post(app.url(&format!("/v2/wait/ev-{e}")))
+                    .bearer_auth(&app.token)
+                    .header("Upstash-Workflow-RunId", "wfr_gone-0")
+                    .body(json!({"url": "http://127.0.0.1:9/", "timeout": "1h"}).to_string()),
+            )
+            .await;
+        assert_eq!(status, 409, "ev-{e}: {body}");
+        let (status, body) = app
+            .post(&format!("/v2/notify/wfr_gone-1/ev-{e}"), &app.token, "x")
+            .await;
+        assert_eq!(status, 409, "ev-{e}: {body}");
+    }
+    assert!(keys_with(&redis, ":ev:").is_empty() && keys_with(&redis, ":saved:").is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_racing_a_cancel_leave_nothing_of_the_run() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    let events = 48;
+    for round in 0..5 {
+        let run = format!("wfr_race-{round}");
+        let waits = (0..events).map(|e| {
+            let (app, run) = (&app, &run);
+            async move {
+                if e % 2 == 0 {
+                    app.send(
+                        app.http
+                            .post(app.url(&format!("/v2/wait/race-{e}")))
+                            .bearer_auth(&app.token)
+                            .header("Upstash-Workflow-RunId", run.as_str())
+                            .body(
+                                json!({"url": "http://127.0.0.1:9/", "timeout": "1h"}).to_string(),
+                            ),
+                    )
+                    .await
+                    .0
+                } else {
+                    app.post(&format!("/v2/notify/{run}/race-{e}"), &app.token, "x")
+                        .await
+                        .0
+                }
+            }
+        });
+        let cancel = app.send(
+            app.http
+                .delete(app.url(&format!("/v2/workflows/runs/{run}")))
+                .bearer_auth(&app.token),
+        );
+        let (statuses, (cancelled, _)) =
+            tokio::join!(futures_util::future::join_all(waits), cancel);
+        assert_eq!(cancelled, 200);
+        assert!(
+            statuses.iter().all(|s| [200, 201, 409].contains(s)),
+            "{statuses:?}"
+        );
+        // Whatever each answered, nothing of the run is left once the cancel returned.
+        let left: Vec<String> = keys_with(&redis, &format!("{run}|"))
+            .into_iter()
+            .chain(keys_with(&redis, &format!(":run:acme:{run}")))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "round {round}: {statuses:?}");
+        for e in (0..events).step_by(2) {
+            let waiters = app.waiters(&format!("race-{e}")).await;
+            assert!(waiters.is_empty(), "round {round}, race-{e}: {waiters:?}");
+        }
+    }
     app.stop().await;
 }

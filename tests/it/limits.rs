@@ -802,6 +802,7 @@ async fn the_cluster_admission_path_checks_the_same_limits() {
                         counted_elsewhere,
                     },
                     stored_full: false,
+                    tombstone: None,
                 },
             )
             .await

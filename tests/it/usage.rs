@@ -12,7 +12,9 @@ use crate::support::{eventually_async, test_settings, Receiver, RedisServer, Tes
 const ADMIN: &str = "test-admin-token";
 
 async fn stored(app: &TestApp, tenant: &str) -> u64 {
-    let (status, usage) = app.get(&format!("/admin/tenants/{tenant}/usage"), ADMIN).await;
+    let (status, usage) = app
+        .get(&format!("/admin/tenants/{tenant}/usage"), ADMIN)
+        .await;
     assert_eq!(status, 200, "{usage}");
     usage["storedBytes"].as_u64().unwrap()
 }
@@ -21,13 +23,27 @@ async fn stored(app: &TestApp, tenant: &str) -> u64 {
 /// their MEMORY USAGE.
 fn memory_of(redis: &RedisServer, tenant: &str) -> (Vec<String>, u64) {
     let mut conn = redis.client();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*:{tenant}*")).query(&mut conn).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*:{tenant}*"))
+        .query(&mut conn)
+        .unwrap();
     let data: Vec<String> = keys
         .into_iter()
         .filter(|k| {
-            ["ev:", "evrun:", "saved:", "run:", "cancelled:", "op:", "history:", "dlq:", "wf:", "wfsteps:"]
-                .iter()
-                .any(|kind| k.contains(&format!("}}:{kind}{tenant}")))
+            [
+                "ev:",
+                "evrun:",
+                "saved:",
+                "run:",
+                "cancelled:",
+                "op:",
+                "history:",
+                "dlq:",
+                "wf:",
+                "wfsteps:",
+            ]
+            .iter()
+            .any(|kind| k.contains(&format!("}}:{kind}{tenant}")))
         })
         .collect();
     let bytes = data
@@ -46,7 +62,12 @@ fn memory_of(redis: &RedisServer, tenant: &str) -> (Vec<String>, u64) {
     (data, bytes)
 }
 
-async fn post_json(app: &TestApp, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
+async fn post_json(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (u16, Value) {
     let mut request = app
         .http
         .post(app.url(path))
@@ -78,17 +99,31 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
 
     // Plain waiters of several sizes: some notified, some timing out, some failing.
     for i in 0..30 {
-        let url = if i % 10 == 0 { receiver.url("/fails") } else { receiver.url("/ok") };
+        let url = if i % 10 == 0 {
+            receiver.url("/fails")
+        } else {
+            receiver.url("/ok")
+        };
         let timeout = if i % 3 == 0 { "2s" } else { "1h" };
-        let (s, b) = post_json(&app, &format!("/v2/wait/plain-{}", i % 6), &[],
-            json!({"url": url, "timeout": timeout, "headers": {"x-pad": [pad(100 * i)]}})).await;
+        let (s, b) = post_json(
+            &app,
+            &format!("/v2/wait/plain-{}", i % 6),
+            &[],
+            json!({"url": url, "timeout": timeout, "headers": {"x-pad": [pad(100 * i)]}}),
+        )
+        .await;
         assert_eq!(s, 200, "{b}");
     }
     // Repeatable waits (idempotency records) and run waiters.
     for i in 0..10 {
         let key = format!("k-{i}");
-        let (s, b) = post_json(&app, &format!("/v2/wait/idem-{i}"), &[("Idempotency-Key", &key)],
-            json!({"url": receiver.url("/ok"), "timeout": "1h"})).await;
+        let (s, b) = post_json(
+            &app,
+            &format!("/v2/wait/idem-{i}"),
+            &[("Idempotency-Key", &key)],
+            json!({"url": receiver.url("/ok"), "timeout": "1h"}),
+        )
+        .await;
         assert_eq!(s, 200, "{b}");
         let run = format!("wfr_{}", i % 4);
         let (s, b) = post_json(&app, &format!("/v2/wait/run-ev-{i}"), &[("Upstash-Workflow-RunId", &run)],
@@ -98,23 +133,40 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
     // Lookback notifications saved for runs nobody of which waits, some consumed.
     for i in 0..12 {
         let (s, b) = app
-            .post(&format!("/v2/notify/wfr_s{}/saved-{}", i % 3, i % 4), &app.token, pad(500 + 50 * i))
+            .post(
+                &format!("/v2/notify/wfr_s{}/saved-{}", i % 3, i % 4),
+                &app.token,
+                pad(500 + 50 * i),
+            )
             .await;
         assert_eq!(s, 201, "{b}");
     }
-    let (s, b) = post_json(&app, "/v2/wait/saved-0", &[("Upstash-Workflow-RunId", "wfr_s0")],
-        json!({"url": receiver.url("/ok"), "timeout": "1h"})).await;
+    let (s, b) = post_json(
+        &app,
+        "/v2/wait/saved-0",
+        &[("Upstash-Workflow-RunId", "wfr_s0")],
+        json!({"url": receiver.url("/ok"), "timeout": "1h"}),
+    )
+    .await;
     assert_eq!((s, b["status"].as_str()), (200, Some("notified")), "{b}");
     // Broadcasts: to waiters, and to nobody (history only).
     for i in 0..6 {
-        let (s, _) = app.post(&format!("/v2/notify/plain-{i}"), &app.token, pad(300)).await;
+        let (s, _) = app
+            .post(&format!("/v2/notify/plain-{i}"), &app.token, pad(300))
+            .await;
         assert_eq!(s, 201);
-        let (s, _) = app.post(&format!("/v2/notify/nobody-{i}"), &app.token, "x").await;
+        let (s, _) = app
+            .post(&format!("/v2/notify/nobody-{i}"), &app.token, "x")
+            .await;
         assert_eq!(s, 201);
     }
     // A cancelled run (tombstone; its waiters and saved notification go).
     let (s, b) = app
-        .send(app.http.delete(app.url("/v2/workflows/runs/wfr_1")).bearer_auth(&app.token))
+        .send(
+            app.http
+                .delete(app.url("/v2/workflows/runs/wfr_1"))
+                .bearer_auth(&app.token),
+        )
         .await;
     assert!(s == 200 || s == 202, "{s} {b}");
     // Workflow runs left running (record and history until their TTL).
@@ -139,24 +191,36 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
     let (keys, memory) = memory_of(&redis, "acme");
     let ratio = account as f64 / memory as f64;
     println!("stored-bytes account {account} B; MEMORY USAGE of the tenant's {} keys {memory} B; ratio {ratio:.2}", keys.len());
-    assert!((0.5..=2.0).contains(&ratio), "account {account} vs MEMORY USAGE {memory} ({ratio:.2})");
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "account {account} vs MEMORY USAGE {memory} ({ratio:.2})"
+    );
 
     // Everything leaves: the waiters are notified or time out, the dead letters are
     // deleted, and the rest expires; the account comes back to exactly zero.
     for i in 0..10 {
-        let (s, _) = app.post(&format!("/v2/notify/idem-{i}"), &app.token, "x").await;
+        let (s, _) = app
+            .post(&format!("/v2/notify/idem-{i}"), &app.token, "x")
+            .await;
         assert_eq!(s, 201);
-        let (s, _) = app.post(&format!("/v2/notify/run-ev-{i}"), &app.token, "x").await;
+        let (s, _) = app
+            .post(&format!("/v2/notify/run-ev-{i}"), &app.token, "x")
+            .await;
         assert_eq!(s, 201);
     }
     for i in 0..6 {
-        app.post(&format!("/v2/notify/plain-{i}"), &app.token, "x").await;
+        app.post(&format!("/v2/notify/plain-{i}"), &app.token, "x")
+            .await;
     }
     // A run's set of events (kept for cancel an hour past its waiters' deadlines) goes
     // with a cancel; the tombstone then expires.
     for run in ["wfr_0", "wfr_2", "wfr_3"] {
         let (s, b) = app
-            .send(app.http.delete(app.url(&format!("/v2/workflows/runs/{run}"))).bearer_auth(&app.token))
+            .send(
+                app.http
+                    .delete(app.url(&format!("/v2/workflows/runs/{run}")))
+                    .bearer_auth(&app.token),
+            )
             .await;
         assert!(s == 200 || s == 202, "{s} {b}");
     }
@@ -164,7 +228,11 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
     for letter in letters["messages"].as_array().unwrap() {
         let id = letter["dlqId"].as_str().unwrap();
         let (s, _) = app
-            .send(app.http.delete(app.url(&format!("/v2/dlq/{id}"))).bearer_auth(&app.token))
+            .send(
+                app.http
+                    .delete(app.url(&format!("/v2/dlq/{id}")))
+                    .bearer_auth(&app.token),
+            )
             .await;
         assert!(s == 200 || s == 404, "{s}");
     }
@@ -174,8 +242,18 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
     .await;
     let last = stored(&app, "acme").await;
     let (left, memory) = memory_of(&redis, "acme");
-    assert!(zero, "the account is {last} bytes after everything left; keys left: {left:?} ({memory} B)");
-    assert_eq!(left, Vec::<String>::new(), "every data key of the tenant is gone");
-    println!("after everything left: account 0 B; tenant data keys left: {} ({memory} B)", left.len());
+    assert!(
+        zero,
+        "the account is {last} bytes after everything left; keys left: {left:?} ({memory} B)"
+    );
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "every data key of the tenant is gone"
+    );
+    println!(
+        "after everything left: account 0 B; tenant data keys left: {} ({memory} B)",
+        left.len()
+    );
     app.stop().await;
 }
