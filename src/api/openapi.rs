@@ -122,7 +122,7 @@ fn hook_operation(method: &str) -> Value {
             ("404", error("No such tenant.")),
             ("409", error("The run was cancelled.")),
             ("413", error("The body is larger than server.max_body_bytes.")),
-            ("422", error("The run already has as many saved notifications for the event as allowed.")),
+            ("422", error("The run already has as many saved notifications for the event as allowed, or the tenant is at its stored_bytes quota.")),
             ("429", rate_limited()),
             ("503", error("Redis is unavailable.")),
         ])
@@ -198,7 +198,7 @@ fn build() -> Value {
                 ("200", ok_json("Waiting, or notified at once from a saved notification.", schema("WaitResponse"))),
                 ("409", error("The run was cancelled.")),
                 ("413", error("The body is larger than server.max_body_bytes.")),
-                ("422", error("Quota: the event's waiters (waiters_per_event), the tenant's active waiters (active_waiters), or its max_timeout; nothing was changed.")),
+                ("422", error("Quota: the event's waiters (waiters_per_event), the tenant's active waiters (active_waiters), its max_timeout, or its stored bytes (stored_bytes); nothing was changed.")),
             ]))
         }},
         "/v2/notify/{eventId}": { "post": {
@@ -210,6 +210,7 @@ fn build() -> Value {
             "responses": tenant_errors(responses(&[
                 ("201", notified.clone()),
                 ("413", error("The body is larger than server.max_body_bytes or the tenant's notify_body_bytes.")),
+                ("422", error("Nobody waits and the tenant is at its stored_bytes quota (the history entry would store more); nothing was changed.")),
             ]))
         }},
         "/v2/notify/{runId}/{eventId}": { "post": {
@@ -227,7 +228,7 @@ fn build() -> Value {
                 ("201", notified),
                 ("409", error("The run was cancelled.")),
                 ("413", error("The body is larger than server.max_body_bytes or the tenant's notify_body_bytes.")),
-                ("422", error("Quota: the (run, event)'s saved notifications (saved_per_run_event); nothing was saved.")),
+                ("422", error("Quota: the (run, event)'s saved notifications (saved_per_run_event), or the tenant's stored bytes (stored_bytes); nothing was saved.")),
             ]))
         }},
         "/v2/waiters/{eventId}": { "get": {
@@ -302,6 +303,7 @@ fn build() -> Value {
             "responses": tenant_errors(responses(&[
                 ("200", ok_json("One element per message, in order.", json!({ "type": "array", "items": schema("PublishReply") }))),
                 ("413", error("The body is larger than workflow.max_message_bytes.")),
+                ("422", error("The tenant is at its stored_bytes quota and a message would start a run or add a step; nothing was written.")),
             ]))
         }},
         "/v2/publish/{destination}": { "post": {
@@ -315,6 +317,7 @@ fn build() -> Value {
             "responses": tenant_errors(responses(&[
                 ("201", ok_json("Accepted.", schema("PublishReply"))),
                 ("413", error("The body is larger than workflow.max_message_bytes.")),
+                ("422", error("The tenant is at its stored_bytes quota and a message would start a run or add a step; nothing was written.")),
             ]))
         }},
         "/v2/workflows/hooks/{userId}/{runId}/{eventId}": {
