@@ -32,6 +32,8 @@ ARGV[14] inline max      bodies of at most this many bytes are kept in each job 
                          in KEYS[8] and referenced by the jobs
 ARGV[15] stored full     "1" when the tenant is at its stored_bytes quota: a first call that
                          finds nobody waiting writes nothing and returns {"stored_full"}
+ARGV[16] reply budget   bytes of waiter records the reply may carry; past them a taken
+                         waiter's record is "" (shared/delivery.lua deliver_waiters)
 
 Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
 how many were left for a further call (large fan-outs are taken in bounded batches).
@@ -92,7 +94,7 @@ local out = {0}
 local taken = deliver_waiters(pairs_list, out, {
   ev = ev_key, runs = KEYS[7], deadlines = deadlines_key, stream = stream_key, count = count_key,
   msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
-  ct = ct, body = body, body_ref = body_ref, history = history,
+  ct = ct, body = body, body_ref = body_ref, history = history, budget = tonumber(ARGV[16]),
 })
 out[1] = count - taken
 return out

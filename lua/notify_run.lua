@@ -37,6 +37,8 @@ ARGV[15] limit           most of the run's waiters taken by this call
 ARGV[16] more            "1" on a request's later calls: deliver to the run's waiters left
                          (the first call took `limit`), never save; "0" on the first call
 ARGV[17] stored full     "1" when the tenant is at its stored_bytes quota: nothing is saved
+ARGV[18] reply budget    bytes of waiter records the reply may carry; past them a taken
+                         waiter's record is "" (shared/delivery.lua deliver_waiters)
 
 Returns one of
   {"delivered", remaining, field1, waiterJSON1, messageId1, ...}
@@ -117,7 +119,7 @@ if #found > 0 or more then
   deliver_waiters(found, out, {
     ev = ev_key, runs = runs_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
     msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
-    ct = ct, body = body, history = history,
+    ct = ct, body = body, history = history, budget = tonumber(ARGV[18]),
   })
   if #fields == limit then
     out[2] = rcall('ZLEXCOUNT', runs_key, '[' .. run .. '|', '(' .. run .. '}')

@@ -130,6 +130,10 @@ pub struct NotifyResponse<'a> {
     pub error: &'a str,
     pub workflow_run_id: &'a str,
     pub workflow_created_at: i64,
+    /// Past `server.max_read_bytes` of waiter records in one reply, a waiter is shown by
+    /// its id only (`waiter` is then empty; docs/api.md).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waiter_omitted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

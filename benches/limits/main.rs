@@ -215,6 +215,7 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 body_id: "b",
                 rate: folded.then_some(rate),
                 stored_full: false,
+                reply_budget: usize::MAX,
             };
             scripts::notify(&mut conn, &args).await.unwrap();
         }

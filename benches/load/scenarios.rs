@@ -880,6 +880,7 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         rate: None,
                         body_id: &random_id(20),
                         stored_full: false,
+                        reply_budget: usize::MAX,
                     },
                 )
                 .await?;

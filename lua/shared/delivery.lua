@@ -23,7 +23,8 @@ enqueue_delivery(stream, job, waiter, body, body_ref)
 deliver_waiters(found, out, d) -> taken
   found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
   d        {ev, runs, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct,
-            body, body_ref, history} (body_ref: nil for the body inline in each job)
+            body, body_ref, history, budget} (body_ref: nil for the body inline in each job;
+            budget: bytes of waiter records the reply may carry, "" for each past it)
   For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
   it, its run index entry (d.runs, for a run waiter) and its deadline, append field,
   waiter JSON and message id to `out`; then lower the
@@ -277,7 +278,15 @@ local function deliver_waiters(found, out, d)
     if string.sub(field, 1, 1) ~= '|' then run_fields[#run_fields + 1] = field end
     redis.call('ZREM', d.deadlines, d.tenant .. '|' .. field .. '|' .. d.event)
     out[#out + 1] = field
-    out[#out + 1] = waiter
+    -- The reply carries waiter records up to d.budget bytes, then "" (the caller shows
+    -- those waiters by id only), so a large fan-out never loads every record.
+    if d.budget >= #waiter then
+      d.budget = d.budget - #waiter
+      out[#out + 1] = waiter
+    else
+      d.budget = -1
+      out[#out + 1] = ''
+    end
     out[#out + 1] = msg
     entries[#entries + 1] = registered_entry(field, waiter)
     local fields = waiter_fields(field, waiter)

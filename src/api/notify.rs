@@ -36,9 +36,29 @@ fn message_id_base() -> String {
 fn parse_waiters(taken: &[Taken]) -> Result<Vec<Waiter>, ApiError> {
     taken
         .iter()
-        .map(|t| Waiter::from_stored(&t.field, &t.waiter_json))
+        .map(|t| {
+            if t.waiter_json.is_empty() {
+                // Past the reply budget: the waiter by its field only.
+                let (run, id) = t.field.split_once('|').unwrap_or(("", &t.field));
+                return Ok(Waiter {
+                    id: id.to_owned(),
+                    run_id: (!run.is_empty()).then(|| run.to_owned()),
+                    ..Waiter::default()
+                });
+            }
+            Waiter::from_stored(&t.field, &t.waiter_json)
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::Internal(format!("stored waiter: {e}")))
+}
+
+/// What is left of a notify's reply budget (`server.max_read_bytes` of waiter records)
+/// after the waiters of one call: none once a record was left out.
+fn budget_after(budget: usize, taken: &[Taken]) -> usize {
+    if taken.iter().any(|t| t.waiter_json.is_empty()) {
+        return 0;
+    }
+    budget.saturating_sub(taken.iter().map(|t| t.waiter_json.len()).sum())
 }
 
 /// Metrics of a notify that took `taken` waiters (none: nobody waits); its history
@@ -63,6 +83,7 @@ fn responses(taken: &[Taken], waiters: &[Waiter]) -> Result<HttpResponse, ApiErr
             error: "",
             workflow_run_id: w.run_id.as_deref().unwrap_or(""),
             workflow_created_at: w.created_at,
+            waiter_omitted: t.waiter_json.is_empty(),
         })
         .collect();
     Ok(HttpResponse::build(StatusCode::CREATED)
@@ -126,6 +147,7 @@ pub async fn broadcast(
     let mut taken = Vec::new();
     // Every call of the broadcast references one stored body.
     let body_id = random_id(20);
+    let mut budget = state.settings.server.max_read_bytes;
     for batch in 0..MAX_BATCHES {
         let base = message_id_base();
         let reply = scripts::notify(
@@ -145,6 +167,7 @@ pub async fn broadcast(
                 history: HistoryArgs::from_settings(&state.settings.history),
                 body_id: &body_id,
                 stored_full: admitted.stored_full,
+                reply_budget: budget,
             },
         )
         .await?;
@@ -163,6 +186,7 @@ pub async fn broadcast(
             }
         };
         let progressed = !batch_taken.is_empty();
+        budget = budget_after(budget, &batch_taken);
         taken.extend(batch_taken);
         if remaining <= 0 || !progressed {
             break;
@@ -243,7 +267,7 @@ pub(crate) async fn to_run(
         return Err(run_cancelled(&run));
     }
     let trace = super::observe::job_traceparent(req);
-    let args = |more: bool| NotifyRunArgs {
+    let args = |more: bool, reply_budget: usize| NotifyRunArgs {
         partition: &partition,
         tenant: &tenant,
         event: &event,
@@ -264,10 +288,11 @@ pub(crate) async fn to_run(
         more,
         stored_full: admitted.stored_full,
         tombstone: folded.then_some(tombstone.key.as_str()),
+        reply_budget,
     };
     let first = NotifyRunArgs {
         message_id_base: &base,
-        ..args(false)
+        ..args(false, settings.server.max_read_bytes)
     };
     let reply = scripts::notify_run(&mut conn, &first).await?;
     match reply {
@@ -277,6 +302,7 @@ pub(crate) async fn to_run(
         } => {
             // A run with more waiters on the event than one call takes: the rest in
             // bounded batches (each call is atomic for its batch; lua/notify_run.lua).
+            let mut budget = budget_after(settings.server.max_read_bytes, &taken);
             for _ in 0..MAX_BATCHES {
                 if remaining <= 0 {
                     break;
@@ -284,13 +310,14 @@ pub(crate) async fn to_run(
                 let base = message_id_base();
                 let next = NotifyRunArgs {
                     message_id_base: &base,
-                    ..args(true)
+                    ..args(true, budget)
                 };
                 match scripts::notify_run(&mut conn, &next).await? {
                     NotifyRunReply::Delivered {
                         taken: more,
                         remaining: left,
                     } if !more.is_empty() => {
+                        budget = budget_after(budget, &more);
                         taken.extend(more);
                         remaining = left;
                     }

@@ -650,7 +650,8 @@ fn build() -> Value {
                 "deduplicated": { "type": "boolean" },
                 "error": { "type": "string" },
                 "workflowRunId": { "type": "string" },
-                "workflowCreatedAt": { "type": "integer" }
+                "workflowCreatedAt": { "type": "integer" },
+                "waiterOmitted": { "type": "boolean", "description": "Past server.max_read_bytes of waiter records in one reply: the waiter is left out (empty), known by messageId and workflowRunId." }
             }
         },
         "HistoryEntry": {

@@ -151,6 +151,7 @@ pub(crate) fn array(v: Value) -> Result<Vec<Value>, StoreError> {
 #[derive(Debug, Clone)]
 pub struct Taken {
     pub field: String,
+    /// "" past the call's reply budget (the waiter is known by its field only).
     pub waiter_json: String,
     pub message_id: String,
 }
@@ -419,6 +420,8 @@ pub struct NotifyArgs<'a> {
     /// The tenant is at its `stored_bytes` quota: a first call finding nobody waiting
     /// writes nothing (no history entry).
     pub stored_full: bool,
+    /// Bytes of waiter records the reply may carry (the rest come as "").
+    pub reply_budget: usize,
 }
 
 /// Bodies of at most this many bytes are kept in each delivery job; a longer body
@@ -462,7 +465,9 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
     inv.key(p.body(a.body_id))
         .arg(a.body_id)
         .arg(BODY_INLINE_MAX);
-    inv.key(p.usage(a.tenant)).arg(flag(a.stored_full));
+    inv.key(p.usage(a.tenant))
+        .arg(flag(a.stored_full))
+        .arg(a.reply_budget);
     let items = array(invoke(conn, "notify", inv).await?)?;
     if let [Value::BulkString(tag), rest @ ..] = &items[..] {
         if tag.as_slice() == b"limited" {
@@ -502,6 +507,8 @@ pub struct NotifyRunArgs<'a> {
     pub more: bool,
     /// The tenant is at its `stored_bytes` quota: nothing is saved.
     pub stored_full: bool,
+    /// Bytes of waiter records the reply may carry (the rest come as "").
+    pub reply_budget: usize,
     /// The run's tombstone when the script can check it (src/store/tombstones.rs); None:
     /// the caller checks it.
     pub tombstone: Option<&'a str>,
@@ -560,7 +567,9 @@ pub async fn notify_run(
         .key(p.event_runs(a.tenant, a.event));
     a.history.add(&mut inv);
     inv.arg(a.limit).arg(flag(a.more));
-    inv.key(p.usage(a.tenant)).arg(flag(a.stored_full));
+    inv.key(p.usage(a.tenant))
+        .arg(flag(a.stored_full))
+        .arg(a.reply_budget);
     let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, remaining, rest @ ..]) => Ok(NotifyRunReply::Delivered {
