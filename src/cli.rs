@@ -163,13 +163,14 @@ async fn run_local(command: Command, mut settings: Settings) -> anyhow::Result<(
             crate::store::check_partitions(&mut conn, &keys, settings.redis.initialize).await?;
             let done = crate::store::migrate::migrate(&mut conn, &keys).await?;
             println!(
-                "store at schema {}: {} saved lists renamed, {} left to expire (ambiguous: {}, unresolved: {}), {} run waiters indexed",
+                "store at schema {}: {} saved lists renamed, {} left to expire (ambiguous: {}, unresolved: {}), {} run waiters indexed, {} bytes of waiters recounted",
                 crate::store::migrate::SCHEMA,
                 done.saved_renamed,
                 done.saved_ambiguous + done.saved_unresolved,
                 done.saved_ambiguous,
                 done.saved_unresolved,
-                done.run_waiters_indexed
+                done.run_waiters_indexed,
+                done.waiter_bytes_recounted
             );
             Ok(())
         }

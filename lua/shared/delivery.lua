@@ -141,12 +141,13 @@ local function add_history(h, entries)
   if h.ttl_ms <= 0 or h.max <= 0 or #entries == 0 then return end
   local first = math.max(1, #entries - h.max + 1)
   local pushed = list_bytes({unpack(entries, first)})
-  -- Entries the trim below drops: those past max once the new ones are in front.
-  local dropped = list_bytes(redis.call('LRANGE', h.key, h.max - (#entries - first + 1), -1))
-  local ends = usage_keep(h.u, h.key, h.ttl_ms, pushed - dropped,
+  local ends = usage_keep(h.u, h.key, h.ttl_ms, pushed,
     function() return list_bytes(redis.call('LRANGE', h.key, 0, -1)) end)
-  redis.call('LPUSH', h.key, unpack(entries, first))
-  redis.call('LTRIM', h.key, 0, h.max - 1)
+  if redis.call('LPUSH', h.key, unpack(entries, first)) > h.max then
+    -- The entries the trim drops leave the account with it.
+    usage_add(h.u, ends, -list_bytes(redis.call('LRANGE', h.key, h.max, -1)))
+    redis.call('LTRIM', h.key, 0, h.max - 1)
+  end
   redis.call('PEXPIREAT', h.key, ends * 1000)
 end
 

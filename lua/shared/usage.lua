@@ -24,7 +24,8 @@ u = {key = usage key, now_ms = Redis TIME in ms}; a nil u.key charges nothing.
 
 usage_end(now_ms, ttl_ms) -> the bucket (unix seconds) an item living ttl_ms ends in
 usage_add(u, field, bytes)  add (or, negative, release) bytes in a bucket; nothing in a
-                            past bucket; a field at zero or below is deleted
+                            past bucket; a field at zero or below is deleted; a new
+                            field prunes the past ones (usage_prune, at most once a minute)
 usage_keep(u, key, ttl_ms, delta, held) -> end
   For keys whose items all share the key's TTL, renewed by each write (history lists,
   saved lists, run sets), that cannot note where they are charged: the whole key is
@@ -71,10 +72,13 @@ local function usage_add(u, field, bytes)
   if u.key == nil or bytes == 0 then return end
   field = tostring(field)
   if field ~= 'L' and tonumber(field) * 1000 <= u.now_ms then return end
-  if redis.call('HINCRBY', u.key, field, bytes) <= 0 then
+  local now = redis.call('HINCRBY', u.key, field, bytes)
+  if now <= 0 then
     redis.call('HDEL', u.key, field)
+  elseif now == bytes then
+    -- A new bucket: the time to drop the past ones (at most once a minute).
+    usage_prune(u)
   end
-  usage_prune(u)
 end
 
 local function usage_keep(u, key, ttl_ms, delta, held)

@@ -12,6 +12,10 @@
 //!   fields): lookback notify, a run's wait and cancel find a run's waiters there only, so
 //!   a run waiter registered by schema 1 is added to its event's index.
 //!
+//! - **Stored-bytes accounts** (`lua/shared/usage.lua`): the waiters' bytes of every account
+//!   (field `L`) are counted again from the waiters, since processes of older versions
+//!   register and remove waiters without keeping the accounts.
+//!
 //! Every step is idempotent: running the migration again (or from two processes at once)
 //! changes nothing more. Herald runs it at start when the recorded schema is older, and
 //! `herald migrate` runs it on demand: once more after a rolling upgrade, for the waiters
@@ -39,6 +43,9 @@ pub struct Migrated {
     pub saved_unresolved: u64,
     /// Run waiters added to their event's run index.
     pub run_waiters_indexed: u64,
+    /// Bytes of waiters the stored-bytes accounts hold after their recount (field `L`:
+    /// processes of versions without accounts neither charge nor release waiters).
+    pub waiter_bytes_recounted: u64,
 }
 
 /// The schema recorded in the store (1 when none is: a store of a version before schema
@@ -80,6 +87,7 @@ pub async fn migrate(conn: &mut Conn, keys: &Keys) -> Result<Migrated, StoreErro
             rename_saved(conn, keys, key, partition, &tenant, rest, &mut done).await?;
         }
     }
+    done.waiter_bytes_recounted = super::usage::recount_waiters(conn, keys, &found).await?;
     let _: () = conn.hset(keys.meta(), "schema", SCHEMA).await?;
     Ok(done)
 }

@@ -247,6 +247,7 @@ async fn recount_waiters(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError
     for key in accounts.unwrap_or_default() {
         let _: () = conn.del(&key).await?;
     }
+    super::usage::recount_waiters(conn, keys, &all).await?;
     let mut counted = 0;
     for key in &all {
         if let Some(PartitionKey::EventWaiters {
@@ -258,19 +259,6 @@ async fn recount_waiters(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError
                 let count = keys.partition(partition).waiter_count(&tenant);
                 let _: () = conn.incr(count, waiters).await?;
                 counted += waiters;
-                let event = match keys.parse_partition_key(key) {
-                    Some(PartitionKey::EventWaiters { event, .. }) => event,
-                    _ => unreachable!("parsed above"),
-                };
-                let fields: Vec<(String, String)> = conn.hgetall(key).await?;
-                let bytes: u64 = fields
-                    .iter()
-                    .map(|(field, waiter)| {
-                        super::usage::waiter_bytes(&tenant, &event, field, waiter)
-                    })
-                    .sum();
-                let account = keys.partition(partition).usage(&tenant);
-                let _: () = conn.hincr(account, "L", bytes).await?;
             }
         }
     }

@@ -58,6 +58,53 @@ pub fn waiter_bytes(tenant: &TenantName, event: &EventId, field: &str, waiter: &
         as u64
 }
 
+/// Sets every account's field `L` to the bytes of the waiters its tenant holds in its
+/// partition (`found`: the partition keys of the store), for when scripts that do not
+/// keep the accounts changed waiters: after `herald repartition`, and after a rolling
+/// upgrade from a version without accounts (`herald migrate`). Waits and notifies running
+/// meanwhile can leave an account off by what they change during the recount. Returns
+/// the bytes counted.
+pub async fn recount_waiters(
+    conn: &mut Conn,
+    keys: &Keys,
+    found: &[String],
+) -> Result<u64, StoreError> {
+    use ::redis::AsyncCommands;
+    let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
+    for key in found {
+        if let Some(super::keys::PartitionKey::EventWaiters {
+            partition,
+            tenant,
+            event,
+        }) = keys.parse_partition_key(key)
+        {
+            let fields: Vec<(String, String)> = conn.hgetall(key).await?;
+            let bytes: u64 = fields
+                .iter()
+                .map(|(field, waiter)| waiter_bytes(&tenant, &event, field, waiter))
+                .sum();
+            *sums
+                .entry(keys.partition(partition).usage(&tenant))
+                .or_default() += bytes;
+        }
+    }
+    let accounts = conn
+        .scan_keys(&keys.usage_pattern(), None)
+        .await?
+        .unwrap_or_default();
+    for account in accounts {
+        if !sums.contains_key(&account) {
+            let _: () = conn.hdel(&account, "L").await?;
+        }
+    }
+    let mut total = 0;
+    for (account, bytes) in sums {
+        let _: () = conn.hset(&account, "L", bytes).await?;
+        total += bytes;
+    }
+    Ok(total)
+}
+
 /// `ITEM` of `lua/shared/usage.lua`.
 const ITEM: usize = 48;
 

@@ -851,11 +851,16 @@ async fn a_notify_reply_carries_at_most_max_read_bytes_of_waiter_records() {
     let pad = "v".repeat(8 * 1024);
     let waiters = 40;
     for i in 0..waiters {
-        let body = json!({"url": receiver.url("/big"), "timeout": "1h", "headers": {"x-pad": [pad]}});
+        let body =
+            json!({"url": receiver.url("/big"), "timeout": "1h", "headers": {"x-pad": [pad]}});
         // Half are one run's waiters (the lookback path), half plain (the broadcast path).
         let mut request = app
             .http
-            .post(app.url(if i % 2 == 0 { "/v2/wait/wide" } else { "/v2/wait/wide-run" }))
+            .post(app.url(if i % 2 == 0 {
+                "/v2/wait/wide"
+            } else {
+                "/v2/wait/wide-run"
+            }))
             .bearer_auth(&app.token)
             .body(body.to_string());
         if i % 2 == 1 {
@@ -877,7 +882,10 @@ async fn a_notify_reply_carries_at_most_max_read_bytes_of_waiter_records() {
         let bytes = response.bytes().await.unwrap();
         let reply: Value = serde_json::from_slice(&bytes).unwrap();
         let entries = reply.as_array().unwrap();
-        let omitted = entries.iter().filter(|e| e["waiterOmitted"] == true).count();
+        let omitted = entries
+            .iter()
+            .filter(|e| e["waiterOmitted"] == true)
+            .count();
         println!(
             "{path}: {} waiters of ~8 KiB notified; reply {} bytes, {omitted} shown by message id only",
             entries.len(),
@@ -886,7 +894,9 @@ async fn a_notify_reply_carries_at_most_max_read_bytes_of_waiter_records() {
         assert_eq!(entries.len(), waiters / 2, "every waiter is in the reply");
         assert!(omitted >= 10, "{omitted} left out");
         assert!(bytes.len() < 64 * 1024 + 20 * 400, "{} bytes", bytes.len());
-        assert!(entries.iter().all(|e| e["messageId"].as_str().is_some_and(|m| !m.is_empty())));
+        assert!(entries
+            .iter()
+            .all(|e| e["messageId"].as_str().is_some_and(|m| !m.is_empty())));
     }
     receiver.expect("/big", waiters).await;
     app.stop().await;

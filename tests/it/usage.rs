@@ -257,3 +257,57 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
     );
     app.stop().await;
 }
+
+/// Processes of a version without accounts register and remove waiters without keeping
+/// them (a rolling upgrade): `herald migrate` counts the waiters again.
+#[tokio::test]
+async fn migrate_recounts_the_waiters_of_every_account() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(test_settings(&redis.url())).await;
+    for i in 0..5 {
+        let (s, b) = post_json(&app, &format!("/v2/wait/kept-{i}"), &[],
+            json!({"url": "http://127.0.0.1:9/", "timeout": "1h", "headers": {"x": ["y".repeat(100 * i)]}})).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let registered = stored(&app, "acme").await;
+    // As an older process would: one waiter removed, and its bytes never released; the
+    // account of another partition lost.
+    let mut conn = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:ev:acme:kept-4")
+        .query(&mut conn)
+        .unwrap();
+    let removed: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&keys[0])
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(&keys[0]).query(&mut conn).unwrap();
+    let accounts: Vec<String> = redis::cmd("KEYS")
+        .arg("*:usage:acme")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(&accounts[0])
+        .arg("L")
+        .query(&mut conn)
+        .unwrap();
+    let state = &app.running.as_ref().unwrap().state;
+    let done = herald::store::migrate::migrate(&mut state.redis.get(), &state.keys)
+        .await
+        .unwrap();
+    let after = stored(&app, "acme").await;
+    let (field, waiter) = &removed[0];
+    let gone = herald::store::usage::waiter_bytes(
+        &herald::domain::TenantName::parse("acme").unwrap(),
+        &herald::domain::EventId::parse("kept-4").unwrap(),
+        field,
+        waiter,
+    );
+    println!(
+        "recounted {} B of waiters: {registered} B before, {after} B after a {gone} B waiter left unreleased",
+        done.waiter_bytes_recounted
+    );
+    assert_eq!(done.waiter_bytes_recounted, after);
+    assert_eq!(after, registered - gone);
+    app.stop().await;
+}
