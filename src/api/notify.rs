@@ -139,9 +139,11 @@ pub async fn broadcast(
         &state.limits,
         &tenant,
         &limits,
-        RateClass::Notify,
-        None,
-        0,
+        admission::Operation {
+            class: RateClass::Notify,
+            wait_in: None,
+            stores: 0,
+        },
     )
     .await?;
     let mut taken = Vec::new();
@@ -254,9 +256,11 @@ pub(crate) async fn to_run(
         &state.limits,
         &tenant,
         limits,
-        RateClass::Notify,
-        None,
-        body.len() as u64,
+        admission::Operation {
+            class: RateClass::Notify,
+            wait_in: None,
+            stores: body.len() as u64,
+        },
     )
     .await?;
     // The run's tombstone: checked by the script, or here before and after it (a

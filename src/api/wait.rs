@@ -289,9 +289,11 @@ pub async fn wait(
         &state.limits,
         &tenant,
         &limits,
-        RateClass::Wait,
-        Some(&partition),
-        waiter_json.len() as u64,
+        admission::Operation {
+            class: RateClass::Wait,
+            wait_in: Some(&partition),
+            stores: waiter_json.len() as u64,
+        },
     )
     .await?;
     // The run's tombstone: checked by the script, or here before and after it (a

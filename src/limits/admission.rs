@@ -80,19 +80,30 @@ pub fn still_refused(
     }
 }
 
-/// Admits an operation that runs a script: `wait_in` is the event's partition for a wait
-/// (which checks the tenant's waiter count too), None for a notify; `incoming` is about
-/// what the operation would store (see [`LimitsCache::stored_full`]).
+/// What an operation that runs a script asks to be admitted for.
+pub struct Operation<'a> {
+    pub class: RateClass,
+    /// The event's partition for a wait (which checks the tenant's waiter count too),
+    /// None for a notify.
+    pub wait_in: Option<&'a Partition>,
+    /// About what the operation would store (see [`LimitsCache::stored_full`]).
+    pub stores: u64,
+}
+
+/// Admits an operation that runs a script.
 pub async fn admit(
     conn: &mut Conn,
     keys: &Keys,
     cache: &LimitsCache,
     tenant: &TenantName,
     limits: &Limits,
-    class: RateClass,
-    wait_in: Option<&Partition>,
-    incoming: u64,
+    op: Operation<'_>,
 ) -> Result<Admitted, LimitError> {
+    let Operation {
+        class,
+        wait_in,
+        stores: incoming,
+    } = op;
     still_refused(cache, tenant, class, limits)?;
     let stored_full = cache
         .stored_full(conn, keys, tenant, limits.stored_bytes, incoming)

@@ -191,7 +191,7 @@ async fn history_bad_input_is_refused_and_the_list_is_bounded() {
         .unwrap();
     assert_eq!(keys.len(), 1);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut conn).unwrap();
-    assert!(ttl >= 86_400 && ttl <= 86_400 + 3_600, "{ttl}");
+    assert!((86_400..=86_400 + 3_600).contains(&ttl), "{ttl}");
     app.stop().await;
 }
 
