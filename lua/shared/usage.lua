@@ -14,8 +14,7 @@ the script that writes an item and released in the script that removes it:
 The tenant's usage in the partition is L + the fields whose <end> is in the future
 (`src/store/usage.rs` sums them over the partitions). An item is counted until the end of
 its bucket: buckets are 1 s wide for lifetimes under a minute, 60 s under an hour and an
-hour beyond, so a TTL item is counted at most that much longer than it lives (under
-1/60 of its lifetime for lifetimes of a minute or more).
+hour beyond, so a TTL item is counted at most that much longer than it lives.
 
 Bytes charged for an item: its value bytes (and member or field name) plus ITEM, a
 fixed overhead standing for Redis's own per-item cost.
@@ -33,9 +32,10 @@ usage_keep(u, key, ttl_ms, delta, held) -> end
   lives up to one bucket longer than ttl_ms; a saved item still expires by its own time).
   Items that can note it are charged where their expiry falls and expire exactly
   (dead letters: field z; workflow runs: fields z, zb; idempotency records and cancel
-  tombstones are written once and charged once). Call it before writing: it charges `delta` bytes to that bucket, moving the
-  key's bytes already charged (held(): computed only when the bucket moves) when the
-  key must now live longer. The caller then sets the expiry: PEXPIREAT key end * 1000
+  tombstones are written once and charged once).
+  Call it before writing: it charges `delta` bytes to that bucket, moving the key's
+  bytes already charged (held(): computed only when the bucket moves) when the key must
+  now live longer. The caller then sets the expiry: PEXPIREAT key end * 1000
   (never earlier than the key's current one).
 ]]
 local ITEM = 48
