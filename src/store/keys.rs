@@ -277,6 +277,21 @@ impl Keys {
         format!("{}:{{p*}}:saved:*", self.prefix)
     }
 
+    /// `found` partition keys grouped by their partition (keys of none are left out), so
+    /// that a pipeline per group stays in one slot on a cluster.
+    pub fn by_partition<'k>(
+        &self,
+        found: &'k [String],
+    ) -> std::collections::BTreeMap<u16, Vec<&'k String>> {
+        let mut groups: std::collections::BTreeMap<u16, Vec<&String>> = Default::default();
+        for key in found {
+            if let Some(p) = self.partition_of_key(key) {
+                groups.entry(p).or_default().push(key);
+            }
+        }
+        groups
+    }
+
     /// The partition number of a partition key (`<prefix>:{p<n>}:…`).
     pub fn partition_of_key(&self, key: &str) -> Option<u16> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{p")?;

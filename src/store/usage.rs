@@ -121,15 +121,9 @@ pub async fn per_partition(conn: &mut Conn, keys: &Keys) -> Result<Option<Vec<u6
     else {
         return Ok(None);
     };
-    let mut by_partition: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
-    for key in found {
-        if let Some(p) = keys.partition_of_key(&key) {
-            by_partition.entry(p).or_default().push(key);
-        }
-    }
     let (now_s, _micros): (u64, u64) = ::redis::cmd("TIME").query_async(conn).await?;
     let mut sums = vec![0u64; keys.partitions() as usize];
-    for (partition, hashes) in by_partition {
+    for (partition, hashes) in keys.by_partition(&found) {
         let mut pipe = ::redis::pipe();
         for key in &hashes {
             pipe.cmd("HGETALL").arg(key);

@@ -345,13 +345,7 @@ async fn count_saved(
     found: &[String],
     per_partition: &mut [u64],
 ) -> Result<(), StoreError> {
-    let mut by_partition: std::collections::BTreeMap<u16, Vec<&String>> = Default::default();
-    for key in found {
-        if let Some(p) = keys.partition_of_key(key) {
-            by_partition.entry(p).or_default().push(key);
-        }
-    }
-    for (partition, keys_of_partition) in by_partition {
+    for (partition, keys_of_partition) in keys.by_partition(found) {
         let mut pipe = redis::pipe();
         for key in &keys_of_partition {
             pipe.cmd("LLEN").arg(*key);

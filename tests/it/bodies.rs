@@ -28,28 +28,12 @@ fn body_of(len: usize) -> String {
 }
 
 fn keys_matching(redis: &RedisServer, pattern: &str) -> Vec<String> {
-    redis::cmd("KEYS")
-        .arg(pattern)
-        .query(&mut redis.client())
-        .unwrap()
+    redis.keys(pattern)
 }
 
 /// What the deployment's keys take in Redis (MEMORY USAGE of each, all samples).
 fn stored_bytes(redis: &RedisServer, prefix: &str) -> u64 {
-    let mut conn = redis.client();
-    keys_matching(redis, &format!("{prefix}:*"))
-        .iter()
-        .map(|k| {
-            redis::cmd("MEMORY")
-                .arg("USAGE")
-                .arg(k)
-                .arg("SAMPLES")
-                .arg(0)
-                .query::<Option<u64>>(&mut conn)
-                .unwrap()
-                .unwrap_or(0)
-        })
-        .sum()
+    redis.memory_usage(&keys_matching(redis, &format!("{prefix}:*")))
 }
 
 fn body_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {

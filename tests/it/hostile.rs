@@ -557,24 +557,9 @@ async fn outbound_ranges_opened_for_one_tenant_are_opened_for_it_only() {
     app.stop().await;
 }
 
-/// The tenant's stored bytes as `GET /admin/tenants/{name}/usage` reports them.
-async fn stored(app: &TestApp, tenant: &str) -> u64 {
-    let (status, usage) = app
-        .get(
-            &format!("/admin/tenants/{tenant}/usage"),
-            "test-admin-token",
-        )
-        .await;
-    assert_eq!(status, 200, "{usage}");
-    usage["storedBytes"].as_u64().unwrap()
-}
-
 /// Keys of the test's prefix whose name holds `fragment`.
 fn keys_with(redis: &RedisServer, fragment: &str) -> Vec<String> {
-    redis::cmd("KEYS")
-        .arg(format!("*{fragment}*"))
-        .query(&mut redis.client())
-        .unwrap()
+    redis.keys(&format!("*{fragment}*"))
 }
 
 #[tokio::test]
@@ -614,7 +599,7 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
         text.contains("stored_bytes") && text.contains("32768"),
         "{text}"
     );
-    let at_quota = stored(&app, "acme").await;
+    let at_quota = app.stored_bytes("acme").await;
     println!("stored_bytes 32768: {filled} waiters of ~4 KiB admitted, then 422; account {at_quota} bytes");
     assert!((7..=9).contains(&filled), "{filled} waiters admitted");
     assert!(at_quota >= 32768 * 9 / 10, "{at_quota}");
@@ -672,7 +657,7 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
         );
     }
     assert_eq!(
-        stored(&app, "acme").await,
+        app.stored_bytes("acme").await,
         at_quota,
         "refused writes changed nothing"
     );
@@ -714,10 +699,10 @@ async fn a_tenant_at_its_stored_bytes_quota_gets_422_for_each_write_while_anothe
     );
     receiver.expect("/acme", 1).await;
     let freed = crate::support::eventually_async(Duration::from_secs(15), || async {
-        stored(&app, "acme").await + 4000 < at_quota
+        app.stored_bytes("acme").await + 4000 < at_quota
     })
     .await;
-    let after = stored(&app, "acme").await;
+    let after = app.stored_bytes("acme").await;
     assert!(freed, "{after} of {at_quota} after delivering one waiter");
     let (status, body) = app.wait("new-event", waiter("small")).await;
     assert_eq!(status, 200, "space freed: {body}");
@@ -729,15 +714,7 @@ async fn cancelling_a_run_without_state_writes_one_small_record_and_still_refuse
     let redis = RedisServer::start();
     let app = TestApp::start(test_settings(&redis.url())).await;
     let partitions = app.running.as_ref().unwrap().state.keys.partitions() as usize;
-    let data_keys = |redis: &RedisServer| -> Vec<String> {
-        let all: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut redis.client())
-            .unwrap();
-        all.into_iter()
-            .filter(|k| k.contains(":cancelled:"))
-            .collect()
-    };
+    let data_keys = |redis: &RedisServer| redis.keys("*:cancelled:*");
     let before = data_keys(&redis).len();
     for i in 0..20 {
         let (status, body) = app

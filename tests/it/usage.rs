@@ -9,56 +9,31 @@ use serde_json::{json, Value};
 
 use crate::support::{eventually_async, test_settings, Receiver, RedisServer, TestApp};
 
-const ADMIN: &str = "test-admin-token";
-
-async fn stored(app: &TestApp, tenant: &str) -> u64 {
-    let (status, usage) = app
-        .get(&format!("/admin/tenants/{tenant}/usage"), ADMIN)
-        .await;
-    assert_eq!(status, 200, "{usage}");
-    usage["storedBytes"].as_u64().unwrap()
-}
-
 /// The tenant's data keys (not its account, counters or rate buckets) and the sum of
 /// their MEMORY USAGE.
 fn memory_of(redis: &RedisServer, tenant: &str) -> (Vec<String>, u64) {
-    let mut conn = redis.client();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*:{tenant}*"))
-        .query(&mut conn)
-        .unwrap();
-    let data: Vec<String> = keys
+    const KINDS: [&str; 10] = [
+        "ev:",
+        "evrun:",
+        "saved:",
+        "run:",
+        "cancelled:",
+        "op:",
+        "history:",
+        "dlq:",
+        "wf:",
+        "wfsteps:",
+    ];
+    let data: Vec<String> = redis
+        .keys(&format!("*:{tenant}*"))
         .into_iter()
         .filter(|k| {
-            [
-                "ev:",
-                "evrun:",
-                "saved:",
-                "run:",
-                "cancelled:",
-                "op:",
-                "history:",
-                "dlq:",
-                "wf:",
-                "wfsteps:",
-            ]
-            .iter()
-            .any(|kind| k.contains(&format!("}}:{kind}{tenant}")))
+            KINDS
+                .iter()
+                .any(|kind| k.contains(&format!("}}:{kind}{tenant}")))
         })
         .collect();
-    let bytes = data
-        .iter()
-        .map(|k| {
-            redis::cmd("MEMORY")
-                .arg("USAGE")
-                .arg(k)
-                .arg("SAMPLES")
-                .arg(0)
-                .query::<Option<u64>>(&mut conn)
-                .unwrap()
-                .unwrap_or(0)
-        })
-        .sum();
+    let bytes = redis.memory_usage(&data);
     (data, bytes)
 }
 
@@ -187,7 +162,7 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
     .await;
     assert!(dead, "a dead letter was written");
 
-    let account = stored(&app, "acme").await;
+    let account = app.stored_bytes("acme").await;
     let (keys, memory) = memory_of(&redis, "acme");
     let ratio = account as f64 / memory as f64;
     println!("stored-bytes account {account} B; MEMORY USAGE of the tenant's {} keys {memory} B; ratio {ratio:.2}", keys.len());
@@ -237,10 +212,10 @@ async fn the_account_matches_memory_usage_and_returns_to_zero() {
         assert!(s == 200 || s == 404, "{s}");
     }
     let zero = eventually_async(Duration::from_secs(30), || async {
-        stored(&app, "acme").await == 0
+        app.stored_bytes("acme").await == 0
     })
     .await;
-    let last = stored(&app, "acme").await;
+    let last = app.stored_bytes("acme").await;
     let (left, memory) = memory_of(&redis, "acme");
     assert!(
         zero,
@@ -269,23 +244,17 @@ async fn migrate_recounts_the_waiters_of_every_account() {
             json!({"url": "http://127.0.0.1:9/", "timeout": "1h", "headers": {"x": ["y".repeat(100 * i)]}})).await;
         assert_eq!(s, 200, "{b}");
     }
-    let registered = stored(&app, "acme").await;
+    let registered = app.stored_bytes("acme").await;
     // As an older process would: one waiter removed, and its bytes never released; the
     // account of another partition lost.
     let mut conn = redis.client();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*:ev:acme:kept-4")
-        .query(&mut conn)
-        .unwrap();
+    let keys = redis.keys("*:ev:acme:kept-4");
     let removed: Vec<(String, String)> = redis::cmd("HGETALL")
         .arg(&keys[0])
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("DEL").arg(&keys[0]).query(&mut conn).unwrap();
-    let accounts: Vec<String> = redis::cmd("KEYS")
-        .arg("*:usage:acme")
-        .query(&mut conn)
-        .unwrap();
+    let accounts = redis.keys("*:usage:acme");
     let _: () = redis::cmd("HDEL")
         .arg(&accounts[0])
         .arg("L")
@@ -295,7 +264,7 @@ async fn migrate_recounts_the_waiters_of_every_account() {
     let done = herald::store::migrate::migrate(&mut state.redis.get(), &state.keys)
         .await
         .unwrap();
-    let after = stored(&app, "acme").await;
+    let after = app.stored_bytes("acme").await;
     let (field, waiter) = &removed[0];
     let gone = herald::store::usage::waiter_bytes(
         &herald::domain::TenantName::parse("acme").unwrap(),

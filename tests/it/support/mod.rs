@@ -199,6 +199,18 @@ impl TestApp {
         body.as_array().cloned().expect("an array of waiters")
     }
 
+    /// The tenant's stored bytes, as `GET /admin/tenants/{name}/usage` reports them.
+    pub async fn stored_bytes(&self, tenant: &str) -> u64 {
+        let (status, usage) = self
+            .get(
+                &format!("/admin/tenants/{tenant}/usage"),
+                "test-admin-token",
+            )
+            .await;
+        assert_eq!(status, 200, "{usage}");
+        usage["storedBytes"].as_u64().unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;

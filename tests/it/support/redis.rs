@@ -285,6 +285,31 @@ impl RedisServer {
         }
     }
 
+    /// The keys matching `pattern` (of every master in a cluster).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut self.client())
+            .unwrap()
+    }
+
+    /// What `keys` take in Redis: the sum of their MEMORY USAGE (all samples).
+    pub fn memory_usage(&self, keys: &[String]) -> u64 {
+        let mut conn = self.client();
+        keys.iter()
+            .map(|k| {
+                redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(k)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query::<Option<u64>>(&mut conn)
+                    .unwrap()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// A digest of the whole dataset (of every master in a cluster).
     pub fn digest(&self) -> String {
         match self {
