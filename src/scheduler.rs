@@ -3,9 +3,10 @@
 //!
 //! Any number of workers may run it at once: each script re-checks what it changes, so a
 //! waiter times out once and a retry is promoted once. "Due" is decided by Redis TIME, so
-//! a pod whose clock is off cannot fire a timeout early or late.
+//! a pod whose clock is off cannot fire a timeout early or late. The keyspace gauges are
+//! sampled on a task of their own, so a slow `SCAN` never delays a timeout.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -33,24 +34,16 @@ impl Scheduler {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.settings.scheduler.tick_ms);
-        let sample_every = Duration::from_secs(self.settings.telemetry.gauge_sample_secs.max(1));
-        let mut last_sample: Option<Instant> = None;
+        // The gauges are sampled on a task of their own: a slow SCAN never delays a due
+        // timeout.
+        let sampler = tokio::spawn(sample_gauges(
+            self.redis.clone(),
+            self.keys.clone(),
+            Duration::from_secs(self.settings.telemetry.gauge_sample_secs.max(1)),
+            shutdown.clone(),
+        ));
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            if last_sample.is_none_or(|at| at.elapsed() >= sample_every) {
-                last_sample = Some(Instant::now());
-                if let Err(e) = metrics::sample_partitions(&mut self.redis.get(), &self.keys).await
-                {
-                    tracing::debug!(error = %e, "sampling the partition gauges failed");
-                }
-                match crate::store::usage::per_partition(&mut self.redis.get(), &self.keys).await {
-                    Ok(Some(sums)) => metrics::stored_bytes(&sums),
-                    Ok(None) => {
-                        tracing::debug!("keyspace too large to count stored bytes this time")
-                    }
-                    Err(e) => tracing::debug!(error = %e, "counting the stored bytes failed"),
-                }
-            }
             match self.tick().await {
                 Ok(busy) => {
                     failures = 0;
@@ -70,6 +63,7 @@ impl Scheduler {
                 }
             }
         }
+        sampler.abort();
     }
 
     /// One pass over all partitions; true when some batch was full.
@@ -163,4 +157,29 @@ fn parse<T: redis::FromRedisValue>(reply: Option<redis::Value>) -> Result<T, Sto
         reply.ok_or_else(|| StoreError::Reply("scheduler pipeline: too few replies".into()))?;
     redis::from_redis_value(reply)
         .map_err(|e| StoreError::Reply(format!("scheduler pipeline: {e}")))
+}
+
+/// Samples the keyspace gauges (saved notifications, stored bytes) every `every` until
+/// `shutdown`. On a cluster with a master that does not answer, a round is skipped: its
+/// `SCAN` of every master would only ask the client library to repair that node again.
+async fn sample_gauges(redis: RedisPool, keys: Keys, every: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut conn = redis.get();
+        if conn.degraded() {
+            tracing::debug!("a cluster master does not answer; the gauges wait for the next round");
+        } else {
+            if let Err(e) = metrics::sample_partitions(&mut conn, &keys).await {
+                tracing::debug!(error = %e, "sampling the partition gauges failed");
+            }
+            match crate::store::usage::per_partition(&mut conn, &keys).await {
+                Ok(Some(sums)) => metrics::stored_bytes(&sums),
+                Ok(None) => tracing::debug!("keyspace too large to count stored bytes this time"),
+                Err(e) => tracing::debug!(error = %e, "counting the stored bytes failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
 }

@@ -145,7 +145,10 @@ pub async fn start_herald(
 ) -> anyhow::Result<Process> {
     // Dropped once Herald is ready: an idle keep-alive connection would make Herald's
     // graceful stop wait its whole grace time at the end of the run.
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
     let mut command = Command::new(binary);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("HERALD_") || name == "REDIS_URL" {

@@ -5,6 +5,7 @@
 //! replicas after an API write ([`durability`]), and the read of a tenant's stored bytes
 //! ([`usage`]).
 
+pub mod cluster;
 pub mod dead_letters;
 pub mod durability;
 pub mod keys;

@@ -44,7 +44,6 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
@@ -55,6 +54,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify};
 
+use super::cluster::ClusterHandle;
 use crate::config::{RedisMode, RedisSettings};
 
 /// One connection of any topology; commands are routed by the client library
@@ -64,7 +64,8 @@ pub enum Conn {
     /// Standalone or Sentinel: a pool slot shared by requests, or a task's own
     /// connection for blocking reads; either replaces itself once Redis closed it.
     Healing(Healing),
-    Cluster(ClusterConnection),
+    /// Redis Cluster: replaced by a fresh connection when it stops answering.
+    Cluster(ClusterHandle),
 }
 
 /// A node whose keys a `SCAN` walks: a cluster master (host, port), or `None` for the one
@@ -77,6 +78,12 @@ impl Conn {
         matches!(self, Conn::Cluster(_))
     }
 
+    /// Redis Cluster with a master that did not answer the last probe: periodic fan-outs
+    /// to every master (the gauges' `SCAN`s) wait for the next round.
+    pub fn degraded(&self) -> bool {
+        matches!(self, Conn::Cluster(c) if c.degraded())
+    }
+
     /// Runs commands whose keys may lie in different slots (e.g. one per partition) and
     /// returns their replies in order: one pipeline on a single server; on a cluster each
     /// command on its own, all in flight at once, since a pipeline there must stay in one
@@ -87,7 +94,7 @@ impl Conn {
     ) -> RedisResult<Vec<T>> {
         if let Conn::Cluster(cluster) = self {
             let calls = commands.into_iter().map(|command| {
-                let mut cluster = cluster.clone();
+                let mut cluster = Conn::Cluster(cluster.clone());
                 async move { command.query_async::<T>(&mut cluster).await }
             });
             return futures_util::future::try_join_all(calls).await;
@@ -141,24 +148,8 @@ impl Conn {
         let Conn::Cluster(c) = self else {
             return Ok(vec![None]);
         };
-        let slots: Vec<Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
-        // Each range is [start, end, [host, port, id, …] of its master, replicas…].
-        let mut masters: Vec<(String, u16)> = slots
-            .iter()
-            .filter_map(|range| match range {
-                Value::Array(items) => match items.get(2) {
-                    Some(Value::Array(node)) => match (node.first(), node.get(1)) {
-                        (Some(Value::BulkString(host)), Some(Value::Int(port))) => Some((
-                            String::from_utf8_lossy(host).into_owned(),
-                            u16::try_from(*port).ok()?,
-                        )),
-                        _ => None,
-                    },
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
+        let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+        let mut masters = super::cluster::masters_of(&slots);
         masters.sort();
         masters.dedup();
         Ok(masters.into_iter().map(Some).collect())
@@ -251,7 +242,7 @@ impl ConnectionLike for Conn {
 
 /// A cluster connection that sends every command to all masters (`SCRIPT LOAD`, which
 /// the client library would send to every node, replicas included).
-struct MastersOnly(ClusterConnection);
+struct MastersOnly(ClusterHandle);
 
 impl ConnectionLike for MastersOnly {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
@@ -328,9 +319,11 @@ impl RedisPool {
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
                 // One cluster connection: it already holds one multiplexed connection per
-                // node, and every clone shares them.
-                let conn = client.get_pending_async_connection_with_config(config);
-                (Source::Cluster, vec![Conn::Cluster(conn)])
+                // node, and every clone shares them. It is watched and replaced when it
+                // stops answering (store/cluster.rs).
+                let handle = ClusterHandle::new(client, config);
+                handle.watch(seed_clients(settings)?, response_timeout);
+                (Source::Cluster, vec![Conn::Cluster(handle)])
             }
         };
         let pool = Self {
@@ -368,8 +361,18 @@ impl RedisPool {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
-                let conn = client.get_async_connection_with_config(config).await?;
-                Ok(Conn::Cluster(conn))
+                let handle = ClusterHandle::new(client, config);
+                // Connected before it is returned, within a bound: the library itself
+                // does not bound making the connection.
+                let ping = redis::cmd("PING");
+                let connected = tokio::time::timeout(
+                    connect_timeout + Duration::from_millis(s.response_timeout_ms),
+                    ping.query_async::<()>(&mut Conn::Cluster(handle.clone())),
+                )
+                .await
+                .map_err(|_| RedisError::from(io::Error::from(io::ErrorKind::TimedOut)))?;
+                connected?;
+                Ok(Conn::Cluster(handle))
             }
         }
     }
@@ -431,6 +434,16 @@ fn sentinel_client(settings: &RedisSettings) -> RedisResult<SentinelClient> {
         Some(node),
         SentinelServerType::Master,
     )
+}
+
+/// Clients for the configured cluster nodes (with credentials), for the probe's own
+/// connections.
+fn seed_clients(settings: &RedisSettings) -> RedisResult<Vec<redis::Client>> {
+    settings
+        .nodes
+        .iter()
+        .map(|n| redis::Client::open(with_credentials(n, settings)?))
+        .collect()
 }
 
 /// A cluster client whose every request (retries included) ends within `overall`: the

@@ -143,6 +143,10 @@ fn describe() {
         "herald_redis_resent_total",
         "Redis commands sent again on a new connection because their connection had closed before they were written."
     );
+    describe_counter!(
+        "herald_redis_connection_replaced_total",
+        "Redis Cluster connections replaced because they stopped answering or the cluster's masters changed."
+    );
 }
 
 /// The method as a label: HTTP allows any token as a method, so anything but the
@@ -223,6 +227,11 @@ pub fn redis_error(unavailable: bool) {
 /// A command sent again on a new connection: its own had closed before it was written.
 pub fn redis_resent() {
     counter!("herald_redis_resent_total").increment(1);
+}
+
+/// The cluster connection was replaced by a fresh one (store/cluster.rs).
+pub fn redis_connection_replaced() {
+    counter!("herald_redis_connection_replaced_total").increment(1);
 }
 
 /// Sets `herald_stored_bytes`: every tenant's stored bytes, per partition (index).

@@ -239,7 +239,8 @@ async fn reads_are_bounded_in_bytes_however_large_the_event() {
         }
     }
     let mut herald = HeraldProcess::start(&env).await;
-    let http = reqwest::Client::new();
+    // Above the 20 s response timeout this Herald is given.
+    let http = crate::support::bounded_http_client(Duration::from_secs(60));
     let created: Value = http
         .post(format!("{}/admin/tenants", herald.base))
         .bearer_auth("adm")

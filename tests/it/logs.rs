@@ -26,7 +26,7 @@ async fn logs_carry_context_fields_and_never_secrets() {
         ("HERALD_LOG__FILTER", "debug".to_owned()),
     ])
     .await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let base = herald.base.clone();
     let created: Value = crate::support::json_body(
         http.post(format!("{base}/admin/tenants"))

@@ -38,7 +38,7 @@ async fn serve_stops_gracefully_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = format!("http://127.0.0.1:{port}/readyz");
     let ready = eventually_async(Duration::from_secs(20), || async {
         matches!(http.get(&url).send().await, Ok(r) if r.status() == 200)

@@ -82,7 +82,8 @@ async fn after_redis_is_back_every_request_succeeds_first_time() {
     settings.redis.response_timeout_ms = 2000;
     settings.redis.connect_timeout_ms = 500;
     let admin = settings.server.admin_token.clone();
-    let app = TestApp::start(settings).await;
+    let mut app = TestApp::start(settings).await;
+    app.http = crate::support::bounded_http_client(Duration::from_secs(4));
     let receiver = Receiver::start().await;
 
     // Every pooled connection and every reader has been used before the crash.
@@ -96,7 +97,9 @@ async fn after_redis_is_back_every_request_succeeds_first_time() {
     }
     receiver.expect("/warm", 20).await;
 
+    eprintln!("killing");
     kill_and_restore(&mut redis);
+    eprintln!("restored");
     let back = Instant::now();
 
     // Every request from now on must succeed on its first try: /readyz first, then a

@@ -96,7 +96,7 @@ async fn one_trace_runs_from_notify_and_wait_to_the_waiters_endpoint() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
     ])
     .await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let created: serde_json::Value = crate::support::json_body(
         http.post(format!("{}/admin/tenants", herald.base))
             .bearer_auth(admin)

@@ -91,7 +91,7 @@ async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -
     };
     flow.hits.lock().unwrap().push(hit);
     let url = format!("http://{}{}", req.connection_info().host(), req.path());
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let k = entries.len();
     let step_headers = json!({
         "upstash-workflow-runid": run,

@@ -58,6 +58,40 @@ where
     }
 }
 
+/// The bound of every request a test sends to Herald: a stalled Herald fails the test
+/// with a message instead of hanging it. Herald answers within
+/// `redis.response_timeout_ms` (5 s in [`test_settings`]) plus its own work.
+pub const REQUEST_BOUND: Duration = Duration::from_secs(30);
+
+/// The HTTP client of the tests: every request is bounded by [`REQUEST_BOUND`]. No idle
+/// connection reuse: a request written on a keep-alive connection the server is just
+/// closing fails with IncompleteMessage, a client-side race that a loaded 2-core machine
+/// makes likely and that would say nothing about Herald.
+pub fn http_client() -> reqwest::Client {
+    bounded_http_client(REQUEST_BOUND)
+}
+
+/// An HTTP client whose every request (connect, send, reply) ends within `bound`.
+pub fn bounded_http_client(bound: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .connect_timeout(bound.min(Duration::from_secs(5)))
+        .timeout(bound)
+        .build()
+        .unwrap()
+}
+
+/// With `RUST_LOG` set, the log of every Herald (and of the Redis client library) the
+/// tests start goes to the test's output: `RUST_LOG=herald=debug,redis=debug`.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Settings for tests: fast ticks and retries, loopback deliveries allowed, no caches.
 pub fn test_settings(redis_url: &str) -> Settings {
     let mut s = Settings::defaults();
@@ -106,6 +140,7 @@ impl TestApp {
     }
 
     pub async fn start_role(settings: Settings, role: Role) -> Self {
+        init_logging();
         let running = app::start(settings, role).await.expect("herald starts");
         let base = format!("http://{}", running.addr);
         let tenant = TenantName::parse("acme").unwrap();
@@ -123,10 +158,7 @@ impl TestApp {
             // No idle connection reuse: a request written on a keep-alive connection the
             // server is just closing fails with IncompleteMessage, a client-side race that a
             // loaded 2-core machine makes likely and that would say nothing about Herald.
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap(),
+            http: http_client(),
         }
     }
 
@@ -139,7 +171,7 @@ impl TestApp {
             base: format!("http://{}", running.addr),
             running: Some(running),
             token: self.token.clone(),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -176,11 +208,31 @@ impl TestApp {
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request reaches herald");
+        self.try_send(request)
+            .await
+            .unwrap_or_else(|e| panic!("the request did not get an answer: {e}"))
+    }
+
+    /// Like [`TestApp::send`], but a request that got no answer (refused, timed out by
+    /// the client's bound) is an `Err` describing it instead of a panic.
+    pub async fn try_send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+        let started = Instant::now();
+        let no_answer = |e: reqwest::Error| {
+            format!(
+                "no answer after {:?} ({}): {e:?}",
+                started.elapsed(),
+                if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                }
+            )
+        };
+        let response = request.send().await.map_err(no_answer)?;
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
+        let text = response.text().await.map_err(no_answer)?;
         let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, json)
+        Ok((status, json))
     }
 
     pub async fn wait(&self, event: &str, body: Value) -> (u16, Value) {
