@@ -145,13 +145,17 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let data = web::Data::new(state.clone());
     let serves_api = role.serves_api();
     let operator_here = operator_listener.is_none();
-    let durability = crate::store::durability::Policy::from_settings(&settings.redis);
+    let durability = crate::store::durability::Confirm::new(
+        crate::store::durability::Policy::from_settings(&settings.redis),
+        redis.lanes(),
+    );
     let app = move |surface: Surface| {
+        let durability = durability.clone();
         let app = App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(
                 move |req, next: actix_web::middleware::Next<_>| {
-                    crate::store::durability::scoped(durability, next.call(req))
+                    crate::store::durability::scoped(durability.clone(), next.call(req))
                 },
             ))
             .wrap(actix_web::middleware::from_fn(api::observe::observe));

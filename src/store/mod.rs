@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod dead_letters;
 pub mod durability;
 pub mod keys;
+pub mod lanes;
 pub mod limits;
 pub mod migrate;
 pub mod redis;

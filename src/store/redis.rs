@@ -55,6 +55,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify};
 
 use super::cluster::ClusterHandle;
+use super::lanes::Lanes;
 use crate::config::{RedisMode, RedisSettings};
 
 /// One connection of any topology; commands are routed by the client library
@@ -281,6 +282,8 @@ pub struct RedisPool {
 
 struct PoolInner {
     conns: Vec<Conn>,
+    /// Connections of their own for writes that wait for replicas (`redis.wait_replicas`).
+    lanes: Option<Lanes>,
     next: AtomicUsize,
     source: Source,
     settings: RedisSettings,
@@ -293,15 +296,18 @@ impl RedisPool {
         let size = settings.pool_size.max(1);
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+        let confirms = settings.wait_replicas > 0;
         let single = |target: Target| {
             let target = Arc::new(target);
             let conns = (0..size)
                 .map(|_| Healing::open(&target, connect_timeout, response_timeout))
                 .map(Conn::Healing)
                 .collect();
-            (Source::Single(target), conns)
+            let lanes =
+                confirms.then(|| Lanes::single(target.clone(), connect_timeout, response_timeout));
+            (Source::Single(target), conns, lanes)
         };
-        let (source, conns) = match settings.mode {
+        let (source, conns, lanes) = match settings.mode {
             RedisMode::Standalone => single(Target::Standalone(Box::new(redis::Client::open(
                 settings.url.as_str(),
             )?))),
@@ -323,18 +329,34 @@ impl RedisPool {
                 // stops answering (store/cluster.rs).
                 let handle = ClusterHandle::new(client, config);
                 handle.watch(seed_clients(settings)?, response_timeout);
-                (Source::Cluster, vec![Conn::Cluster(handle)])
+                let lanes = match (confirms, settings.nodes.first()) {
+                    (true, Some(seed)) => Some(Lanes::cluster(
+                        handle.clone(),
+                        with_credentials(seed, settings)?.parse()?,
+                        connect_timeout,
+                        response_timeout,
+                    )),
+                    _ => None,
+                };
+                (Source::Cluster, vec![Conn::Cluster(handle)], lanes)
             }
         };
         let pool = Self {
             inner: Arc::new(PoolInner {
                 conns,
+                lanes,
                 next: AtomicUsize::new(0),
                 source,
                 settings: settings.clone(),
             }),
         };
         Ok(pool)
+    }
+
+    /// The connections of writes that wait for replicas; `None` unless
+    /// `redis.wait_replicas` is set.
+    pub fn lanes(&self) -> Option<Lanes> {
+        self.inner.lanes.clone()
     }
 
     /// A connection for one request (round robin over the pool).
@@ -480,7 +502,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// What a standalone or Sentinel connection connects to.
-enum Target {
+pub(super) enum Target {
     Standalone(Box<redis::Client>),
     /// Whatever server the sentinels currently call master.
     Sentinel(Arc<SentinelState>),
@@ -554,7 +576,11 @@ impl Wire {
 impl Healing {
     /// A connection to `target`, opened by its background task (and by the first command
     /// if that comes first).
-    fn open(target: &Arc<Target>, connect_timeout: Duration, response_timeout: Duration) -> Self {
+    pub(super) fn open(
+        target: &Arc<Target>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
         let db = match &**target {
             Target::Standalone(client) => client.get_connection_info().redis_settings().db(),
             Target::Sentinel(_) => 0,
@@ -900,7 +926,7 @@ impl ConnectionLike for Healing {
 }
 
 /// The sentinels, and every connection that follows the master they name.
-struct SentinelState {
+pub(super) struct SentinelState {
     sentinel: Mutex<SentinelClient>,
     /// Pool slots and readers' own connections, told to leave a master the sentinels no
     /// longer name.

@@ -105,8 +105,8 @@ pub(crate) async fn invoke(
         )
     };
     // With `redis.wait_replicas` set, an API write also waits for the replicas.
-    if let Some(policy) = super::durability::policy_for(name) {
-        return super::durability::invoke_replicated(conn, &invocation, policy)
+    if let Some(confirm) = super::durability::confirm_for(name) {
+        return super::durability::invoke_replicated(&invocation, &confirm)
             .instrument(span)
             .await;
     }

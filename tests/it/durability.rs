@@ -284,15 +284,15 @@ async fn measure_sentinel_killed_master_with_wait_replicas() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: a killed (SIGKILL) cluster master with wait_replicas"]
-async fn measure_cluster_killed_master_with_wait_replicas() {
-    // Two replicas per master: with one, the promoted master would have none left.
+/// A cluster master killed (SIGKILL) under load with `wait_replicas` 1 and two replicas
+/// per master (with one, the promoted master would have none left until the old one
+/// rejoins).
+async fn cluster_killed_master(replicas: u32) -> Measured {
     let mut cluster = RedisCluster::start(3, 2, 1000);
-    let app = Arc::new(TestApp::start(with_wait(cluster_settings(&cluster), 1)).await);
+    let app = Arc::new(TestApp::start(with_wait(cluster_settings(&cluster), replicas)).await);
     let receiver = Receiver::start().await;
     measure_killed_master(
-        "cluster, master killed, wait_replicas 1",
+        &format!("cluster, master killed, two replicas per master, wait_replicas {replicas}"),
         app,
         &receiver,
         &mut cluster,
@@ -314,5 +314,30 @@ async fn measure_cluster_killed_master_with_wait_replicas() {
             assert!(followed, "the promoted master has a replica in sync");
         },
     )
-    .await;
+    .await
+}
+
+/// Was the known issue: with the setting on, the cluster connection stopped answering
+/// after the failover (every `WAIT` on the shared connection held it). Now nothing
+/// acknowledged is lost and no request goes unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_master_loses_no_acknowledged_write_and_nothing_hangs_with_wait_replicas()
+{
+    let m = cluster_killed_master(1).await;
+    assert_nothing_lost(&m);
+    assert_eq!(m.stalled, 0, "requests without an answer within 5 s");
+    assert!(
+        m.refused_until < Duration::from_secs(10),
+        "{} requests refused, the last {:?} after the kill",
+        m.refused,
+        m.refused_until
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: a killed (SIGKILL) cluster master, without then with wait_replicas"]
+async fn measure_cluster_killed_master_with_and_without_wait_replicas() {
+    for replicas in [0, 1] {
+        cluster_killed_master(replicas).await;
+    }
 }

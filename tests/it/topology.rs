@@ -28,6 +28,18 @@ pub(crate) struct Ledger {
     pub(crate) notified: Vec<(String, Duration)>,
     /// Requests that were not acknowledged (503, timeouts, refused connections).
     pub(crate) failures: Vec<Duration>,
+    /// Of those, requests that got no answer within the client's bound (5 s): a stall.
+    pub(crate) stalled: Vec<Duration>,
+}
+
+impl Ledger {
+    /// Records a request that was not acknowledged: `reply` is what it got.
+    fn failed<T>(&mut self, reply: &Result<T, reqwest::Error>, at: Duration) {
+        self.failures.push(at);
+        if matches!(reply, Err(e) if e.is_timeout()) {
+            self.stalled.push(at);
+        }
+    }
 }
 
 /// Sends waits, lookback notifies and broadcast notifies from `workers` concurrent loops
@@ -73,7 +85,7 @@ pub(crate) async fn load(
                 let waiting = matches!(&waited, Ok(r) if r.status() == 200);
                 let at = started.elapsed();
                 if !waiting {
-                    ledger.lock().unwrap().failures.push(at);
+                    ledger.lock().unwrap().failed(&waited, at);
                     continue;
                 }
                 // Every other waiter is notified at once; the rest stay waiting.
@@ -94,7 +106,7 @@ pub(crate) async fn load(
                         }
                         _ => {
                             // Not acknowledged: the waiter may or may not be taken.
-                            ledger.lock().unwrap().failures.push(at);
+                            ledger.lock().unwrap().failed(&notified, at);
                         }
                     }
                 } else {
@@ -117,7 +129,7 @@ pub(crate) async fn load(
                     {
                         ledger.lock().unwrap().saved.push((run, at))
                     }
-                    _ => ledger.lock().unwrap().failures.push(at),
+                    _ => ledger.lock().unwrap().failed(&saved, at),
                 }
             }
         }
@@ -516,6 +528,12 @@ fn rediss_urls_connect_with_tls_and_check_the_certificate() {
 pub(crate) struct Measured {
     pub(crate) acked: usize,
     pub(crate) lost: usize,
+    /// Requests refused (503 or no answer) after the kill.
+    pub(crate) refused: usize,
+    /// The last refusal, after the kill.
+    pub(crate) refused_until: Duration,
+    /// Requests that got no answer within the client's bound.
+    pub(crate) stalled: usize,
 }
 
 /// Kills (SIGKILL) a master under load and reports what acknowledged writes were lost
@@ -570,7 +588,8 @@ pub(crate) async fn measure_killed_master<S>(
     println!(
         "{topology}: failed a master at {killed_at:?} of a {:?} run; acknowledged {acked} writes \
          ({} waits, {} saved notifies, {} notifies); lost {} ({} waits, {} saved, {} notified), \
-         acknowledged at {}; {} requests refused after the kill, the last {unavailable_ms} ms after it",
+         acknowledged at {}; {} requests refused after the kill, the last {unavailable_ms} ms after it; \
+         {} got no answer within 5 s",
         started.elapsed(),
         ledger.waiting.len(),
         ledger.saved.len(),
@@ -581,11 +600,15 @@ pub(crate) async fn measure_killed_master<S>(
         notified_lost.len(),
         window(&lost_all),
         failures_after.len(),
+        ledger.stalled.len(),
     );
     Arc::try_unwrap(app).ok().unwrap().stop().await;
     Measured {
         acked,
         lost: lost_all.len(),
+        refused: failures_after.len(),
+        refused_until: Duration::from_millis(unavailable_ms.max(0) as u64),
+        stalled: ledger.stalled.len(),
     }
 }
 
