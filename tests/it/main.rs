@@ -7,6 +7,7 @@ mod admin;
 mod availability;
 mod bad_input;
 mod bodies;
+mod chaos;
 mod cli;
 mod console;
 mod delivery;

@@ -44,7 +44,7 @@ impl Hit {
 }
 
 #[derive(Clone)]
-struct Flow {
+pub(crate) struct Flow {
     herald: String,
     token: String,
     /// Run steps before the end.
@@ -56,13 +56,15 @@ struct Flow {
     hits: Arc<Mutex<Vec<Hit>>>,
     ended: Arc<Mutex<Vec<u16>>>,
     /// Runs whose end Herald acknowledged.
-    done: Arc<Mutex<std::collections::HashSet<String>>>,
+    pub(crate) done: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// `Upstash-Retries` of the steps it publishes (Herald's default when `None`).
+    retries: Option<u32>,
 }
 
 /// A workflow endpoint that behaves like the SDKs' `serve()`.
-struct Endpoint {
+pub(crate) struct Endpoint {
     port: u16,
-    flow: Flow,
+    pub(crate) flow: Flow,
 }
 
 async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -> HttpResponse {
@@ -101,6 +103,10 @@ async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -
         "upstash-forward-upstash-workflow-sdk-version": "1",
         "content-type": "application/json",
     });
+    let mut step_headers = step_headers;
+    if let Some(retries) = flow.retries {
+        step_headers["upstash-retries"] = json!(retries.to_string());
+    }
     if let (Some(event), 1) = (&flow.wait_for, k) {
         let wait = json!({
             "url": url, "timeout": "1h", "timeoutUrl": url,
@@ -170,6 +176,21 @@ impl Endpoint {
     }
 
     async fn start_with(app: &TestApp, steps: usize, wait_for: Option<&str>, twice: bool) -> Self {
+        Self::start_full(app, steps, wait_for, twice, None).await
+    }
+
+    /// An endpoint whose steps each carry `Upstash-Retries: retries`.
+    pub(crate) async fn start_with_retries(app: &TestApp, steps: usize, retries: u32) -> Self {
+        Self::start_full(app, steps, None, false, Some(retries)).await
+    }
+
+    async fn start_full(
+        app: &TestApp,
+        steps: usize,
+        wait_for: Option<&str>,
+        twice: bool,
+        retries: Option<u32>,
+    ) -> Self {
         let flow = Flow {
             herald: app.base.clone(),
             token: app.token.clone(),
@@ -179,6 +200,7 @@ impl Endpoint {
             hits: Arc::default(),
             ended: Arc::default(),
             done: Arc::default(),
+            retries,
         };
         let data = web::Data::new(flow.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -199,7 +221,7 @@ impl Endpoint {
         Endpoint { port, flow }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/api/wf", self.port)
     }
 
@@ -213,7 +235,7 @@ impl Endpoint {
 }
 
 /// The first message of a run, as `Client.trigger` sends it.
-fn trigger(url: &str, run: &str, extra: Value) -> Value {
+pub(crate) fn trigger(url: &str, run: &str, extra: Value) -> Value {
     let mut headers = json!({
         "upstash-workflow-init": "true",
         "upstash-workflow-runid": run,
