@@ -1,6 +1,6 @@
 // The tenant's sections: an event's waiters and history, a run's saved notifications,
 // dead letters (retry, delete), limits and usage.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { call, seg } from "./api.js";
 import { Notice, Table, bodyText, bytes, clock, clockMs, relative, span, useNow, usePoll } from "./ui.jsx";
 
@@ -9,7 +9,16 @@ const ID = /^[A-Za-z0-9._:-]{1,256}$/;
 function IdForm({ label, id, value, onSubmit, button }) {
   const [text, setText] = useState(value || "");
   const [error, setError] = useState("");
-  useEffect(() => setText(value || ""), [value]);
+  // The field follows `value` (the id in the address) when it changes, and only then: an
+  // effect that also ran on mount would run after the first paint (up to 100 ms later in
+  // a busy or background tab) and erase what was typed or pasted meanwhile.
+  const shown = useRef(value || "");
+  useEffect(() => {
+    if ((value || "") !== shown.current) {
+      shown.current = value || "";
+      setText(value || "");
+    }
+  }, [value]);
   return (
     <form
       class="search"

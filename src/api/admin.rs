@@ -43,6 +43,7 @@ pub async fn rotate_token(
 ) -> Result<HttpResponse, ApiError> {
     let name = TenantName::parse(path_param(&req, "name"))?;
     let token = tenants::rotate_token(&mut state.redis.get(), &state.keys, &name).await?;
+    state.auth.forget_tenant(&name);
     tracing::info!(tenant = %name, "tenant token rotated");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "name": name, "token": token })))
 }
@@ -54,6 +55,7 @@ pub async fn revoke_token(
 ) -> Result<HttpResponse, ApiError> {
     let name = TenantName::parse(path_param(&req, "name"))?;
     tenants::revoke_token(&mut state.redis.get(), &state.keys, &name).await?;
+    state.auth.forget_tenant(&name);
     tracing::info!(tenant = %name, "tenant token revoked");
     Ok(HttpResponse::NoContent().finish())
 }

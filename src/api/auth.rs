@@ -4,7 +4,8 @@
 //!
 //! Lookups are cached per process for `server.auth_cache_ms` (500 ms by default), so a
 //! hot tenant costs two Redis round trips per second per process; a revoked or rotated token
-//! stops working on every replica within that time.
+//! stops working on every replica within that time, and at once on the process that
+//! revoked or rotated it ([`TokenCache::forget_tenant`]).
 //!
 //! Failed authentications are throttled per client address ([`AuthThrottle`]): after
 //! `server.auth_failures_per_minute` failures within a minute, that address gets 429
@@ -30,10 +31,13 @@ use crate::store::tenants;
 #[derive(Debug, Clone)]
 pub struct Tenant(pub TenantName);
 
-/// Token hash → (tenant, when cached). Bounded: cleared when it grows past 10,000.
+/// Token hash → (tenant, when looked up). Bounded: cleared when it grows past 10,000.
 pub struct TokenCache {
     ttl: Duration,
     entries: Mutex<HashMap<[u8; 32], (TenantName, Instant)>>,
+    /// Tenants whose token this process revoked or rotated, and when: a lookup that
+    /// started before then is not cached (it may have read the old token).
+    forgotten: Mutex<HashMap<TenantName, Instant>>,
 }
 
 impl TokenCache {
@@ -41,6 +45,21 @@ impl TokenCache {
         Self {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            forgotten: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Drops every cached token of `tenant`: its token was revoked or rotated through this
+    /// process, which refuses the old one from its next request on. (Other processes
+    /// within `server.auth_cache_ms`.)
+    pub fn forget_tenant(&self, tenant: &TenantName) {
+        let now = Instant::now();
+        if let Ok(mut forgotten) = self.forgotten.lock() {
+            forgotten.retain(|_, at| at.elapsed() < self.ttl);
+            forgotten.insert(tenant.clone(), now);
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, (t, _)| t != tenant);
         }
     }
 
@@ -55,15 +74,25 @@ impl TokenCache {
             .map(|(t, _)| t.clone())
     }
 
-    fn put(&self, key: [u8; 32], tenant: TenantName) {
+    /// Caches `key` → `tenant`, found by a lookup that started at `looked_up`.
+    fn put(&self, key: [u8; 32], tenant: TenantName, looked_up: Instant) {
         if self.ttl.is_zero() {
+            return;
+        }
+        let stale = self
+            .forgotten
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&tenant).copied())
+            .is_some_and(|at| looked_up <= at);
+        if stale {
             return;
         }
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= 10_000 {
                 entries.clear();
             }
-            entries.insert(key, (tenant, Instant::now()));
+            entries.insert(key, (tenant, looked_up));
         }
     }
 }
@@ -116,12 +145,13 @@ impl FromRequest for Tenant {
                 return Ok(Tenant(tenant));
             }
             state.auth_throttle.check(client)?;
+            let looked_up = Instant::now();
             let mut conn = state.redis.get();
             let Some(tenant) = tenants::authenticate(&mut conn, &state.keys, &token).await? else {
                 state.auth_throttle.failed(client);
                 return Err(ApiError::Unauthorized);
             };
-            state.auth.put(cache_key, tenant.clone());
+            state.auth.put(cache_key, tenant.clone(), looked_up);
             super::observe::record_tenant(tenant.as_str());
             Ok(Tenant(tenant))
         })

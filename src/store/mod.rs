@@ -1,4 +1,6 @@
-//! Redis storage: key names ([`keys`]), connections for every topology ([`redis`]), one
+//! Redis storage: key names ([`keys`]), connections for every topology ([`redis`]; the
+//! watched and replaced cluster connection, [`cluster`]; the connections of their own that
+//! writes waiting for replicas take, [`lanes`]), one
 //! typed wrapper per Lua script ([`scripts`]), tenant records ([`tenants`]), dead letters
 //! ([`dead_letters`]), the offline change of the partition count ([`repartition`]) and the
 //! upgrade of a store written by an older version ([`migrate`]), and the opt-in wait for

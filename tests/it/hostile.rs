@@ -84,10 +84,11 @@ async fn the_admin_token_is_never_taken_from_the_query_string() {
 }
 
 #[tokio::test]
-async fn a_revoked_token_stops_working_on_every_replica_within_a_second() {
+async fn a_revoked_or_rotated_token_stops_at_once_where_it_changed_and_within_a_second_elsewhere() {
     let redis = RedisServer::start();
     let mut settings = test_settings(&redis.url());
-    settings.server.auth_cache_ms = herald::config::Settings::defaults().server.auth_cache_ms;
+    // Long enough that "at once" cannot be the cache expiring.
+    settings.server.auth_cache_ms = 900;
     let app = TestApp::start(settings).await;
     let replica = app.replica(herald::app::Role::Api).await;
     // Both replicas have the token cached.
@@ -104,6 +105,9 @@ async fn a_revoked_token_stops_working_on_every_replica_within_a_second() {
         .await;
     assert!((200..300).contains(&status), "{status}");
     let revoked = Instant::now();
+    // The process that revoked it refuses it on the very next request.
+    let (status, _) = app.get("/v2/waiters/e", &app.token).await;
+    assert_eq!(status, 401, "the revoking process still accepted the token");
     let mut stopped = [None, None];
     while revoked.elapsed() < Duration::from_secs(10) && stopped.iter().any(Option::is_none) {
         for (i, a) in [&app, &replica].iter().enumerate() {
@@ -118,6 +122,16 @@ async fn a_revoked_token_stops_working_on_every_replica_within_a_second() {
         let s = s.expect("the token stops working");
         assert!(s <= Duration::from_secs(1), "{s:?}");
     }
+    // Rotated through the other process: refused there at once, the new token works.
+    let token = app.tenant_token("acme").await;
+    assert_eq!(replica.get("/v2/waiters/e", &token).await.0, 200, "cached");
+    let (status, rotated) = replica
+        .post("/admin/tenants/acme/token", "test-admin-token", "")
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(replica.get("/v2/waiters/e", &token).await.0, 401, "rotated here");
+    let new_token = rotated["token"].as_str().unwrap();
+    assert_eq!(replica.get("/v2/waiters/e", new_token).await.0, 200);
     replica.stop().await;
     app.stop().await;
 }
