@@ -85,7 +85,7 @@ pub async fn prepare_redis(
                 store::warn_unless_noeviction(&mut conn).await;
                 return Ok((redis, keys));
             }
-            Err(store::StoreError::Unavailable(e)) if started.elapsed() < wait => {
+            Err(e) if e.is_unavailable() && started.elapsed() < wait => {
                 tracing::warn!(error = %e, "waiting for redis");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

@@ -46,6 +46,9 @@ pub enum ApiError {
     },
     #[error("storage is unavailable, try again")]
     Unavailable,
+    /// Sentinel: the master is down, a failover is under way.
+    #[error("storage is unavailable, try again: {0}")]
+    FailingOver(String),
     /// Applied on the Redis master but not confirmed by the replicas (`redis.wait_replicas`).
     #[error("the write was applied but not confirmed by the Redis replicas in time ({0}), so it may or may not persist; retry it: a retry with the same Idempotency-Key or workflow step is safe (it is not applied twice)")]
     NotReplicated(String),
@@ -73,7 +76,9 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BodyQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable | ApiError::NotReplicated(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::FailingOver(_) | ApiError::NotReplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,7 +86,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unavailable | ApiError::NotReplicated(_) => {
+            ApiError::Unavailable | ApiError::FailingOver(_) | ApiError::NotReplicated(_) => {
                 response.insert_header(("Retry-After", "1"));
             }
             ApiError::RateLimited {
@@ -118,6 +123,10 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(e) => {
                 tracing::warn!(error = %e, "redis unavailable");
                 ApiError::Unavailable
+            }
+            e @ StoreError::FailoverInProgress { .. } => {
+                tracing::warn!(error = %e, "redis unavailable");
+                ApiError::FailingOver(e.to_string())
             }
             e @ StoreError::NotReplicated { .. } => ApiError::NotReplicated(e.to_string()),
             other => {

@@ -239,7 +239,7 @@ impl Deliverer {
                     tracing::warn!(partition = partition.index, error = %e, "delivery read failed");
                     // Entries read and not started stay pending; they are taken over (and
                     // counted as handed out once more) after `reclaim_idle_secs`.
-                    if matches!(e, StoreError::Unavailable(_)) {
+                    if e.is_unavailable() {
                         conn = None;
                     }
                     if e.to_string().contains("NOGROUP") {

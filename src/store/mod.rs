@@ -32,6 +32,9 @@ pub use self::redis::{Conn, RedisPool};
 pub enum StoreError {
     #[error("redis unavailable: {0}")]
     Unavailable(RedisError),
+    /// Sentinel: the master is down and the sentinels have not promoted a replica yet.
+    #[error("master {master} is down (failover in progress)")]
+    FailoverInProgress { master: String },
     #[error("redis error: {0}")]
     Redis(RedisError),
     #[error("unexpected script reply: {0}")]
@@ -48,8 +51,27 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Redis cannot be reached or cannot take the command right now (HTTP 503): worth
+    /// trying again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::FailoverInProgress { .. }
+        )
+    }
+}
+
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
+        if e.kind() == ::redis::ErrorKind::MasterNameNotFoundBySentinel
+            && e.to_string().starts_with("failover in progress")
+        {
+            crate::telemetry::metrics::redis_error(true);
+            return StoreError::FailoverInProgress {
+                master: e.detail().unwrap_or_default().to_owned(),
+            };
+        }
         let unavailable = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()

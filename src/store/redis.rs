@@ -314,6 +314,7 @@ impl RedisPool {
             RedisMode::Sentinel => {
                 let state = Arc::new(SentinelState {
                     sentinel: Mutex::new(sentinel_client(settings)?),
+                    master: settings.sentinel_master.clone(),
                     slots: std::sync::Mutex::new(Vec::new()),
                 });
                 SentinelState::watch(&state, settings, connect_timeout)?;
@@ -800,7 +801,15 @@ async fn connect(
 ) -> RedisResult<Live> {
     let client = match &*target {
         Target::Standalone(client) => (**client).clone(),
-        Target::Sentinel(state) => state.sentinel.lock().await.async_get_client().await?,
+        Target::Sentinel(state) => {
+            // Asking the sentinels is bounded too (the library bounds only connecting).
+            let asked = tokio::time::timeout(connect_timeout * 2, async {
+                state.sentinel.lock().await.async_get_client().await
+            })
+            .await
+            .map_err(|_| RedisError::from(io::Error::from(io::ErrorKind::TimedOut)))?;
+            asked.map_err(|e| failover_in_progress(e, &state.master))?
+        }
     };
     let info = client.get_connection_info();
     let addr = info.addr().to_string();
@@ -928,6 +937,8 @@ impl ConnectionLike for Healing {
 /// The sentinels, and every connection that follows the master they name.
 pub(super) struct SentinelState {
     sentinel: Mutex<SentinelClient>,
+    /// `redis.sentinel_master`.
+    master: String,
     /// Pool slots and readers' own connections, told to leave a master the sentinels no
     /// longer name.
     slots: std::sync::Mutex<Vec<Weak<Slot>>>,
@@ -1010,6 +1021,20 @@ async fn ask_master(
         }
     }
     None
+}
+
+/// The sentinels name no master for `master` (it is down and no replica is promoted yet):
+/// the error says so, in words an operator reads in the log and a client in the 503.
+fn failover_in_progress(e: RedisError, master: &str) -> RedisError {
+    if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
+        RedisError::from((
+            redis::ErrorKind::MasterNameNotFoundBySentinel,
+            "failover in progress",
+            master.to_owned(),
+        ))
+    } else {
+        e
+    }
 }
 
 /// The server is gone, or was demoted to a replica by a failover.

@@ -129,7 +129,11 @@ async fn a_revoked_or_rotated_token_stops_at_once_where_it_changed_and_within_a_
         .post("/admin/tenants/acme/token", "test-admin-token", "")
         .await;
     assert_eq!(status, 200, "{rotated}");
-    assert_eq!(replica.get("/v2/waiters/e", &token).await.0, 401, "rotated here");
+    assert_eq!(
+        replica.get("/v2/waiters/e", &token).await.0,
+        401,
+        "rotated here"
+    );
     let new_token = rotated["token"].as_str().unwrap();
     assert_eq!(replica.get("/v2/waiters/e", new_token).await.0, 200);
     replica.stop().await;

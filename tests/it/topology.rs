@@ -771,3 +771,44 @@ async fn measure_sentinel_forced_failover_loss_window() {
     )
     .await;
 }
+
+/// While the Sentinel master is down and no replica is promoted yet, a request answers 503
+/// saying so ("master mymaster is down (failover in progress)"), not the client library's
+/// "Master with given name not found in sentinel (MasterNameNotFoundBySentinel)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_master_that_is_down_is_named_in_the_503() {
+    let mut setup = SentinelSetup::start();
+    let mut settings = test_settings(&setup.url());
+    settings.redis.response_timeout_ms = 1000;
+    settings.redis.connect_timeout_ms = 300;
+    let app = TestApp::start(settings).await;
+    assert_eq!(app.get("/v2/waiters/e", &app.token).await.0, 200);
+    let old = setup.master_port();
+    setup.server_mut(old).kill();
+    let expected = format!("master {MASTER_NAME} is down (failover in progress)");
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let named = eventually_async(Duration::from_secs(15), || {
+        let (app, seen, expected) = (&app, seen.clone(), expected.clone());
+        async move {
+            let (status, body) = app.get("/v2/waiters/e", &app.token).await;
+            let error = body["error"].as_str().unwrap_or_default().to_owned();
+            let hit = status == 503 && error.contains(&expected);
+            seen.lock().unwrap().push(format!("{status} {error}"));
+            hit
+        }
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        named,
+        "no 503 named the failover; answers seen: {:?}",
+        &seen[seen.len().saturating_sub(5)..]
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.contains("MasterNameNotFoundBySentinel")),
+        "{seen:?}"
+    );
+    app.stop().await;
+}
