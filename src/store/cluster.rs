@@ -326,19 +326,7 @@ impl Probe {
             return false;
         };
         for (host, port) in masters {
-            let addr = match seed.addr() {
-                redis::ConnectionAddr::TcpTls {
-                    insecure,
-                    tls_params,
-                    ..
-                } => redis::ConnectionAddr::TcpTls {
-                    host: host.clone(),
-                    port: *port,
-                    insecure: *insecure,
-                    tls_params: tls_params.clone(),
-                },
-                _ => redis::ConnectionAddr::Tcp(host.clone(), *port),
-            };
+            let addr = super::lanes::node_addr(seed.addr(), host, *port);
             let Ok(client) = redis::Client::open(seed.clone().set_addr(addr)) else {
                 return false;
             };
@@ -354,26 +342,44 @@ impl Probe {
     }
 }
 
-/// The master (host, port) of each range of a `CLUSTER SLOTS` reply:
-/// `[start, end, [host, port, id, …], replicas…]`.
+/// The master (host, port) of each range of a `CLUSTER SLOTS` reply.
 pub fn masters_of(slots: &Value) -> Vec<(String, u16)> {
+    slot_ranges(slots)
+        .into_iter()
+        .map(|(_, _, host, port)| (host, port))
+        .collect()
+}
+
+/// The ranges of a `CLUSTER SLOTS` reply, `[start, end, [host, port, id, …], replicas…]`
+/// each, as `(first slot, last slot, master host, master port)`, sorted.
+pub fn slot_ranges(slots: &Value) -> Vec<(u16, u16, String, u16)> {
     let Value::Array(ranges) = slots else {
         return Vec::new();
     };
-    ranges
+    let mut map: Vec<(u16, u16, String, u16)> = ranges
         .iter()
-        .filter_map(|range| match range {
-            Value::Array(items) => match items.get(2) {
-                Some(Value::Array(node)) => match (node.first(), node.get(1)) {
-                    (Some(Value::BulkString(host)), Some(Value::Int(port))) => Some((
-                        String::from_utf8_lossy(host).into_owned(),
-                        u16::try_from(*port).ok()?,
-                    )),
-                    _ => None,
-                },
-                _ => None,
-            },
-            _ => None,
+        .filter_map(|range| {
+            let Value::Array(items) = range else {
+                return None;
+            };
+            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(node))) =
+                (items.first(), items.get(1), items.get(2))
+            else {
+                return None;
+            };
+            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
+                (node.first(), node.get(1))
+            else {
+                return None;
+            };
+            Some((
+                u16::try_from(*first).ok()?,
+                u16::try_from(*last).ok()?,
+                String::from_utf8_lossy(host).into_owned(),
+                u16::try_from(*port).ok()?,
+            ))
         })
-        .collect()
+        .collect();
+    map.sort();
+    map
 }

@@ -239,7 +239,11 @@ impl Lanes {
 }
 
 /// The address of the node `host:port`, over TLS when `like` is.
-fn node_addr(like: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
+pub(super) fn node_addr(
+    like: &redis::ConnectionAddr,
+    host: &str,
+    port: u16,
+) -> redis::ConnectionAddr {
     match like {
         redis::ConnectionAddr::TcpTls {
             insecure,
@@ -267,35 +271,7 @@ async fn read_slot_map(cluster: &ClusterHandle) -> RedisResult<Vec<(u16, u16, St
         .arg("SLOTS")
         .query_async(&mut cluster.clone())
         .await?;
-    let Value::Array(ranges) = reply else {
-        return Ok(Vec::new());
-    };
-    let mut map: Vec<(u16, u16, String, u16)> = ranges
-        .iter()
-        .filter_map(|range| {
-            let Value::Array(items) = range else {
-                return None;
-            };
-            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(node))) =
-                (items.first(), items.get(1), items.get(2))
-            else {
-                return None;
-            };
-            let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
-                (node.first(), node.get(1))
-            else {
-                return None;
-            };
-            Some((
-                u16::try_from(*first).ok()?,
-                u16::try_from(*last).ok()?,
-                String::from_utf8_lossy(host).into_owned(),
-                u16::try_from(*port).ok()?,
-            ))
-        })
-        .collect();
-    map.sort();
-    Ok(map)
+    Ok(super::cluster::slot_ranges(&reply))
 }
 
 /// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (`{…}`, when present and
