@@ -17,6 +17,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The longest one request (connecting, or sending and reading the reply) may take.
+const REQUEST_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct Api {
     inner: Arc<Inner>,
@@ -58,8 +61,9 @@ enum Failure {
 
 impl Connection {
     async fn open(authority: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(authority)
+        let stream = tokio::time::timeout(REQUEST_BOUND, TcpStream::connect(authority))
             .await
+            .map_err(|_| anyhow::anyhow!("connecting to herald at {authority}: timed out"))?
             .with_context(|| format!("connecting to herald at {authority}"))?;
         stream.set_nodelay(true)?;
         Ok(Self {
@@ -70,7 +74,18 @@ impl Connection {
 
     /// Sends one request and reads its reply (Content-Length bodies only: Herald's
     /// replies all have one). Returns the reply and whether the connection can be reused.
+    /// [`Connection::exchange_unbounded`] within [`REQUEST_BOUND`]: a stalled Herald fails
+    /// the run with a message instead of hanging it.
     async fn exchange(&mut self, request: &[u8]) -> Result<(Reply, bool), Failure> {
+        match tokio::time::timeout(REQUEST_BOUND, self.exchange_unbounded(request)).await {
+            Ok(done) => done,
+            Err(_) => Err(Failure::Other(anyhow::anyhow!(
+                "no reply from herald within {REQUEST_BOUND:?}"
+            ))),
+        }
+    }
+
+    async fn exchange_unbounded(&mut self, request: &[u8]) -> Result<(Reply, bool), Failure> {
         self.buf.clear();
         if let Err(e) = self.stream.write_all(request).await {
             return Err(Failure::Stale(e.into()));

@@ -10,6 +10,7 @@
 //! CI runs three kills. The long variant, 30 kills, is documented in docs/operating.md:
 //! `HERALD_CHAOS_KILLS=30 cargo test --release --test it chaos:: -- --nocapture`.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,8 +105,11 @@ async fn master_kills_in_a_row_under_mixed_load_lose_nothing_and_every_run_compl
     stop.store(true, Ordering::Relaxed);
     let ledger = running.await.unwrap();
     let (waiting_lost, saved_lost, notified_lost) = lost(&app, &receiver, &ledger).await;
+    // One snapshot of the receiver per check (it holds every delivery of the load).
+    let delivered = || -> HashSet<String> { receiver.all().into_iter().map(|r| r.path).collect() };
     let expired = eventually(Duration::from_secs(30), || {
-        timeouts.iter().all(|p| !receiver.at(p).is_empty())
+        let got = delivered();
+        timeouts.iter().all(|p| got.contains(p))
     })
     .await;
     let completed = eventually(Duration::from_secs(60), || {
@@ -114,10 +118,8 @@ async fn master_kills_in_a_row_under_mixed_load_lose_nothing_and_every_run_compl
     })
     .await;
     let acked = ledger.waiting.len() + ledger.saved.len() + ledger.notified.len();
-    let missing_timeouts: Vec<&String> = timeouts
-        .iter()
-        .filter(|p| receiver.at(p).is_empty())
-        .collect();
+    let got = delivered();
+    let missing_timeouts: Vec<&String> = timeouts.iter().filter(|p| !got.contains(*p)).collect();
     let unfinished: Vec<&String> = {
         let done = endpoint.flow.done.lock().unwrap();
         runs.iter().filter(|r| !done.contains(*r)).collect()
