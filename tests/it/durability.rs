@@ -154,14 +154,21 @@ async fn a_wait_timeout_not_below_the_response_timeout_is_refused() {
 /// `SENTINEL FAILOVER` of a live master under load (docs/operating.md: 158 of 1,602
 /// acknowledged writes lost without `wait_replicas`).
 async fn sentinel_forced_failover(replicas: u32) -> Measured {
-    let mut setup = SentinelSetup::start();
+    sentinel_forced_failover_of(1, replicas).await
+}
+
+/// The same with `servers` replicas of the master.
+async fn sentinel_forced_failover_of(servers: usize, replicas: u32) -> Measured {
+    let mut setup = SentinelSetup::start_with_replicas(servers);
     let mut settings = with_wait(test_settings(&setup.url()), replicas);
     settings.redis.response_timeout_ms = 1000;
     settings.delivery.concurrency = 128;
     let app = Arc::new(TestApp::start(settings).await);
     let receiver = Receiver::start().await;
     measure_killed_master(
-        &format!("sentinel, SENTINEL FAILOVER of a live master, wait_replicas {replicas}"),
+        &format!(
+            "sentinel, SENTINEL FAILOVER of a live master, {servers} replica(s), wait_replicas {replicas}"
+        ),
         app,
         &receiver,
         &mut setup,
@@ -191,7 +198,7 @@ async fn sentinel_forced_failover(replicas: u32) -> Measured {
                         .iter()
                         .all(|p| p.port == s.master_port() || replica_link_up(p))
             });
-            assert!(settled, "one master, one replica in sync");
+            assert!(settled, "one master, its replicas in sync");
         },
     )
     .await
@@ -253,6 +260,12 @@ async fn measure_sentinel_forced_failover_with_and_without_wait_replicas() {
     for replicas in [0, 1] {
         sentinel_forced_failover(replicas).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: a forced Sentinel failover with two replicas and wait_replicas"]
+async fn measure_sentinel_forced_failover_with_two_replicas() {
+    sentinel_forced_failover_of(2, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
