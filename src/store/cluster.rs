@@ -25,7 +25,8 @@
 //!   gauges) are skipped instead of asking the library to repair a node that is down, over
 //!   and over.
 //!
-//! A swap never cuts a command short: commands in flight finish on the connection they
+//! A swap never cuts a command short: the fresh connection is made in the background and
+//! swapped in only once it is connected; commands in flight finish on the connection they
 //! started on (clones keep it alive); new commands take the new one.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -59,14 +60,18 @@ struct Shared {
     config: ClusterConfig,
     timeouts_in_a_row: AtomicU32,
     last_swap: std::sync::Mutex<Instant>,
+    /// A fresh connection is being made.
+    swapping: AtomicBool,
+    /// How long making a fresh connection may take.
+    connect_bound: Duration,
     degraded: AtomicBool,
     swaps: AtomicU32,
 }
 
 impl ClusterHandle {
     /// A handle whose connection is made on first use (Herald starts while the cluster is
-    /// unreachable).
-    pub fn new(client: ClusterClient, config: ClusterConfig) -> Self {
+    /// unreachable); a replacement must be connected within `connect_bound`.
+    pub fn new(client: ClusterClient, config: ClusterConfig, connect_bound: Duration) -> Self {
         let conn = client.get_pending_async_connection_with_config(config.clone());
         ClusterHandle {
             shared: Arc::new(Shared {
@@ -75,6 +80,8 @@ impl ClusterHandle {
                 config,
                 timeouts_in_a_row: AtomicU32::new(0),
                 last_swap: std::sync::Mutex::new(Instant::now() - MIN_SWAP_INTERVAL),
+                swapping: AtomicBool::new(false),
+                connect_bound,
                 degraded: AtomicBool::new(false),
                 swaps: AtomicU32::new(0),
             }),
@@ -100,25 +107,45 @@ impl ClusterHandle {
         self.shared.swaps.load(Ordering::Relaxed)
     }
 
-    /// Replaces the connection with a fresh one, unless one was swapped in less than
-    /// [`MIN_SWAP_INTERVAL`] ago. Returns whether it swapped.
+    /// Replaces the connection with a fresh one, made in the background and swapped in
+    /// only once it is connected (within the connect bound; if it cannot be made, the
+    /// current one stays and a later trigger tries again). Nothing happens when a swap
+    /// began less than [`MIN_SWAP_INTERVAL`] ago or is under way. Returns whether one began.
     pub fn swap(&self, why: &str) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
         {
             let mut last = self.shared.last_swap.lock().expect("last swap");
-            if last.elapsed() < MIN_SWAP_INTERVAL {
+            if last.elapsed() < MIN_SWAP_INTERVAL || self.shared.swapping.load(Ordering::SeqCst) {
                 return false;
             }
             *last = Instant::now();
+            self.shared.swapping.store(true, Ordering::SeqCst);
         }
-        let fresh = self
-            .shared
-            .client
-            .get_pending_async_connection_with_config(self.shared.config.clone());
-        *self.shared.current.write().expect("cluster connection") = fresh;
-        self.shared.timeouts_in_a_row.store(0, Ordering::Relaxed);
-        self.shared.swaps.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::redis_connection_replaced();
-        tracing::warn!(reason = why, "replaced the redis cluster connection");
+        let shared = self.shared.clone();
+        let why = why.to_owned();
+        runtime.spawn(async move {
+            let made = tokio::time::timeout(
+                shared.connect_bound,
+                shared
+                    .client
+                    .get_async_connection_with_config(shared.config.clone()),
+            )
+            .await;
+            match made {
+                Ok(Ok(fresh)) => {
+                    *shared.current.write().expect("cluster connection") = fresh;
+                    shared.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                    shared.swaps.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::metrics::redis_connection_replaced();
+                    tracing::warn!(reason = %why, "replaced the redis cluster connection");
+                }
+                Ok(Err(e)) => tracing::info!(reason = %why, error = %e, "could not make a fresh redis cluster connection yet; keeping the current one"),
+                Err(_) => tracing::info!(reason = %why, "a fresh redis cluster connection took too long; keeping the current one"),
+            }
+            shared.swapping.store(false, Ordering::SeqCst);
+        });
         true
     }
 

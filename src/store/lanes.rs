@@ -378,6 +378,7 @@ mod tests {
                 cluster: ClusterHandle::new(
                     redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:1"]).unwrap(),
                     redis::cluster::ClusterConfig::new(),
+                    Duration::from_secs(1),
                 ),
                 slots: Mutex::new(vec![(0, 100, "a".into(), 1), (101, 200, "b".into(), 2)]),
                 nodes: Mutex::new(HashMap::new()),

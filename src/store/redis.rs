@@ -328,7 +328,7 @@ impl RedisPool {
                 // One cluster connection: it already holds one multiplexed connection per
                 // node, and every clone shares them. It is watched and replaced when it
                 // stops answering (store/cluster.rs).
-                let handle = ClusterHandle::new(client, config);
+                let handle = ClusterHandle::new(client, config, connect_timeout + response_timeout);
                 handle.watch(seed_clients(settings)?, response_timeout);
                 let lanes = match (confirms, settings.nodes.first()) {
                     (true, Some(seed)) => Some(Lanes::cluster(
@@ -384,7 +384,7 @@ impl RedisPool {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
-                let handle = ClusterHandle::new(client, config);
+                let handle = ClusterHandle::new(client, config, connect_timeout + response_timeout);
                 // Connected before it is returned, within a bound: the library itself
                 // does not bound making the connection.
                 let ping = redis::cmd("PING");
