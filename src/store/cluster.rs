@@ -65,7 +65,6 @@ struct Shared {
     /// How long making a fresh connection may take.
     connect_bound: Duration,
     degraded: AtomicBool,
-    swaps: AtomicU32,
 }
 
 impl ClusterHandle {
@@ -83,7 +82,6 @@ impl ClusterHandle {
                 swapping: AtomicBool::new(false),
                 connect_bound,
                 degraded: AtomicBool::new(false),
-                swaps: AtomicU32::new(0),
             }),
         }
     }
@@ -100,11 +98,6 @@ impl ClusterHandle {
     /// A master did not answer the last probe: skip periodic fan-outs.
     pub fn degraded(&self) -> bool {
         self.shared.degraded.load(Ordering::Relaxed)
-    }
-
-    /// How many times the connection was replaced (for tests and logs).
-    pub fn swaps(&self) -> u32 {
-        self.shared.swaps.load(Ordering::Relaxed)
     }
 
     /// Replaces the connection with a fresh one, made in the background and swapped in
@@ -137,7 +130,6 @@ impl ClusterHandle {
                 Ok(Ok(fresh)) => {
                     *shared.current.write().expect("cluster connection") = fresh;
                     shared.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                    shared.swaps.fetch_add(1, Ordering::Relaxed);
                     crate::telemetry::metrics::redis_connection_replaced();
                     tracing::warn!(reason = %why, "replaced the redis cluster connection");
                 }

@@ -118,11 +118,13 @@ pub async fn invoke_replicated(
         policy,
         deadline: Instant::now() + Duration::from_millis(policy.timeout_ms),
         confirmed: None,
+        no_lane: None,
     };
     let value: Value = match invocation.invoke_async(&mut replicated).await {
         Ok(value) => value,
-        Err(e) if e.to_string().contains(NO_LANE) => {
-            return Err(not_replicated(policy, e.to_string()))
+        Err(_) if replicated.no_lane.is_some() => {
+            let why = replicated.no_lane.take().unwrap_or_default();
+            return Err(not_replicated(policy, format!("{NO_LANE}: {why}")));
         }
         Err(e) => return Err(e.into()),
     };
@@ -134,7 +136,7 @@ pub async fn invoke_replicated(
     }
 }
 
-/// Marks the error of a write that found no lane (it was not sent).
+/// What a write that found no lane (it was not sent) answers.
 const NO_LANE: &str = "no connection free for a replicated write";
 
 fn not_replicated(policy: Policy, detail: String) -> StoreError {
@@ -159,6 +161,8 @@ struct Replicated<'c> {
     deadline: Instant,
     /// Replicas that confirmed the last script call, or why `WAIT` failed.
     confirmed: Option<Result<i64, String>>,
+    /// Why no lane could be taken: the write was not sent.
+    no_lane: Option<String>,
 }
 
 fn is_script_call(cmd: &Cmd) -> bool {
@@ -190,16 +194,25 @@ impl Replicated<'_> {
     /// The lane of this write: the one taken, or a free one for `key`'s master.
     async fn lane(&mut self, key: Option<&[u8]>) -> redis::RedisResult<&mut Lane> {
         if self.lane.is_none() {
-            let lane = self.lanes.take(key, self.left()).await.map_err(|e| {
-                let why = match e {
-                    NoLane::Busy => format!(
-                        "every connection to the master stayed busy for {} ms (its replicas do not confirm)",
-                        self.policy.timeout_ms
-                    ),
-                    NoLane::NoMaster(why) => why,
-                };
-                redis::RedisError::from((redis::ErrorKind::Io, NO_LANE, why))
-            })?;
+            let taken = self.lanes.take(key, self.left()).await;
+            let lane = match taken {
+                Ok(lane) => lane,
+                Err(e) => {
+                    let why = match e {
+                        NoLane::Busy => format!(
+                            "every connection to the master stayed busy for {} ms (its replicas do not confirm)",
+                            self.policy.timeout_ms
+                        ),
+                        NoLane::NoMaster(why) => why,
+                    };
+                    self.no_lane = Some(why.clone());
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        NO_LANE,
+                        why,
+                    )));
+                }
+            };
             self.lane = Some(lane);
         }
         Ok(self.lane.as_mut().expect("just taken"))

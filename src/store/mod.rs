@@ -65,7 +65,7 @@ impl StoreError {
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
         if e.kind() == ::redis::ErrorKind::MasterNameNotFoundBySentinel
-            && e.to_string().starts_with("failover in progress")
+            && e.to_string().starts_with(self::redis::FAILOVER_IN_PROGRESS)
         {
             crate::telemetry::metrics::redis_error(true);
             return StoreError::FailoverInProgress {

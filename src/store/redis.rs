@@ -1023,13 +1023,16 @@ async fn ask_master(
     None
 }
 
+/// The description of [`failover_in_progress`]'s error (its detail is the master's name).
+pub(super) const FAILOVER_IN_PROGRESS: &str = "failover in progress";
+
 /// The sentinels name no master for `master` (it is down and no replica is promoted yet):
 /// the error says so, in words an operator reads in the log and a client in the 503.
 fn failover_in_progress(e: RedisError, master: &str) -> RedisError {
     if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
         RedisError::from((
             redis::ErrorKind::MasterNameNotFoundBySentinel,
-            "failover in progress",
+            FAILOVER_IN_PROGRESS,
             master.to_owned(),
         ))
     } else {
