@@ -15,12 +15,16 @@ KEYS[3..] per candidate, in ARGV order, 5 keys: event waiters (HASH), the count 
 ARGV[1] message id base  the i-th candidate's timeout delivery gets "<base><i>"
 ARGV[2] history ttl      milliseconds an event's history is kept (0 = no history)
 ARGV[3] history max      entries an event's history keeps
-ARGV[4..] per candidate, 4 values: member, field, tenant, event id
+ARGV[4] time budget      microseconds after which the call examines no further candidate
+                         (`redis.script_budget_us`; 0 = none; shared/delivery.lua budget_ends)
+ARGV[5..] per candidate, 4 values: member, field, tenant, event id
 
 The timeout delivery continues the trace of the waiter's registration (its stored
 "traceparent"), and its "registered" and "timed_out" entries go to the event's history.
 
-Returns {member1, latenessMs1, member2, latenessMs2, ...} for the waiters timed out.
+Returns {examined, member1, latenessMs1, member2, latenessMs2, ...}: how many candidates
+were examined, in order (all, or fewer once the time budget was spent: the caller goes
+again at once for the rest), and the waiters timed out.
 
 Invariants: ZREM decides: a waiter is timed out only if it was still in the deadline set,
 and notify removes it from that set in its own atomic script, so event xor timeout (I1).
@@ -33,10 +37,13 @@ local msg_base = ARGV[1]
 local history_ttl, history_max = tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = rcall('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-local n = (#ARGV - 3) / 4
+local ends = budget_ends(t, tonumber(ARGV[4]))
+local out = {0}
+local n = (#ARGV - 4) / 4
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  if i > 1 and budget_spent(ends) then break end
+  out[1] = i
+  local base = 4 + (i - 1) * 4
   local member, field, tenant, event = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local k = 5 * i - 2
   local ev_key, count_key = KEYS[k], KEYS[k + 1]

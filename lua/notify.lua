@@ -34,9 +34,21 @@ ARGV[15] stored full     "1" when the tenant is at its stored_bytes quota: a fir
                          finds nobody waiting writes nothing and returns {"stored_full"}
 ARGV[16] reply budget   bytes of waiter records the reply may carry; past them a taken
                          waiter's record is "" (shared/delivery.lua deliver_waiters)
+ARGV[17] time budget    microseconds of Redis time after which the call takes no further
+                         waiter (`redis.script_budget_us`; 0 = none): it takes at least one
+                         and leaves the rest to the next call (shared/delivery.lua budget_ends)
+ARGV[18] cursor         where this broadcast's previous call stopped ("0" on the first call):
+                         the event's HSCAN cursor, so a broadcast scans the hash once in
+                         all (from "0" each time, every call would walk again over the
+                         buckets emptied by the calls before it)
 
-Returns {remaining, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and
-how many were left for a further call (large fan-outs are taken in bounded batches).
+Returns {next, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and the
+cursor of a further call ("" when the broadcast is done). Large fan-outs are taken in
+bounded batches: at most about 2 x `limit` waiters per call (whole HSCAN batches), and no
+more once the time budget is spent. When the event's waiters fit in one call (at most
+`limit`), the call takes them all (HGETALL), whatever the cursor: so a broadcast ends
+with every waiter present for its whole duration taken (HSCAN's guarantee), and may take
+some registered meanwhile.
 Or {"limited", remaining, resetMs, retryAfterMs}: over the notify rate limit, nothing taken.
 Or {"stored_full"}: nobody waits and the tenant is at its stored_bytes quota; nothing written.
 
@@ -65,36 +77,51 @@ local count = rcall('HLEN', ev_key)
 if count == 0 then
   if ARGV[12] == '1' and ARGV[15] == '1' then return {'stored_full'} end
   if ARGV[12] == '1' then add_history(history, {history_entry(now_ms, 'nobody_waiting', {})}) end
-  return {0}
+  return {''}
 end
 
-local pairs_list
+-- The waiters of this call: all of them when they fit in one call, else the next HSCAN
+-- batches from ARGV[18]'s cursor. Each batch's starting cursor is kept: when the time
+-- budget stops the call before the end of a batch, the next call scans that batch again
+-- (its waiters taken are gone from the hash, the others are still there).
+local pairs_list, starts = {}, {}
+local ends = budget_ends(t, tonumber(ARGV[17]))
+local cursor = ARGV[18]
 if count <= limit then
   pairs_list = rcall('HGETALL', ev_key)
+  starts[1] = {1, '0'}
+  cursor = '0'
 else
-  pairs_list = {}
-  local cursor = '0'
   repeat
     local res = rcall('HSCAN', ev_key, cursor, 'COUNT', limit)
+    starts[#starts + 1] = {#pairs_list + 1, cursor}
     cursor = res[1]
-    for i = 1, #res[2] do
-      if #pairs_list >= 2 * limit then break end
-      pairs_list[#pairs_list + 1] = res[2][i]
-    end
-  until cursor == '0' or #pairs_list >= 2 * limit
+    for i = 1, #res[2] do pairs_list[#pairs_list + 1] = res[2][i] end
+  until cursor == '0' or #pairs_list >= 2 * limit or budget_spent(ends)
 end
 
 local body_ref = nil
-if #pairs_list > 2 and #body > inline_max then
-  hold_body(body_key, body, #pairs_list / 2)
-  body_ref = body_id
-end
+if #pairs_list > 2 and #body > inline_max then body_ref = body_id end
 
 local out = {0}
-local taken = deliver_waiters(pairs_list, out, {
+local taken, stopped = deliver_waiters(pairs_list, out, {
   ev = ev_key, runs = KEYS[7], deadlines = deadlines_key, stream = stream_key, count = count_key,
   msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
   ct = ct, body = body, body_ref = body_ref, history = history, budget = tonumber(ARGV[16]),
+  ends = ends,
 })
-out[1] = count - taken
+-- One reference per job enqueued (the time budget may have taken fewer than were found).
+if body_ref then hold_body(body_key, body, taken) end
+if stopped then
+  -- Go on from the start of the batch holding the first waiter not taken.
+  local first = 2 * taken + 1
+  for i = #starts, 1, -1 do
+    if starts[i][1] <= first then cursor = starts[i][2] break end
+  end
+  out[1] = cursor
+elseif cursor == '0' then
+  out[1] = ''
+else
+  out[1] = cursor
+end
 return out

@@ -39,10 +39,13 @@ ARGV[16] more            "1" on a request's later calls: deliver to the run's wa
 ARGV[17] stored full     "1" when the tenant is at its stored_bytes quota: nothing is saved
 ARGV[18] reply budget    bytes of waiter records the reply may carry; past them a taken
                          waiter's record is "" (shared/delivery.lua deliver_waiters)
+ARGV[19] time budget     microseconds after which the call takes no further waiter
+                         (`redis.script_budget_us`; 0 = none; shared/delivery.lua budget_ends)
 
 Returns one of
   {"delivered", remaining, field1, waiterJSON1, messageId1, ...}
-                                        the run's waiters were taken (at most `limit`;
+                                        the run's waiters were taken (at most `limit`,
+                                        fewer once the time budget is spent;
                                         `remaining` of the run's are left for a further
                                         call with ARGV[16] = "1")
   {"saved", messageId}                                  nobody of the run waits: saved FIFO
@@ -116,12 +119,13 @@ end
 
 if #found > 0 or more then
   local out = {'delivered', 0}
-  deliver_waiters(found, out, {
+  local _, stopped = deliver_waiters(found, out, {
     ev = ev_key, runs = runs_key, deadlines = deadlines_key, stream = stream_key, count = count_key,
     msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
     ct = ct, body = body, history = history, budget = tonumber(ARGV[18]),
+    ends = budget_ends(t, tonumber(ARGV[19])),
   })
-  if #fields == limit then
+  if #fields == limit or stopped then
     out[2] = rcall('ZLEXCOUNT', runs_key, '[' .. run .. '|', '(' .. run .. '}')
   end
   return remember(out)

@@ -73,6 +73,9 @@ pub struct RedisSettings {
     /// Replicas that must confirm an API write before it is acknowledged (0: off).
     pub wait_replicas: u32,
     pub wait_timeout_ms: u64,
+    /// Microseconds of Redis time after which a batch script (notify, the scheduler's)
+    /// takes no further item; 0 = the batch sizes alone bound them.
+    pub script_budget_us: u64,
     /// Initialise a Redis that holds no Herald data (else refuse to start on it).
     pub initialize: bool,
 }

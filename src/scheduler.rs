@@ -66,7 +66,8 @@ impl Scheduler {
         sampler.abort();
     }
 
-    /// One pass over all partitions; true when some batch was full.
+    /// One pass over all partitions; true when more may be due in some partition (a batch
+    /// was full or a script's time budget was spent).
     ///
     /// An idle pass is one round trip: Redis' clock and, per partition, the earliest
     /// deadline and the earliest retry, pipelined (on a cluster: all sent at once). Only partitions with something due by
@@ -91,22 +92,36 @@ impl Scheduler {
             Ok(earliest.first().is_some_and(|(_, at)| *at <= now_ms as f64))
         };
         let batch = self.settings.scheduler.batch;
-        let mut busy = false;
+        let budget_us = self.settings.redis.script_budget_us;
+        // The partitions with something due are worked on at once (Redis runs their
+        // scripts one after the other; the round trips overlap), each on its own clone
+        // of the connection.
+        let mut work = Vec::new();
         for partition in self.keys.all_partitions() {
             let (deadline_due, retry_due) = (due(replies.next())?, due(replies.next())?);
-            if deadline_due {
-                busy |= self.expire(&mut conn, &partition, now_ms).await?;
+            if !deadline_due && !retry_due {
+                continue;
             }
-            if retry_due {
-                let promoted = scripts::promote_due(&mut conn, &partition, batch).await?;
-                busy |= promoted as usize >= batch;
-            }
+            let mut conn = conn.clone();
+            work.push(async move {
+                let mut busy = false;
+                if deadline_due {
+                    busy |= self.expire(&mut conn, &partition, now_ms).await?;
+                }
+                if retry_due {
+                    let (_, more) =
+                        scripts::promote_due(&mut conn, &partition, batch, budget_us).await?;
+                    busy |= more;
+                }
+                Ok::<bool, StoreError>(busy)
+            });
         }
-        Ok(busy)
+        let busy = futures_util::future::try_join_all(work).await?;
+        Ok(busy.into_iter().any(|b| b))
     }
 
-    /// Times out the waiters of a partition due by `now_ms` (Redis' clock); true when a
-    /// whole batch was due.
+    /// Times out the waiters of a partition due by `now_ms` (Redis' clock); true when more
+    /// may be due (a whole batch was, or the script's time budget left some).
     async fn expire(
         &self,
         conn: &mut Conn,
@@ -143,12 +158,20 @@ impl Scheduler {
         // writes the "timed_out" history entries.
         let base = format!("msg_{}_t", random_id(20));
         let history = HistoryArgs::from_settings(&self.settings.history);
-        let fired = scripts::expire_due(conn, partition, &base, &candidates, history).await?;
-        for (member, lateness_ms) in &fired {
+        let expired = scripts::expire_due(
+            conn,
+            partition,
+            &base,
+            &candidates,
+            history,
+            self.settings.redis.script_budget_us,
+        )
+        .await?;
+        for (member, lateness_ms) in &expired.fired {
             tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
             metrics::timed_out(*lateness_ms);
         }
-        Ok(candidates.len() >= batch)
+        Ok(candidates.len() >= batch || expired.examined < candidates.len())
     }
 }
 

@@ -216,6 +216,8 @@ async fn scripts_cost(redis: &RedisServer, size: Size) -> Value {
                 rate: folded.then_some(rate),
                 stored_full: false,
                 reply_budget: usize::MAX,
+                time_budget_us: 250,
+                cursor: "0",
             };
             scripts::notify(&mut conn, &args).await.unwrap();
         }

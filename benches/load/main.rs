@@ -343,6 +343,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut baseline_per_s = None;
     for name in &args.scenarios {
         eprintln!("load: {name} ...");
+        redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .exec_async(&mut ctx.redis.get())
+            .await?;
         let report = match name.as_str() {
             "baseline" => {
                 let (report, per_s) = scenarios::baseline(&ctx).await;
@@ -365,10 +369,55 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let mut report = report;
         // Other work on the machine shows here (the run shares its cores with everything).
         report["loadavg_1m"] = json!(loadavg_1m());
+        report["scripts_over_1ms"] = scripts_over_1ms(&ctx).await?;
         out.line(&report);
     }
     ctx.receiver.stop().await;
     Ok(all_ok)
+}
+
+/// The Herald scripts Redis' SLOWLOG holds (over 1 ms, see `procs::start_redis`) since the
+/// scenario began: per script, how many calls and the slowest (µs).
+async fn scripts_over_1ms(ctx: &Ctx) -> anyhow::Result<Value> {
+    let names: std::collections::HashMap<&str, &str> = herald::store::scripts::all()
+        .iter()
+        .map(|(name, script)| (script.get_hash(), *name))
+        .collect();
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(&mut ctx.redis.get())
+        .await?;
+    let mut per_script = serde_json::Map::new();
+    for entry in entries {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let micros: u64 = fields
+            .get(2)
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or(0);
+        let args: Vec<String> = fields
+            .get(3)
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or_default();
+        let (Some(verb), Some(sha)) = (args.first(), args.get(1)) else {
+            continue;
+        };
+        if !verb.eq_ignore_ascii_case("evalsha") {
+            continue;
+        }
+        let name = names
+            .get(sha.as_str())
+            .copied()
+            .unwrap_or("(unknown script)");
+        let slot = per_script
+            .entry(name)
+            .or_insert_with(|| json!({"calls": 0, "slowest_us": 0}));
+        slot["calls"] = json!(slot["calls"].as_u64().unwrap_or(0) + 1);
+        slot["slowest_us"] = json!(slot["slowest_us"].as_u64().unwrap_or(0).max(micros));
+    }
+    Ok(Value::Object(per_script))
 }
 
 #[tokio::main]

@@ -89,6 +89,13 @@ pub async fn start_redis(
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--maxmemory-policy", "noeviction"])
+        // Every command over 1 ms is kept: each scenario reports the scripts in it.
+        .args([
+            "--slowlog-log-slower-than",
+            "1000",
+            "--slowlog-max-len",
+            "100000",
+        ])
         .arg("--dir")
         .arg(dir);
     if appendfsync == "no" {

@@ -881,6 +881,8 @@ pub async fn baseline(ctx: &Ctx) -> (Value, Option<f64>) {
                         body_id: &random_id(20),
                         stored_full: false,
                         reply_budget: usize::MAX,
+                        time_budget_us: 250,
+                        cursor: "0",
                     },
                 )
                 .await?;

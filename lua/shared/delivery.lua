@@ -1,7 +1,7 @@
 --[[
 shared/delivery.lua: functions joined (after shared/quota.lua) in front of the scripts
 that enqueue deliveries, write event history or dead letters (wait, notify, notify_run,
-expire_due, dead_letter, reclaim). Not a script of its own.
+expire_due, promote_due, dead_letter, reclaim). Not a script of its own.
 
 enqueue_delivery(stream, job, waiter, body, body_ref)
   XADDs one delivery job to the partition's stream: field j (the job JSON) and either b (the
@@ -20,16 +20,28 @@ enqueue_delivery(stream, job, waiter, body, body_ref)
   none). Ids and tenant names were validated by the api ([A-Za-z0-9._:-]), so they need no
   JSON escaping.
 
-deliver_waiters(found, out, d) -> taken
+deliver_waiters(found, out, d) -> taken, stopped
   found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
   d        {ev, runs, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct,
-            body, body_ref, history, budget} (body_ref: nil for the body inline in each job;
-            budget: bytes of waiter records the reply may carry, "" for each past it)
-  For each waiter: enqueue its event delivery (message id msg_base .. n, n = 1, 2…), remove
-  it, its run index entry (d.runs, for a run waiter) and its deadline, append field,
-  waiter JSON and message id to `out`; then lower the
-  tenant's waiter count by the number taken, release their bytes (d.history.u), and add each waiter's registered record and
-  a "notified" entry to the event's history.
+            body, body_ref, history, budget, ends} (body_ref: nil for the body inline in
+            each job; budget: bytes of waiter records the reply may carry, "" for each past
+            it; ends: the script's time budget, see budget_ends, nil for none)
+  For each waiter, in order, until the time budget is spent (one waiter at least): enqueue
+  its event delivery (message id msg_base .. n, n = 1, 2…), append field, waiter JSON and
+  message id to `out`; then remove the waiters taken from the event hash, the run index
+  (d.runs, run waiters) and the deadline set, lower the tenant's waiter count by the
+  number taken, release their bytes (d.history.u), and add the registered record and a
+  "notified" entry of the last waiters to the event's history (only the newest
+  history.max entries can stay, so the earlier waiters' are not built). `stopped`: the
+  budget ended the loop before the end of `found`.
+
+budget_ends(t, budget_us) -> the Redis TIME (µs) at which a script that started at TIME
+  `t` stops taking more work, or nil for budget_us 0 (no time budget: the batch alone
+  bounds the call). Each loop of a batch script (notify, expire_due, promote_due) checks
+  budget_spent(ends) before each item after its first, so a call stays near the budget
+  whatever the items cost; what it leaves is taken by the caller's next call.
+call_chunked(command, key, items) runs `command key item…` in chunks of 1,000 items (Lua's
+  unpack has a bound).
 
 waiter_bytes(tenant, event, field, waiter) -> the bytes a registered waiter is charged
   (shared/usage.lua), in field "L": charged by wait, released by whatever removes it.
@@ -262,11 +274,29 @@ local function keep_run_event(u, run_key, event, ttl_ms)
   redis.call('PEXPIREAT', run_key, ends * 1000)
 end
 
+local function budget_ends(t, budget_us)
+  if not budget_us or budget_us <= 0 then return nil end
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]) + budget_us
+end
+
+local function budget_spent(ends)
+  if not ends then return false end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]) >= ends
+end
+
+local function call_chunked(command, key, items)
+  for first = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, first, math.min(#items, first + 999)))
+  end
+end
+
 local function deliver_waiters(found, out, d)
   local taken, released = 0, 0
-  local entries = {}
-  local run_fields = {}
+  local fields, members, run_fields = {}, {}, {}
   for i = 1, #found, 2 do
+    -- One waiter at least per call (progress), then as many as the time budget allows.
+    if taken > 0 and budget_spent(d.ends) then break end
     local field, waiter = found[i], found[i + 1]
     taken = taken + 1
     local msg = d.msg_base .. taken
@@ -274,10 +304,10 @@ local function deliver_waiters(found, out, d)
       field = field, msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
       at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
     }, waiter, d.body, d.body_ref)
-    redis.call('HDEL', d.ev, field)
+    fields[taken] = field
+    members[taken] = d.tenant .. '|' .. field .. '|' .. d.event
     released = released + waiter_bytes(d.tenant, d.event, field, waiter)
     if string.sub(field, 1, 1) ~= '|' then run_fields[#run_fields + 1] = field end
-    redis.call('ZREM', d.deadlines, d.tenant .. '|' .. field .. '|' .. d.event)
     out[#out + 1] = field
     -- The reply carries waiter records up to d.budget bytes, then "" (the caller shows
     -- those waiters by id only), so a large fan-out never loads every record.
@@ -289,15 +319,27 @@ local function deliver_waiters(found, out, d)
       out[#out + 1] = ''
     end
     out[#out + 1] = msg
-    entries[#entries + 1] = registered_entry(field, waiter)
-    local fields = waiter_fields(field, waiter)
-    fields[#fields + 1] = 'messageId'
-    fields[#fields + 1] = msg
-    entries[#entries + 1] = history_entry(d.now_ms, 'notified', fields)
   end
-  if #run_fields > 0 then redis.call('ZREM', d.runs, unpack(run_fields)) end
+  if taken == 0 then return 0, false end
+  call_chunked('HDEL', d.ev, fields)
+  call_chunked('ZREM', d.deadlines, members)
+  call_chunked('ZREM', d.runs, run_fields)
   count_waiters(d.count, -taken)
   usage_add(d.history.u, 'L', -released)
-  add_history(d.history, entries)
-  return taken
+  -- Each waiter adds two entries and the history keeps the newest max: only the last
+  -- waiters' entries can stay, so only theirs are built.
+  local h = d.history
+  if h.ttl_ms > 0 and h.max > 0 then
+    local entries = {}
+    for n = math.max(1, taken - math.ceil(h.max / 2) + 1), taken do
+      local field, waiter = found[2 * n - 1], found[2 * n]
+      entries[#entries + 1] = registered_entry(field, waiter)
+      local entry = waiter_fields(field, waiter)
+      entry[#entry + 1] = 'messageId'
+      entry[#entry + 1] = d.msg_base .. n
+      entries[#entries + 1] = history_entry(d.now_ms, 'notified', entry)
+    end
+    add_history(h, entries)
+  end
+  return taken, taken < #found / 2
 end

@@ -150,6 +150,7 @@ pub async fn broadcast(
     // Every call of the broadcast references one stored body.
     let body_id = random_id(20);
     let mut budget = state.settings.server.max_read_bytes;
+    let mut cursor = "0".to_owned();
     for batch in 0..MAX_BATCHES {
         let base = message_id_base();
         let reply = scripts::notify(
@@ -170,11 +171,13 @@ pub async fn broadcast(
                 body_id: &body_id,
                 stored_full: admitted.stored_full,
                 reply_budget: budget,
+                time_budget_us: state.settings.redis.script_budget_us,
+                cursor: &cursor,
             },
         )
         .await?;
-        let (batch_taken, remaining) = match reply {
-            NotifyReply::Taken { taken, remaining } => (taken, remaining),
+        let (batch_taken, next) = match reply {
+            NotifyReply::Taken { taken, next } => (taken, next),
             NotifyReply::StoredFull => return Err(LimitError::stored_full(&tenant, &limits).into()),
             NotifyReply::Limited(refusal) => {
                 return Err(admission::refused(
@@ -187,11 +190,16 @@ pub async fn broadcast(
                 .into())
             }
         };
-        let progressed = !batch_taken.is_empty();
         budget = budget_after(budget, &batch_taken);
         taken.extend(batch_taken);
-        if remaining <= 0 || !progressed {
-            break;
+        // Each call takes a waiter or moves the cursor on: the broadcast ends.
+        match next {
+            Some(next) if batch + 1 < MAX_BATCHES => cursor = next,
+            Some(_) => tracing::warn!(
+                tenant = %tenant, event_id = %event, notified = taken.len(),
+                "broadcast stopped after {MAX_BATCHES} script calls; the waiters left still wait"
+            ),
+            None => break,
         }
     }
     tracing::debug!(tenant = %tenant, event_id = %event, notified = taken.len(), "broadcast");
@@ -293,6 +301,7 @@ pub(crate) async fn to_run(
         stored_full: admitted.stored_full,
         tombstone: folded.then_some(tombstone.key.as_str()),
         reply_budget,
+        time_budget_us: settings.redis.script_budget_us,
     };
     let first = NotifyRunArgs {
         message_id_base: &base,

@@ -15,6 +15,10 @@ use crate::waiter::{Waiter, WaiterView};
 /// Most waiters listed in one response.
 pub const MAX_LISTED: usize = 1000;
 
+/// Most waiters one `list_waiters` call reads: a response page takes up to five calls,
+/// each well under a millisecond of Redis time (lua/README.md, "Bounded").
+const PER_CALL: usize = 200;
+
 pub async fn list(
     state: State,
     Tenant(tenant): Tenant,
@@ -37,14 +41,31 @@ pub async fn list(
             "cursor must be a value of Herald-Next-Cursor",
         ));
     }
-    let (next, values) = scripts::list_waiters(
-        &mut conn,
-        &key,
-        &cursor,
-        MAX_LISTED,
-        state.settings.server.max_read_bytes,
-    )
-    .await?;
+    let max_bytes = state.settings.server.max_read_bytes;
+    let (mut cursor, mut values, mut bytes) = (cursor, Vec::new(), 0);
+    let next = loop {
+        // The first call returns its first waiter whatever its size (a page always makes
+        // progress); the later ones only what fits in the bytes left.
+        let want = PER_CALL.min(MAX_LISTED - values.len());
+        let (next, page) = scripts::list_waiters(
+            &mut conn,
+            &key,
+            &cursor,
+            want,
+            max_bytes.saturating_sub(bytes),
+            !values.is_empty(),
+        )
+        .await?;
+        // A call that returned fewer than it was asked for stopped on bytes: the page is
+        // full (another call would read the next waiters only to leave them).
+        let full = page.len() < want;
+        bytes += page.iter().map(|(_, json)| json.len()).sum::<usize>();
+        values.extend(page);
+        match next {
+            Some(next) if !full && values.len() < MAX_LISTED => cursor = next,
+            next => break next,
+        }
+    };
     let mut waiters: Vec<Waiter> = values
         .iter()
         .filter_map(|(field, json)| Waiter::from_stored(field, json).ok())

@@ -44,7 +44,7 @@ script!(EXPIRE_DUE, "expire_due.lua", with_shared);
 script!(RATE_LIMIT, "rate_limit.lua", with_shared);
 script!(ACK, "ack.lua", with_shared);
 script!(RETRY_LATER, "retry_later.lua");
-script!(PROMOTE_DUE, "promote_due.lua");
+script!(PROMOTE_DUE, "promote_due.lua", with_shared);
 script!(DEAD_LETTER, "dead_letter.lua", with_shared);
 script!(RECLAIM, "reclaim.lua", with_shared);
 script!(RENEW, "renew.lua");
@@ -422,6 +422,12 @@ pub struct NotifyArgs<'a> {
     pub stored_full: bool,
     /// Bytes of waiter records the reply may carry (the rest come as "").
     pub reply_budget: usize,
+    /// Microseconds of Redis time after which the call takes no further waiter
+    /// (`redis.script_budget_us`; 0: the limit alone bounds it).
+    pub time_budget_us: u64,
+    /// Where the broadcast's previous call stopped ("0" on its first call; then the
+    /// `next` of the previous reply).
+    pub cursor: &'a str,
 }
 
 /// Bodies of at most this many bytes are kept in each delivery job; a longer body
@@ -432,10 +438,10 @@ pub struct NotifyArgs<'a> {
 pub const BODY_INLINE_MAX: usize = 1024;
 
 pub enum NotifyReply {
-    /// The waiters taken, and how many are left for a further call.
+    /// The waiters taken, and the cursor of the broadcast's next call (None: done).
     Taken {
         taken: Vec<Taken>,
-        remaining: i64,
+        next: Option<String>,
     },
     /// Nobody waits and the tenant is at its `stored_bytes` quota; nothing was written.
     StoredFull,
@@ -467,7 +473,9 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
         .arg(BODY_INLINE_MAX);
     inv.key(p.usage(a.tenant))
         .arg(flag(a.stored_full))
-        .arg(a.reply_budget);
+        .arg(a.reply_budget)
+        .arg(a.time_budget_us)
+        .arg(a.cursor);
     let items = array(invoke(conn, "notify", inv).await?)?;
     if let [Value::BulkString(tag), rest @ ..] = &items[..] {
         if tag.as_slice() == b"limited" {
@@ -477,10 +485,14 @@ pub async fn notify(conn: &mut Conn, a: &NotifyArgs<'_>) -> Result<NotifyReply, 
             return Ok(NotifyReply::StoredFull);
         }
     }
-    let remaining = items.first().map(int).transpose()?.unwrap_or(0);
+    let next = items
+        .first()
+        .map(text)
+        .transpose()?
+        .filter(|c| !c.is_empty());
     Ok(NotifyReply::Taken {
         taken: taken_triplets(items.get(1..).unwrap_or(&[]))?,
-        remaining,
+        next,
     })
 }
 
@@ -509,6 +521,9 @@ pub struct NotifyRunArgs<'a> {
     pub stored_full: bool,
     /// Bytes of waiter records the reply may carry (the rest come as "").
     pub reply_budget: usize,
+    /// Microseconds of Redis time after which the call takes no further waiter
+    /// (`redis.script_budget_us`; 0: the limit alone bounds it).
+    pub time_budget_us: u64,
     /// The run's tombstone when the script can check it (src/store/tombstones.rs); None:
     /// the caller checks it.
     pub tombstone: Option<&'a str>,
@@ -569,7 +584,8 @@ pub async fn notify_run(
     inv.arg(a.limit).arg(flag(a.more));
     inv.key(p.usage(a.tenant))
         .arg(flag(a.stored_full))
-        .arg(a.reply_budget);
+        .arg(a.reply_budget)
+        .arg(a.time_budget_us);
     let items = array(invoke(conn, "notify_run", inv).await?)?;
     match (items.first().map(text).transpose()?.as_deref(), &items[..]) {
         (Some("delivered"), [_, remaining, rest @ ..]) => Ok(NotifyRunReply::Delivered {
@@ -650,19 +666,31 @@ pub struct DueCandidate {
     pub event: EventId,
 }
 
-/// Times out the candidates that are due by Redis' clock; returns (member, lateness ms).
+/// What one `expire_due` call did.
+pub struct Expired {
+    /// Candidates examined, in order: all of them, or fewer when the time budget was
+    /// spent (the rest are still due).
+    pub examined: usize,
+    /// (member, lateness ms) of each waiter timed out.
+    pub fired: Vec<(String, i64)>,
+}
+
+/// Times out the candidates that are due by Redis' clock, until `time_budget_us` of
+/// Redis time is spent (0: all of them).
 pub async fn expire_due(
     conn: &mut Conn,
     partition: &Partition,
     message_id_base: &str,
     candidates: &[DueCandidate],
     history: HistoryArgs,
-) -> Result<Vec<(String, i64)>, StoreError> {
+    time_budget_us: u64,
+) -> Result<Expired, StoreError> {
     let mut inv = EXPIRE_DUE.prepare_invoke();
     inv.key(partition.deadlines())
         .key(partition.deliveries())
         .arg(message_id_base);
     history.add(&mut inv);
+    inv.arg(time_budget_us);
     for c in candidates {
         inv.key(partition.event_waiters(&c.tenant, &c.event))
             .key(partition.waiter_count(&c.tenant))
@@ -675,13 +703,20 @@ pub async fn expire_due(
             .arg(c.event.as_str());
     }
     let items = array(invoke(conn, "expire_due", inv).await?)?;
-    items
+    let Some((examined, pairs)) = items.split_first() else {
+        return Err(StoreError::Reply("expire_due: empty reply".into()));
+    };
+    let fired = pairs
         .chunks(2)
         .map(|c| match c {
             [m, l] => Ok((text(m)?, int(l)?)),
             _ => Err(StoreError::Reply("expire_due replies in pairs".into())),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Expired {
+        examined: usize::try_from(int(examined)?).unwrap_or(0),
+        fired,
+    })
 }
 
 /// A delivered entry to acknowledge: its id, and the body id it references (None for
@@ -748,17 +783,26 @@ pub async fn retry_later(conn: &mut Conn, a: &RetryLaterArgs<'_>) -> Result<bool
     Ok(int(&invoke(conn, "retry_later", inv).await?)? == 1)
 }
 
+/// Moves due retries back into the stream: at most `limit`, and none further once
+/// `time_budget_us` of Redis time is spent. Returns (moved, more may be due).
 pub async fn promote_due(
     conn: &mut Conn,
     partition: &Partition,
     limit: usize,
-) -> Result<i64, StoreError> {
+    time_budget_us: u64,
+) -> Result<(i64, bool), StoreError> {
     let mut inv = PROMOTE_DUE.prepare_invoke();
     inv.key(partition.deliveries())
         .key(partition.retries())
         .key(partition.retry_jobs())
-        .arg(limit);
-    int(&invoke(conn, "promote_due", inv).await?)
+        .arg(limit)
+        .arg(time_budget_us);
+    match &array(invoke(conn, "promote_due", inv).await?)?[..] {
+        [moved, more] => Ok((int(moved)?, int(more)? == 1)),
+        other => Err(StoreError::Reply(format!(
+            "promote_due: unexpected reply {other:?}"
+        ))),
+    }
 }
 
 pub struct DeadLetterArgs<'a> {
@@ -1009,9 +1053,14 @@ pub async fn list_waiters(
     cursor: &str,
     max_count: usize,
     max_bytes: usize,
+    strict: bool,
 ) -> Result<(Option<String>, Vec<(String, String)>), StoreError> {
     let mut inv = LIST_WAITERS.prepare_invoke();
-    inv.key(key).arg(cursor).arg(max_count).arg(max_bytes);
+    inv.key(key)
+        .arg(cursor)
+        .arg(max_count)
+        .arg(max_bytes)
+        .arg(flag(strict));
     let items = array(invoke(conn, "list_waiters", inv).await?)?;
     let mut it = items.iter();
     let next = it.next().map(text).transpose()?.filter(|c| !c.is_empty());
