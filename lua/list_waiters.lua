@@ -16,7 +16,7 @@ ARGV[4] strict      "1": even the first waiter must fit in ARGV[3] (a later call
 
 Returns {next cursor ("" when the listing is complete), field, json, field, json, ...}.
 The caller keeps ARGV[2] small enough for the call to stay well under 1 ms (the api asks
-200 at a time: src/api/waiters.rs) and makes several calls for a larger page.
+100 at a time: src/api/waiters.rs) and makes several calls for a larger page.
 Like HSCAN: a waiter present for the whole listing is returned at least once; one added
 or removed meanwhile may or may not be.
 ]]

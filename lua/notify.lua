@@ -28,8 +28,8 @@ ARGV[12] first call      "1" on a request's first call: it records "nobody_waiti
                          finds nobody (a later call finding nobody records nothing)
 ARGV[13] body id         the id KEYS[8] ends with: the same for every call of one request
 ARGV[14] inline max      bodies of at most this many bytes are kept in each job (as is the
-                         body of a call that takes one waiter); longer ones are stored once
-                         in KEYS[8] and referenced by the jobs
+                         body of a notify of an event with one waiter); longer ones are
+                         stored once in KEYS[8] and referenced by the jobs
 ARGV[15] stored full     "1" when the tenant is at its stored_bytes quota: a first call that
                          finds nobody waiting writes nothing and returns {"stored_full"}
 ARGV[16] reply budget   bytes of waiter records the reply may carry; past them a taken
@@ -44,11 +44,15 @@ ARGV[18] cursor         where this broadcast's previous call stopped ("0" on the
 
 Returns {next, field1, waiterJSON1, messageId1, field2, ...}: the waiters taken, and the
 cursor of a further call ("" when the broadcast is done). Large fan-outs are taken in
-bounded batches: at most about 2 x `limit` waiters per call (whole HSCAN batches), and no
-more once the time budget is spent. When the event's waiters fit in one call (at most
-`limit`), the call takes them all (HGETALL), whatever the cursor: so a broadcast ends
-with every waiter present for its whole duration taken (HSCAN's guarantee), and may take
-some registered meanwhile.
+bounded batches: at most `limit` waiters per call, and no more once the time budget is
+spent. When the event's waiters fit in one call (at most `limit`), the call takes them
+all (HGETALL), whatever the cursor: so a broadcast ends with every waiter present for its
+whole duration taken (HSCAN's guarantee), and may take some registered meanwhile. The
+history gets the entries of the waiters taken last (shared/delivery.lua finish_taking):
+a call that leaves at least history.max / 2 waiters to later calls writes none (theirs
+would push these out); an event whose waiters registered behind the cursor during a
+broadcast number that many keeps none of the broadcast's "notified" entries (their
+deliveries write theirs).
 Or {"limited", remaining, resetMs, retryAfterMs}: over the notify rate limit, nothing taken.
 Or {"stored_full"}: nobody waits and the tenant is at its stored_bytes quota; nothing written.
 
@@ -59,6 +63,9 @@ in the same script. Running the script again after a lost reply finds the taken
 waiters gone and enqueues nothing twice.
 ]]
 local rcall = redis.call
+-- Fields HSCAN is asked for at a time: small, so a call stopped by its budget leaves few
+-- read and not taken.
+local SCAN_COUNT = 16
 local ev_key, deadlines_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
 local tenant, event, body, ct = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local msg_base, limit, trace = ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -80,48 +87,54 @@ if count == 0 then
   return {''}
 end
 
--- The waiters of this call: all of them when they fit in one call, else the next HSCAN
--- batches from ARGV[18]'s cursor. Each batch's starting cursor is kept: when the time
--- budget stops the call before the end of a batch, the next call scans that batch again
--- (its waiters taken are gone from the hash, the others are still there).
-local pairs_list, starts = {}, {}
-local ends = budget_ends(t, tonumber(ARGV[17]))
-local cursor = ARGV[18]
-if count <= limit then
-  pairs_list = rcall('HGETALL', ev_key)
-  starts[1] = {1, '0'}
-  cursor = '0'
-else
-  repeat
-    local res = rcall('HSCAN', ev_key, cursor, 'COUNT', limit)
-    starts[#starts + 1] = {#pairs_list + 1, cursor}
-    cursor = res[1]
-    for i = 1, #res[2] do pairs_list[#pairs_list + 1] = res[2][i] end
-  until cursor == '0' or #pairs_list >= 2 * limit or budget_spent(ends)
-end
-
 local body_ref = nil
-if #pairs_list > 2 and #body > inline_max then body_ref = body_id end
-
+if count > 1 and #body > inline_max then body_ref = body_id end
 local out = {0}
-local taken, stopped = deliver_waiters(pairs_list, out, {
+local d = {
   ev = ev_key, runs = KEYS[7], deadlines = deadlines_key, stream = stream_key, count = count_key,
   msg_base = msg_base, tenant = tenant, event = event, now_ms = now_ms, trace = trace,
   ct = ct, body = body, body_ref = body_ref, history = history, budget = tonumber(ARGV[16]),
-  ends = ends,
-})
--- One reference per job enqueued (the time budget may have taken fewer than were found).
-if body_ref then hold_body(body_key, body, taken) end
-if stopped then
-  -- Go on from the start of the batch holding the first waiter not taken.
-  local first = 2 * taken + 1
-  for i = #starts, 1, -1 do
-    if starts[i][1] <= first then cursor = starts[i][2] break end
-  end
-  out[1] = cursor
-elseif cursor == '0' then
-  out[1] = ''
+  ends = budget_ends(t, tonumber(ARGV[17])),
+}
+local taken, cursor
+if count <= limit then
+  -- They fit in one call: all of them, whatever the cursor (the time budget may leave
+  -- some: the next call takes those, from the start).
+  local stopped
+  taken, stopped = deliver_waiters(rcall('HGETALL', ev_key), out, d)
+  cursor = stopped and '0' or ''
 else
-  out[1] = cursor
+  -- HSCAN batches from ARGV[18]'s cursor, each taken as it is read, until `limit` are
+  -- taken or the time budget is spent. A batch left part-way is scanned again by the
+  -- next call (from the cursor it started at: its waiters taken are gone by then).
+  local st = start_taking(out, d)
+  local stopped_at, seen = nil, {}
+  cursor = ARGV[18]
+  repeat
+    local from = cursor
+    local res = rcall('HSCAN', ev_key, from, 'COUNT', SCAN_COUNT)
+    cursor = res[1]
+    local items = res[2]
+    for i = 1, #items, 2 do
+      if st.taken > 0 and (st.taken >= limit or budget_spent(d.ends)) then
+        stopped_at = from
+        break
+      end
+      -- (HSCAN may return a field twice; one call never takes it twice.)
+      if not seen[items[i]] then
+        seen[items[i]] = true
+        take_waiter(st, items[i], items[i + 1])
+      end
+    end
+  until stopped_at or cursor == '0' or st.taken >= limit or budget_spent(d.ends)
+  taken = finish_taking(st, count - st.taken)
+  if stopped_at then
+    cursor = stopped_at
+  elseif cursor == '0' then
+    cursor = ''
+  end
 end
+-- One reference per job enqueued (the time budget may have taken fewer than were found).
+if body_ref and taken > 0 then hold_body(body_key, body, taken) end
+out[1] = cursor
 return out

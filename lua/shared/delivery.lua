@@ -21,19 +21,26 @@ enqueue_delivery(stream, job, waiter, body, body_ref)
   JSON escaping.
 
 deliver_waiters(found, out, d) -> taken, stopped
-  found    flat list field, waiter JSON, field, waiter JSON… (HGETALL/HSCAN of the event)
+  found    flat list field, waiter JSON, field, waiter JSON… (HGETALL of the event, or the
+           run's waiters)
   d        {ev, runs, deadlines, stream, count, msg_base, tenant, event, now_ms, trace, ct,
             body, body_ref, history, budget, ends} (body_ref: nil for the body inline in
             each job; budget: bytes of waiter records the reply may carry, "" for each past
             it; ends: the script's time budget, see budget_ends, nil for none)
-  For each waiter, in order, until the time budget is spent (one waiter at least): enqueue
-  its event delivery (message id msg_base .. n, n = 1, 2…), append field, waiter JSON and
-  message id to `out`; then remove the waiters taken from the event hash, the run index
-  (d.runs, run waiters) and the deadline set, lower the tenant's waiter count by the
-  number taken, release their bytes (d.history.u), and add the registered record and a
-  "notified" entry of the last waiters to the event's history (only the newest
-  history.max entries can stay, so the earlier waiters' are not built). `stopped`: the
-  budget ended the loop before the end of `found`.
+  Takes the waiters in order until the time budget is spent (one waiter at least), with
+  take_waiter, then finish_taking(st, 0). `stopped`: the budget ended the loop before
+  the end of `found`.
+start_taking(out, d) -> st; take_waiter(st, field, waiter); finish_taking(st, left) -> taken
+  The same in steps, for a caller that reads the waiters as it goes (notify's HSCAN):
+  take_waiter enqueues the waiter's event delivery (message id msg_base .. n, n = 1, 2…)
+  and appends field, waiter JSON and message id to `out`; finish_taking removes the
+  waiters taken from the event hash, the run index (d.runs, run waiters) and the deadline
+  set, lowers the tenant's waiter count by the number taken, releases their bytes
+  (d.history.u), and adds the registered record and a "notified" entry of the last
+  waiters to the event's history: the history keeps the newest history.max entries, so
+  with `left` waiters still to be taken by the request's later calls (whose entries come
+  after), only the entries of the last ceil(max / 2) - left waiters can stay, and only
+  those are built (none when left >= max / 2).
 
 budget_ends(t, budget_us) -> the Redis TIME (µs) at which a script that started at TIME
   `t` stops taking more work, or nil for budget_us 0 (no time budget: the batch alone
@@ -291,48 +298,54 @@ local function call_chunked(command, key, items)
   end
 end
 
-local function deliver_waiters(found, out, d)
-  local taken, released = 0, 0
-  local fields, members, run_fields = {}, {}, {}
-  for i = 1, #found, 2 do
-    -- One waiter at least per call (progress), then as many as the time budget allows.
-    if taken > 0 and budget_spent(d.ends) then break end
-    local field, waiter = found[i], found[i + 1]
-    taken = taken + 1
-    local msg = d.msg_base .. taken
-    enqueue_delivery(d.stream, {
-      field = field, msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
-      at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
-    }, waiter, d.body, d.body_ref)
-    fields[taken] = field
-    members[taken] = d.tenant .. '|' .. field .. '|' .. d.event
-    released = released + waiter_bytes(d.tenant, d.event, field, waiter)
-    if string.sub(field, 1, 1) ~= '|' then run_fields[#run_fields + 1] = field end
-    out[#out + 1] = field
-    -- The reply carries waiter records up to d.budget bytes, then "" (the caller shows
-    -- those waiters by id only), so a large fan-out never loads every record.
-    if d.budget >= #waiter then
-      d.budget = d.budget - #waiter
-      out[#out + 1] = waiter
-    else
-      d.budget = -1
-      out[#out + 1] = ''
-    end
-    out[#out + 1] = msg
+-- A run of takes: take_waiter for each waiter, then finish_taking once (see the header).
+local function start_taking(out, d)
+  return {out = out, d = d, taken = 0, released = 0, fields = {}, waiters = {}, members = {},
+    run_fields = {}}
+end
+
+local function take_waiter(st, field, waiter)
+  local d, out = st.d, st.out
+  st.taken = st.taken + 1
+  local msg = d.msg_base .. st.taken
+  enqueue_delivery(d.stream, {
+    field = field, msg = msg, kind = 'event', tenant = d.tenant, event = d.event,
+    at_ms = d.now_ms, now_ms = d.now_ms, trace = d.trace, ct = d.ct,
+  }, waiter, d.body, d.body_ref)
+  st.fields[st.taken] = field
+  st.waiters[st.taken] = waiter
+  st.members[st.taken] = d.tenant .. '|' .. field .. '|' .. d.event
+  st.released = st.released + waiter_bytes(d.tenant, d.event, field, waiter)
+  if string.sub(field, 1, 1) ~= '|' then st.run_fields[#st.run_fields + 1] = field end
+  out[#out + 1] = field
+  -- The reply carries waiter records up to d.budget bytes, then "" (the caller shows
+  -- those waiters by id only), so a large fan-out never loads every record.
+  if d.budget >= #waiter then
+    d.budget = d.budget - #waiter
+    out[#out + 1] = waiter
+  else
+    d.budget = -1
+    out[#out + 1] = ''
   end
-  if taken == 0 then return 0, false end
-  call_chunked('HDEL', d.ev, fields)
-  call_chunked('ZREM', d.deadlines, members)
-  call_chunked('ZREM', d.runs, run_fields)
+  out[#out + 1] = msg
+end
+
+local function finish_taking(st, left)
+  local d, taken = st.d, st.taken
+  if taken == 0 then return 0 end
+  call_chunked('HDEL', d.ev, st.fields)
+  call_chunked('ZREM', d.deadlines, st.members)
+  call_chunked('ZREM', d.runs, st.run_fields)
   count_waiters(d.count, -taken)
-  usage_add(d.history.u, 'L', -released)
-  -- Each waiter adds two entries and the history keeps the newest max: only the last
-  -- waiters' entries can stay, so only theirs are built.
+  usage_add(d.history.u, 'L', -st.released)
+  -- Each waiter adds two entries and the history keeps the newest max: only the entries
+  -- of the last waiters can stay, counting the `left` still waiting for the request's
+  -- later calls. Only those are built.
   local h = d.history
   if h.ttl_ms > 0 and h.max > 0 then
     local entries = {}
-    for n = math.max(1, taken - math.ceil(h.max / 2) + 1), taken do
-      local field, waiter = found[2 * n - 1], found[2 * n]
+    for n = math.max(1, taken - math.ceil(h.max / 2) + 1 + (left or 0)), taken do
+      local field, waiter = st.fields[n], st.waiters[n]
       entries[#entries + 1] = registered_entry(field, waiter)
       local entry = waiter_fields(field, waiter)
       entry[#entry + 1] = 'messageId'
@@ -341,5 +354,16 @@ local function deliver_waiters(found, out, d)
     end
     add_history(h, entries)
   end
+  return taken
+end
+
+local function deliver_waiters(found, out, d)
+  local st = start_taking(out, d)
+  for i = 1, #found, 2 do
+    -- One waiter at least per call (progress), then as many as the time budget allows.
+    if st.taken > 0 and budget_spent(d.ends) then break end
+    take_waiter(st, found[i], found[i + 1])
+  end
+  local taken = finish_taking(st, 0)
   return taken, taken < #found / 2
 end

@@ -15,9 +15,9 @@ use crate::waiter::{Waiter, WaiterView};
 /// Most waiters listed in one response.
 pub const MAX_LISTED: usize = 1000;
 
-/// Most waiters one `list_waiters` call reads: a response page takes up to five calls,
+/// Most waiters one `list_waiters` call reads: a response page takes up to ten calls,
 /// each well under a millisecond of Redis time (lua/README.md, "Bounded").
-const PER_CALL: usize = 200;
+const PER_CALL: usize = 100;
 
 pub async fn list(
     state: State,
