@@ -6,6 +6,7 @@
 //! a pod whose clock is off cannot fire a timeout early or late. The keyspace gauges are
 //! sampled on a task of their own, so a slow `SCAN` never delays a timeout.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -21,14 +22,24 @@ pub struct Scheduler {
     redis: RedisPool,
     keys: Keys,
     settings: Settings,
+    /// Per partition: the candidates the next `expire_due` call is given. A call its
+    /// time budget stopped early examined fewer than it was given: the next is given
+    /// about what it examined (listing and sending candidates the script leaves costs
+    /// both sides, the more so the busier Redis is); a call that examined all grows it
+    /// back towards `scheduler.batch`.
+    expire_batch: Vec<AtomicUsize>,
 }
 
 impl Scheduler {
     pub fn new(redis: RedisPool, keys: Keys, settings: Settings) -> Self {
+        let expire_batch = (0..keys.partitions())
+            .map(|_| AtomicUsize::new(settings.scheduler.batch))
+            .collect();
         Self {
             redis,
             keys,
             settings,
+            expire_batch,
         }
     }
 
@@ -129,6 +140,8 @@ impl Scheduler {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let batch = self.settings.scheduler.batch;
+        let sized = &self.expire_batch[usize::from(partition.index)];
+        let given = sized.load(Ordering::Relaxed).clamp(1, batch);
         let due: Vec<String> = redis::cmd("ZRANGE")
             .arg(partition.deadlines())
             .arg("-inf")
@@ -136,7 +149,7 @@ impl Scheduler {
             .arg("BYSCORE")
             .arg("LIMIT")
             .arg(0)
-            .arg(batch)
+            .arg(given)
             .query_async(conn)
             .await?;
         let candidates: Vec<DueCandidate> = due
@@ -171,7 +184,17 @@ impl Scheduler {
             tracing::debug!(partition = partition.index, member = %member, lateness_ms, "waiter timed out");
             metrics::timed_out(*lateness_ms);
         }
-        Ok(candidates.len() >= batch || expired.examined < candidates.len())
+        let stopped = expired.examined < candidates.len();
+        sized.store(
+            if stopped {
+                expired.examined + expired.examined / 4 + 1
+            } else {
+                given * 2
+            }
+            .clamp(1, batch),
+            Ordering::Relaxed,
+        );
+        Ok(candidates.len() >= given || stopped)
     }
 }
 
