@@ -83,6 +83,14 @@ pub enum PartitionKey {
         partition: u16,
         tenant: TenantName,
     },
+    /// A workflow run's record (`steps` false) or history (`steps` true), in its run's
+    /// partition ([`Keys::run_partition`]).
+    WorkflowRun {
+        partition: u16,
+        tenant: TenantName,
+        run: RunId,
+        steps: bool,
+    },
     Deadlines(u16),
     Deliveries(u16),
     Retries(u16),
@@ -98,7 +106,8 @@ impl PartitionKey {
             | PartitionKey::RunEvents { partition, .. }
             | PartitionKey::Cancelled { partition, .. }
             | PartitionKey::DeadLetters { partition, .. }
-            | PartitionKey::WaiterCount { partition, .. } => *partition,
+            | PartitionKey::WaiterCount { partition, .. }
+            | PartitionKey::WorkflowRun { partition, .. } => *partition,
             PartitionKey::Deadlines(p)
             | PartitionKey::Deliveries(p)
             | PartitionKey::Retries(p)
@@ -233,6 +242,15 @@ impl Keys {
                     partition: p,
                     tenant,
                     run: RunId::parse(&run).ok()?,
+                }
+            }
+            Some((kind @ ("wf" | "wfsteps"), tail)) => {
+                let (tenant, run) = tenant_and(tail)?;
+                PartitionKey::WorkflowRun {
+                    partition: p,
+                    tenant,
+                    run: RunId::parse(&run).ok()?,
+                    steps: kind == "wfsteps",
                 }
             }
             Some(("dlq", tenant)) => PartitionKey::DeadLetters {

@@ -2,7 +2,8 @@
 //!
 //! Every item is moved to the partition it belongs to under the new P: waiters (event
 //! hashes), saved notifications, run indexes, deadlines, pending deliveries, retries and
-//! dead letters, and the body keys they reference (with the first job or dead letter that
+//! dead letters, workflow runs (record and history, to the run's partition, with their
+//! messages in the streams and retries), and the body keys they reference (with the first job or dead letter that
 //! moves: all of a body's references belong to the same event, so they move together); run tombstones go to the run's new home partition; the tenants' waiter
 //! counts (the `active_waiters` quota) and stored-bytes accounts are counted again from
 //! the moved waiters, and rate
@@ -33,6 +34,8 @@ pub struct Moved {
     pub deliveries: u64,
     pub retries: u64,
     pub dead_letters: u64,
+    /// Workflow runs (record and history) moved to their run's new partition.
+    pub workflow_runs: u64,
     /// Waiters counted into the new partitions' waiter counts.
     pub waiters_counted: u64,
 }
@@ -47,6 +50,7 @@ impl Moved {
             + self.deliveries
             + self.retries
             + self.dead_letters
+            + self.workflow_runs
     }
 }
 
@@ -114,6 +118,7 @@ fn add(total: &mut Moved, pass: &Moved) {
     total.deliveries += pass.deliveries;
     total.retries += pass.retries;
     total.dead_letters += pass.dead_letters;
+    total.workflow_runs += pass.workflow_runs;
 }
 
 async fn refuse_while_workers_run(
@@ -198,10 +203,23 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
                     let _: () = conn.del(&key).await?;
                 }
             }
+            PartitionKey::WorkflowRun {
+                tenant, run, steps, ..
+            } => {
+                let to = new.run_partition(&tenant, &run);
+                let target = if steps {
+                    to.workflow_steps(&tenant, &run)
+                } else {
+                    to.workflow_run(&tenant, &run)
+                };
+                if to.index != from.index && move_key(conn, &key, &target).await? && !steps {
+                    moved.workflow_runs += 1;
+                }
+            }
             PartitionKey::Deadlines(_) => move_deadlines(conn, new, &from, &mut moved).await?,
             PartitionKey::Deliveries(_) => {
                 moved.deliveries += move_stream(conn, &from, &from.deliveries(), |job| {
-                    let to = new.partition_of(&job.0, &job.1);
+                    let to = job_partition(new, job)?;
                     Some((to.deliveries(), to))
                 })
                 .await?;
@@ -215,7 +233,7 @@ async fn move_pass(conn: &mut Conn, old: &Keys, new: &Keys) -> Result<Moved, Sto
             PartitionKey::Retries(_) => move_retries(conn, new, &from, &mut moved).await?,
             PartitionKey::DeadLetters { tenant, .. } => {
                 moved.dead_letters += move_stream(conn, &from, &key, |job| {
-                    let to = new.partition_of(&job.0, &job.1);
+                    let to = job_partition(new, job)?;
                     Some((to.dead_letters(&tenant), to))
                 })
                 .await?;
@@ -263,6 +281,21 @@ async fn recount_waiters(conn: &mut Conn, keys: &Keys) -> Result<u64, StoreError
         }
     }
     Ok(counted)
+}
+
+/// The partition a delivery job belongs to under `keys`, as it was placed: a waiter's
+/// outcome with its event, a workflow run's message with its run (an invoke result with
+/// the parent run it goes to), a plain workflow message with its message id
+/// (`workflow::accept`). None for a job that names none of them validly.
+fn job_partition(keys: &Keys, job: &Job) -> Option<Partition> {
+    let tenant = TenantName::parse(&job.t).ok()?;
+    match &job.r {
+        Some(r) if !r.run.is_empty() => {
+            Some(keys.run_partition(&tenant, &RunId::parse(&r.run).ok()?))
+        }
+        Some(_) => Some(keys.run_partition(&tenant, &RunId::parse(&job.m).ok()?)),
+        None => Some(keys.partition_of(&tenant, &EventId::parse(&job.e).ok()?)),
+    }
 }
 
 /// Copies `from` to `to` (value and TTL) and deletes `from`; false when `from` is gone.
@@ -392,7 +425,7 @@ async fn move_stream(
     conn: &mut Conn,
     from: &Partition,
     stream: &str,
-    target: impl Fn(&(TenantName, EventId)) -> Option<(String, Partition)>,
+    target: impl Fn(&Job) -> Option<(String, Partition)>,
 ) -> Result<u64, StoreError> {
     let mut moved = 0;
     let mut after = "-".to_owned();
@@ -413,8 +446,7 @@ async fn move_stream(
             let job = fields
                 .iter()
                 .find(|(k, _)| k == "j")
-                .and_then(|(_, v)| serde_json::from_slice::<Job>(v).ok())
-                .and_then(|j| Some((TenantName::parse(&j.t).ok()?, EventId::parse(&j.e).ok()?)));
+                .and_then(|(_, v)| serde_json::from_slice::<Job>(v).ok());
             let Some((to, to_partition)) = job.as_ref().and_then(&target) else {
                 continue;
             };
@@ -465,8 +497,7 @@ async fn move_retries(
             let to = job_json
                 .as_deref()
                 .and_then(|j| serde_json::from_str::<Job>(j).ok())
-                .and_then(|j| Some((TenantName::parse(&j.t).ok()?, EventId::parse(&j.e).ok()?)))
-                .map(|(t, e)| new.partition_of(&t, &e));
+                .and_then(|j| job_partition(new, &j));
             let (Some(to), Some(job_json)) = (to, job_json) else {
                 stayed += 1;
                 continue;

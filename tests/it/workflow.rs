@@ -46,7 +46,9 @@ impl Hit {
 #[derive(Clone)]
 pub(crate) struct Flow {
     herald: String,
-    token: String,
+    /// The tenant token it calls Herald with (replaced when a test restarts Herald, which
+    /// issues a new one).
+    token: Arc<Mutex<String>>,
     /// Run steps before the end.
     steps: usize,
     /// Register a wait for this event as step 1 (then end after its result).
@@ -59,6 +61,12 @@ pub(crate) struct Flow {
     pub(crate) done: Arc<Mutex<std::collections::HashSet<String>>>,
     /// `Upstash-Retries` of the steps it publishes (Herald's default when `None`).
     retries: Option<u32>,
+}
+
+impl Flow {
+    fn token(&self) -> String {
+        self.token.lock().unwrap().clone()
+    }
 }
 
 /// A workflow endpoint that behaves like the SDKs' `serve()`.
@@ -115,7 +123,7 @@ async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -
         });
         let r = http
             .post(format!("{}/v2/wait/{event}", flow.herald))
-            .bearer_auth(&flow.token)
+            .bearer_auth(flow.token())
             .header("Upstash-Workflow-RunId", &run)
             .body(wait.to_string())
             .send()
@@ -142,7 +150,7 @@ async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -
             // retries.
             let r = http
                 .post(format!("{}/v2/batch", flow.herald))
-                .bearer_auth(&flow.token)
+                .bearer_auth(flow.token())
                 .body(batch.to_string())
                 .send()
                 .await;
@@ -156,7 +164,7 @@ async fn serve_step(req: HttpRequest, body: web::Bytes, flow: web::Data<Flow>) -
                 "{}/v2/workflows/runs/{run}?cancel=false",
                 flow.herald
             ))
-            .bearer_auth(&flow.token)
+            .bearer_auth(flow.token())
             .body("\"done\"")
             .send()
             .await;
@@ -193,7 +201,7 @@ impl Endpoint {
     ) -> Self {
         let flow = Flow {
             herald: app.base.clone(),
-            token: app.token.clone(),
+            token: Arc::new(Mutex::new(app.token.clone())),
             steps,
             wait_for: wait_for.map(str::to_owned),
             twice,
@@ -634,4 +642,92 @@ filter = "error"
     assert!(missing.is_empty(), "entries never delivered: {missing:?}");
     drop(worker);
     api.stop().await;
+}
+
+/// `herald repartition` moves workflow runs (record and history) to their run's new
+/// partition, and their messages with them: runs waiting for an event before the change
+/// resume from it after, with their history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_runs_resume_after_a_repartition() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.redis.partitions = 4;
+    let app = TestApp::start(settings.clone()).await;
+    let event = "order-wf-moved";
+    let endpoint = Endpoint::start_with(&app, 0, Some(event), false).await;
+    let runs: Vec<String> = (0..12).map(|i| format!("wfr_moved-{i}")).collect();
+    for run in &runs {
+        let (status, reply) = batch(&app, &trigger(&endpoint.url(), run, json!({}))).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    // Every run's first step registered its wait.
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = app.waiters(event).await.len();
+        if waiting == runs.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        waiting,
+        runs.len(),
+        "the runs' waits were not all registered"
+    );
+    // The endpoint calls Herald at the address it was given: the new Herald listens there.
+    let listen: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    app.stop().await;
+
+    let pool = herald::store::RedisPool::open(&settings.redis).unwrap();
+    let prefix = settings.redis.key_prefix.clone();
+    let moved =
+        herald::store::repartition::repartition(&mut pool.get(), &prefix, 7, Duration::ZERO)
+            .await
+            .unwrap();
+    assert!(moved.workflow_runs > 0, "{moved:?}");
+    let mut after = settings;
+    after.redis.partitions = 7;
+    after.server.listen = listen;
+    let app = TestApp::start(after).await;
+    *endpoint.flow.token.lock().unwrap() = app.token.clone();
+    let (status, body) = app.notify(event, "{\"paid\":true}").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(runs.len()), "{body}");
+    let done = eventually(Duration::from_secs(30), || {
+        endpoint.flow.done.lock().unwrap().len() == runs.len()
+    })
+    .await;
+    assert!(done, "runs ended: {:?}", endpoint.flow.done.lock().unwrap());
+    for run in &runs {
+        let hits: Vec<Hit> = endpoint
+            .hits()
+            .into_iter()
+            .filter(|h| &h.run == run)
+            .collect();
+        assert_eq!(hits.len(), 2, "{run}: {hits:?}");
+        let wait = hits[1].step(1);
+        assert_eq!(wait["stepType"], "Wait", "{run}: {wait}");
+        assert_eq!(wait["waitEventId"], event);
+    }
+    // Nothing is left in the partitions the runs were in before.
+    let keys = herald::store::Keys::new(&prefix, 7);
+    let left: Vec<String> = redis
+        .keys(&format!("{}:*wf*", prefix))
+        .into_iter()
+        .filter(|k| k.contains("}:wf:") || k.contains("}:wfsteps:"))
+        .filter(|k| {
+            let moved_run = runs.iter().find(|r| k.ends_with(&format!(":{r}")));
+            moved_run.is_some_and(|r| {
+                let run = herald::domain::RunId::parse(r).unwrap();
+                let tenant = herald::domain::TenantName::parse("acme").unwrap();
+                let home = keys.run_partition(&tenant, &run);
+                !k.contains(&format!("{{p{}}}", home.index))
+            })
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "run keys outside their run's partition: {left:?}"
+    );
+    app.stop().await;
 }
