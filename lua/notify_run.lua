@@ -132,6 +132,19 @@ if #found > 0 or more then
 end
 
 if max_saved > 0 then
+  -- Expired items no longer count against the quota: they are dropped from the head
+  -- (the oldest first: each expires saved ttl after it was saved), as a wait drops them,
+  -- each leaving the bucket the list is charged to. Bounded by a fixed cap.
+  local saved_end = nil
+  for _ = 1, 1000 do
+    local head = rcall('LINDEX', saved_key, 0)
+    if not head then break end
+    local expires = tonumber(string.match(head, '^(%d+)\n'))
+    if not expires or expires > now_ms then break end
+    saved_end = saved_end or math.floor(rcall('PEXPIRETIME', saved_key) / 1000)
+    rcall('LPOP', saved_key)
+    if saved_end > 0 then usage_add(u, saved_end, -(#head + ITEM)) end
+  end
   local count = rcall('LLEN', saved_key)
   if count >= max_saved then return {'full', count} end
 end

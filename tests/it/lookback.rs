@@ -484,3 +484,75 @@ async fn a_run_costs_its_own_waiters_not_the_events() {
     assert_eq!(deadlines, 1, "only the seed waiter's deadline is left");
     app.stop().await;
 }
+
+/// Expired saved notifications do not count against `limits.saved_per_run_event`: once
+/// they expire, a lookback notify of the same (run, event) is saved again. (Found by the
+/// model's long run: the list kept its expired items until its key expired, at the end of
+/// its usage bucket, up to an hour later with the default saved ttl, and refused new ones
+/// meanwhile.) Time passing is the items' expiry rewritten into the past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_saved_notifications_leave_room_for_new_ones() {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(&redis.url());
+    settings.limits.defaults.saved_per_run_event = 3;
+    let prefix = settings.redis.key_prefix.clone();
+    let app = TestApp::start(settings).await;
+    for i in 0..3 {
+        let (status, body) = app
+            .post("/v2/notify/wfr_q/evt", &app.token, format!("s{i}"))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = app.post("/v2/notify/wfr_q/evt", &app.token, "over").await;
+    assert_eq!(status, 422, "{body}");
+    // The three expire: "<expiresMs>\n…" becomes a time in the past.
+    let saved = redis.keys(&format!("{prefix}:*saved:acme:wfr_q|evt"));
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let mut conn = redis.client();
+    let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(&saved[0])
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(items.len(), 3);
+    for (i, item) in items.iter().enumerate() {
+        let newline = item.iter().position(|b| *b == b'\n').unwrap();
+        let mut expired = b"1000".to_vec();
+        expired.extend_from_slice(&item[newline..]);
+        redis::cmd("LSET")
+            .arg(&saved[0])
+            .arg(i)
+            .arg(expired)
+            .exec(&mut conn)
+            .unwrap();
+    }
+    let (status, body) = app.post("/v2/notify/wfr_q/evt", &app.token, "later").await;
+    assert_eq!(
+        status, 201,
+        "refused by expired saved notifications: {body}"
+    );
+    // Only the new one is left for the run's next wait.
+    let wait = || {
+        app.send(
+            app.http
+                .post(app.url("/v2/wait/evt"))
+                .bearer_auth(&app.token)
+                .header("Upstash-Workflow-RunId", "wfr_q")
+                .body(json!({"url": "http://127.0.0.1:9/x", "timeout": "1h"}).to_string()),
+        )
+    };
+    let (status, body) = wait().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("notified")),
+        "{body}"
+    );
+    let (status, body) = wait().await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("waiting")),
+        "{body}"
+    );
+    app.stop().await;
+}
